@@ -1,0 +1,507 @@
+"""The front: the only process that speaks JSON.
+
+It reads request lines from stdin, validates them, answers what it can
+alone (errors, `wal_recover`, `status` with the supervisor's help) and
+forwards the rest to the writer, many requests per message. Replies are
+printed in the exact layout of PROTOCOL.md. One poller watches stdin and
+the sockets, so reading never blocks replies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import signal
+import struct
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from actors import messages as m
+from actors import sockets
+from actors.runtime import die_with_parent, setup_logging
+from wal.statemachine import replay
+
+log = setup_logging("front")
+
+READ_CHUNK = 1 << 20
+MAX_IN_FLIGHT = 20_000  # stop reading stdin past this many unanswered requests
+SCAN_MAX_ENTRIES = 10_000
+FSYNC_BENCH_MAX_ENTRIES = 100_000
+FSYNC_STRATEGIES = ("always", "batch_10ms", "none")
+
+
+class BadRequest(Exception):
+    """A request the front answers with an error without forwarding it."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+# -- validation: one function per forwarded type, returning the op argument
+
+
+def _int(body: dict, name: str, *, default: int | None = None, minimum: int = 0) -> int:
+    value = body.get(name, default)
+    if value is None:
+        raise BadRequest(12, f"missing field {name!r}: give an integer >= {minimum}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(12, f"{name} must be an integer, got {json.dumps(value)}")
+    if value < minimum:
+        raise BadRequest(12, f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _str(body: dict, name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        raise BadRequest(12, f"missing field {name!r}: give a string")
+    if not isinstance(value, str):
+        raise BadRequest(12, f"{name} must be a string, got {json.dumps(value)}")
+    return value
+
+
+class Validators:
+    def __init__(self, max_payload_bytes: int) -> None:
+        self.max_payload_bytes = max_payload_bytes
+
+    def init(self, body: dict) -> str:
+        node_id = _str(body, "node_id")
+        ids = body.get("node_ids", [node_id])
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise BadRequest(12, "node_ids must be a list of strings")
+        return node_id
+
+    def wal_append(self, body: dict) -> bytes:
+        payload = _str(body, "payload").encode("utf-8", "surrogatepass")
+        if len(payload) > self.max_payload_bytes:
+            raise BadRequest(
+                12,
+                f"payload is {len(payload)} bytes, over the limit of "
+                f"{self.max_payload_bytes} (--max-payload-bytes); split it",
+            )
+        return payload
+
+    def wal_read(self, body: dict) -> int:
+        return _int(body, "offset")
+
+    def wal_scan(self, body: dict) -> list:
+        max_entries = _int(body, "max_entries", default=100, minimum=1)
+        return [_int(body, "from_offset"), min(max_entries, SCAN_MAX_ENTRIES)]
+
+    def wal_info(self, body: dict) -> None:
+        return None
+
+    wal_sync = wal_segment_info = wal_info
+
+    def wal_segment_config(self, body: dict) -> int:
+        return _int(body, "max_segment_bytes", minimum=1)
+
+    def fsync_benchmark(self, body: dict) -> list:
+        entries = _int(body, "entries", default=1000, minimum=1)
+        if entries > FSYNC_BENCH_MAX_ENTRIES:
+            raise BadRequest(12, f"entries is capped at {FSYNC_BENCH_MAX_ENTRIES}, got {entries}")
+        strategies = body.get("strategies", list(FSYNC_STRATEGIES))
+        if (
+            not isinstance(strategies, list)
+            or not strategies
+            or not all(s in FSYNC_STRATEGIES for s in strategies)
+        ):
+            raise BadRequest(
+                12, f"strategies must be a non-empty list drawn from {list(FSYNC_STRATEGIES)}"
+            )
+        return [entries, strategies]
+
+
+def recover_reply(body: dict) -> dict:
+    """wal_recover: a pure replay over the entries given (course task 10-1-2)."""
+    entries = body.get("wal_entries")
+    if not isinstance(entries, list):
+        raise BadRequest(12, "wal_entries must be a list of {offset, payload, checksum}")
+    pairs = []
+    for i, e in enumerate(entries):
+        if (
+            not isinstance(e, dict)
+            or not isinstance(e.get("payload"), str)
+            or e.get("checksum") not in ("valid", "invalid")
+        ):
+            raise BadRequest(
+                12,
+                f"wal_entries[{i}] must be an object with a string payload and "
+                f'checksum "valid" or "invalid"',
+            )
+        pairs.append((e["payload"], e["checksum"] == "valid"))
+    replayed, skipped, state = replay(pairs)
+    return {"entries_replayed": replayed, "entries_skipped": skipped, "state": state}
+
+
+class MsgIdCounter:
+    """The node's reply counter, kept in a run-directory file so that a
+    restarted front goes on counting instead of repeating ids. A number is
+    taken (and stored) before the line that carries it is written."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._mm = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+        (self._next,) = struct.unpack_from("<Q", self._mm)
+
+    def take(self) -> int:
+        n = self._next
+        self._next = n + 1
+        struct.pack_into("<Q", self._mm, 0, n + 1)
+        return n
+
+
+class Front:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        run_dir: str,
+        *,
+        max_payload_bytes: int,
+        request_timeout: float,
+        unavailable_wait: float,
+    ) -> None:
+        self.run_dir = run_dir
+        self.writer = sockets.connect_dealer(ctx, sockets.writer_endpoint(run_dir))
+        self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
+        self.validators = Validators(max_payload_bytes)
+        self.forwarded = {
+            name: getattr(self.validators, name)
+            for name in (
+                m.OP_INIT,
+                m.OP_APPEND,
+                m.OP_READ,
+                m.OP_SCAN,
+                m.OP_INFO,
+                m.OP_SYNC,
+                m.OP_SEGMENT_CONFIG,
+                m.OP_SEGMENT_INFO,
+                m.OP_FSYNC_BENCHMARK,
+            )
+        }
+        self.known_types = sorted([*self.forwarded, "wal_recover", "status"])
+        self.request_timeout = request_timeout
+        self.unavailable_wait = unavailable_wait
+        self.msg_ids = MsgIdCounter(os.path.join(run_dir, "front.msgid"))
+        self.node_id_path = os.path.join(run_dir, "node_id")
+        self.node_id: str | None = None
+        if os.path.exists(self.node_id_path):
+            with open(self.node_id_path) as f:
+                self.node_id = f.read() or None
+        self.init_pending = False  # an init is at the writer; later lines wait for it
+        self.after_init: list[bytes] = []
+        self.writer_up = True
+        self.next_rid = 0
+        # rid -> [reply src, dest, in_reply_to, type, deadline, op arg]; sent to the writer
+        self.pending: dict[int, list] = {}
+        # requests not sent yet (writer down, or init pending): [rid, op, arg, meta]
+        self.held: list[list] = []
+        self.outbox: list[list] = []
+        self.status_waiting: dict[int, list] = {}
+        self.out: list[str] = []
+        self.partial = b""
+        self.eof = False
+
+    # -- replies -----------------------------------------------------------
+
+    def emit(self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict) -> None:
+        body = {"type": typ, "in_reply_to": in_reply_to}
+        body.update(fields)
+        body["msg_id"] = self.msg_ids.take()
+        self.out.append(json.dumps({"src": src, "dest": dest, "body": body}))
+
+    def emit_error(self, src: Any, dest: Any, in_reply_to: Any, code: int, fields: dict) -> None:
+        if in_reply_to is None:
+            log.warning("not answering a request without msg_id: error %d %s", code, fields)
+            return
+        self.emit(src, dest, in_reply_to, "error", {"code": code, **fields})
+
+    def flush_output(self) -> None:
+        if self.out:
+            data = ("\n".join(self.out) + "\n").encode()
+            self.out.clear()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view) :]
+
+    # -- requests ----------------------------------------------------------
+
+    def on_line(self, line: bytes) -> None:
+        if self.init_pending:  # answer nothing before we know whether init took
+            self.after_init.append(line)
+            return
+        if not line.strip():
+            return
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            log.warning("skipping a line that is not JSON: %r", line[:200])
+            return
+        body = msg.get("body") if isinstance(msg, dict) else None
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+            log.warning("skipping a message without body.type: %r", line[:200])
+            return
+        typ = body["type"]
+        dest = msg.get("src")
+        src = self.node_id if self.node_id is not None else msg.get("dest")
+        msg_id = body.get("msg_id")
+        if msg_id is not None and (not isinstance(msg_id, int) or isinstance(msg_id, bool)):
+            self.emit_error(
+                src,
+                dest,
+                msg_id,
+                12,
+                {"text": f"msg_id must be an integer, got {json.dumps(msg_id)}"},
+            )
+            return
+        try:
+            if typ != m.OP_INIT and self.node_id is None:
+                if typ in self.known_types:
+                    raise BadRequest(11, "the node is not initialised yet: send init first")
+            if typ == "wal_recover":
+                if msg_id is not None:
+                    self.emit(src, dest, msg_id, "wal_recover_ok", recover_reply(body))
+                return
+            if typ == "status":
+                rid = self.new_rid()
+                self.status_waiting[rid] = [src, dest, msg_id, time.monotonic() + 5]
+                self.control.send(m.pack([m.STATUS, rid]))
+                return
+            validate = self.forwarded.get(typ)
+            if validate is None:
+                raise BadRequest(
+                    10,
+                    f"unknown message type {typ!r}; walnode serves {', '.join(self.known_types)}",
+                )
+            arg = validate(body)
+        except BadRequest as err:
+            self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
+            return
+        rid = self.new_rid()
+        meta = [src, dest, msg_id, typ, 0.0, arg if typ == m.OP_INIT else None]
+        if typ == m.OP_INIT:
+            self.init_pending = True
+        if self.writer_up:
+            self.send_to_writer(rid, typ, arg, meta)
+        else:
+            meta[4] = time.monotonic() + self.unavailable_wait
+            self.held.append([rid, typ, arg, meta])
+
+    def init_resolved(self) -> None:
+        """The pending init was answered: handle the lines read meanwhile."""
+        self.init_pending = False
+        lines, self.after_init = self.after_init, []
+        for i, line in enumerate(lines):
+            if self.init_pending:
+                self.after_init.extend(lines[i:])
+                return
+            self.on_line(line)
+
+    def new_rid(self) -> int:
+        self.next_rid += 1
+        return self.next_rid
+
+    def send_to_writer(self, rid: int, op: str, arg: Any, meta: list) -> None:
+        meta[4] = time.monotonic() + self.request_timeout
+        self.pending[rid] = meta
+        self.outbox.append([rid, op, arg])
+
+    def release_held(self) -> None:
+        held, self.held = self.held, []
+        for rid, op, arg, meta in held:
+            self.send_to_writer(rid, op, arg, meta)
+
+    # -- writer and supervisor messages ------------------------------------
+
+    def on_writer(self, msg: list) -> None:
+        if msg[0] != m.REPLIES:
+            return
+        for rid, code, fields in msg[1]:
+            meta = self.pending.pop(rid, None)
+            if meta is None:  # answered already (timeout or writer crash)
+                continue
+            src, dest, msg_id, typ, _deadline, init_arg = meta
+            if typ == m.OP_INIT and code == m.OK:
+                self.set_node_id(init_arg)
+                src = init_arg
+            if code == m.OK:
+                if msg_id is not None:
+                    self.emit(src, dest, msg_id, typ + "_ok", fields)
+            else:
+                self.emit_error(src, dest, msg_id, code, fields)
+            if typ == m.OP_INIT:
+                self.init_resolved()
+
+    def set_node_id(self, node_id: str) -> None:
+        self.node_id = node_id
+        tmp = self.node_id_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(node_id)
+        os.replace(tmp, self.node_id_path)
+
+    def on_control(self, msg: list) -> None:
+        kind = msg[0]
+        if kind == m.PEER and msg[1] == "writer":
+            if msg[2] == "down":
+                self.on_writer_down()
+            else:
+                self.writer_up = True
+                self.release_held()
+        elif kind == m.STATUS:
+            waiting = self.status_waiting.pop(msg[1], None)
+            if waiting is not None:
+                src, dest, msg_id, _ = waiting
+                status = msg[2]
+                fields = {"node_id": self.node_id, **status}
+                if msg_id is not None:
+                    self.emit(src, dest, msg_id, "status_ok", fields)
+
+    def on_writer_down(self) -> None:
+        if self.writer_up:
+            log.warning("writer is down; failing %d requests it held", len(self.pending))
+        self.writer_up = False
+        pending, self.pending = self.pending, {}
+        for src, dest, msg_id, typ, _deadline, _arg in pending.values():
+            if typ == m.OP_INIT:
+                self.init_pending = False  # its waiting lines are replayed below
+            self.emit_error(
+                src,
+                dest,
+                msg_id,
+                13,
+                {
+                    "text": f"the writer died while it held this {typ}: it may or may not "
+                    f"have been applied; read the log (wal_read/wal_scan/wal_info) to find out"
+                },
+            )
+        if not self.init_pending:
+            self.init_resolved()
+
+    def expire(self, now: float) -> None:
+        while self.pending:
+            rid, meta = next(iter(self.pending.items()))
+            if meta[4] > now:
+                break
+            del self.pending[rid]
+            self.emit_error(
+                meta[0],
+                meta[1],
+                meta[2],
+                0,
+                {
+                    "text": f"no answer from the writer within {self.request_timeout:g} s; "
+                    f"the request may or may not have been applied"
+                },
+            )
+            if meta[3] == m.OP_INIT:
+                self.init_resolved()
+        while self.held and self.held[0][3][4] <= now:
+            _rid, typ, _arg, meta = self.held.pop(0)
+            self.emit_error(
+                meta[0],
+                meta[1],
+                meta[2],
+                11,
+                {
+                    "text": f"the writer is unavailable (restarting); this {typ} was not "
+                    f"sent to it, so retry it"
+                },
+            )
+            if typ == m.OP_INIT:
+                self.init_resolved()
+        for rid, (src, dest, msg_id, deadline) in list(self.status_waiting.items()):
+            if deadline <= now:
+                del self.status_waiting[rid]
+                self.emit_error(src, dest, msg_id, 0, {"text": "the supervisor did not answer"})
+
+    def idle(self) -> bool:
+        return not (self.pending or self.held or self.status_waiting or self.after_init)
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self) -> int:
+        self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
+        poller = zmq.Poller()
+        poller.register(self.writer, zmq.POLLIN)
+        poller.register(self.control, zmq.POLLIN)
+        stdin_registered = False
+        while True:
+            backlog = len(self.pending) + len(self.held) + len(self.after_init)
+            want_stdin = not self.eof and backlog < MAX_IN_FLIGHT
+            if want_stdin != stdin_registered:
+                if want_stdin:
+                    poller.register(0, zmq.POLLIN)
+                else:
+                    poller.unregister(0)
+                stdin_registered = want_stdin
+            if self.eof and self.idle():
+                self.flush_output()
+                return 0
+            events = dict(poller.poll(100))
+            if self.control in events:
+                while True:
+                    try:
+                        self.on_control(m.unpack(self.control.recv(zmq.NOBLOCK)))
+                    except zmq.Again:
+                        break
+            if self.writer in events:
+                while True:
+                    try:
+                        self.on_writer(m.unpack(self.writer.recv(zmq.NOBLOCK)))
+                    except zmq.Again:
+                        break
+            if 0 in events:
+                chunk = os.read(0, READ_CHUNK)
+                if not chunk:
+                    self.eof = True
+                    if self.partial:
+                        self.on_line(self.partial)
+                        self.partial = b""
+                else:
+                    lines = (self.partial + chunk).split(b"\n")
+                    self.partial = lines.pop()
+                    for line in lines:
+                        self.on_line(line)
+            if self.outbox:
+                self.writer.send(m.pack([m.REQUESTS, self.outbox]))
+                self.outbox = []
+            self.expire(time.monotonic())
+            self.flush_output()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="walnode-front")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--max-payload-bytes", type=int, default=1 << 20)
+    p.add_argument("--request-timeout", type=float, default=10.0)
+    p.add_argument("--unavailable-wait", type=float, default=2.0)
+    p.add_argument("--parent-pid", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = zmq.Context()
+    front = Front(
+        ctx,
+        args.run_dir,
+        max_payload_bytes=args.max_payload_bytes,
+        request_timeout=args.request_timeout,
+        unavailable_wait=args.unavailable_wait,
+    )
+    return front.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

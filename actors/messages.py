@@ -1,0 +1,57 @@
+"""The internal message schema, in one place. Every message is one msgpack
+array whose first element names its kind.
+
+front -> writer (DEALER -> ROUTER), many requests per message:
+    [REQUESTS, [[rid, op, arg], ...]]
+        rid: the front's request id (int); op: an OP_* name; arg: per op:
+        append: payload bytes;  read: offset;  scan: [from, max_entries];
+        info/sync/segment_info: None;  segment_config: max_segment_bytes;
+        init: node_id;  fsync_benchmark: [entries, [strategy, ...]]
+writer -> front, one message per group commit:
+    [REPLIES, [[rid, code, fields], ...]]
+        code 0: ok, `fields` are the reply's fields in protocol order;
+        otherwise a PROTOCOL.md error code and `fields` holds "text" (and
+        any extra fields such as first_offset/next_offset).
+
+child <-> supervisor (DEALER with identity = role -> ROUTER):
+    child -> supervisor:  [READY, role, pid, recovery]     recovery: dict or None
+                          [STATUS, rid]                    front asks for status
+    supervisor -> child:  [STATUS, rid, status_dict]
+                          [PEER, role, state]              "ready" or "down"
+                          [STOP]                           finish and exit 0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+REQUESTS = "req"
+REPLIES = "rep"
+READY = "ready"
+STATUS = "status"
+PEER = "peer"
+STOP = "stop"
+
+OP_INIT = "init"
+OP_APPEND = "wal_append"
+OP_READ = "wal_read"
+OP_SCAN = "wal_scan"
+OP_INFO = "wal_info"
+OP_SYNC = "wal_sync"
+OP_SEGMENT_CONFIG = "wal_segment_config"
+OP_SEGMENT_INFO = "wal_segment_info"
+OP_FSYNC_BENCHMARK = "fsync_benchmark"
+
+OK = 0
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(msg: list) -> bytes:
+    return _packer.pack(msg)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)

@@ -1,0 +1,35 @@
+"""What every child process does first: log to stderr, die with its parent."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def setup_logging(role: str) -> logging.Logger:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=os.environ.get("WALNODE_LOG_LEVEL", "INFO"),
+        format=f"walnode {role}[%(process)d] %(levelname)s %(message)s",
+    )
+    return logging.getLogger(role)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies.
+
+    So a supervisor killed with SIGKILL leaves no orphans. The getppid check
+    closes the race where the parent died before the prctl call.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: fall back to the check alone
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)

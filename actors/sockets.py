@@ -1,0 +1,45 @@
+"""Endpoints and socket options, in one place.
+
+By default every endpoint is an ipc:// socket in the run directory, a
+private (0700) directory the supervisor makes for one run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import zmq
+
+
+def writer_endpoint(run_dir: str) -> str:
+    return f"ipc://{os.path.join(run_dir, 'writer.sock')}"
+
+
+def supervisor_endpoint(run_dir: str) -> str:
+    return f"ipc://{os.path.join(run_dir, 'supervisor.sock')}"
+
+
+def _common(sock: zmq.Socket) -> zmq.Socket:
+    sock.setsockopt(zmq.LINGER, 0)
+    # Flow control is the front's job (it bounds what it has in flight);
+    # zmq's default high-water mark of 1000 messages would drop on ROUTER.
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    return sock
+
+
+def bind_router(ctx: zmq.Context, endpoint: str, *, handover: bool = False) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.ROUTER))
+    if handover:
+        # A restarted child reconnects with the same identity: let it take over.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.bind(endpoint)
+    return sock
+
+
+def connect_dealer(ctx: zmq.Context, endpoint: str, identity: str | None = None) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.DEALER))
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+    sock.connect(endpoint)
+    return sock

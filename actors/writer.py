@@ -1,0 +1,300 @@
+"""The writer: the only process that writes the log.
+
+Group commit: take every request waiting on the socket, stage all appends,
+write them with one write, fdatasync once, then send every reply. Under
+`--fsync always` no append is acknowledged before the fdatasync that made
+it durable returns. A failed write or fdatasync is never retried: the
+writer exits and the supervisor restarts it, and recovery reads the truth
+from the files (PostgreSQL's rule since "fsyncgate").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from actors import messages as m
+from actors import sockets
+from actors.runtime import die_with_parent, setup_logging
+from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex
+from wal.log import DEFAULT_MAX_SEGMENT_BYTES, OffsetOutOfRange
+
+log = setup_logging("writer")
+
+EXIT_CORRUPT = 3  # the supervisor must not restart into the same corruption
+EXIT_LOCKED = 4
+EXIT_IO = 5
+
+MIN_SEGMENT_BYTES = 64
+MAX_SEGMENT_BYTES = 1 << 30
+SCAN_MAX_BYTES = 4 * 1024 * 1024
+MAX_DRAIN_MESSAGES = 256  # messages taken into one group commit
+
+
+@dataclass(frozen=True)
+class FsyncPolicy:
+    """`always`, `interval:MS` or `never` (see PROTOCOL.md)."""
+
+    name: str
+    interval_s: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FsyncPolicy:
+        if text == "always" or text == "never":
+            return cls(text)
+        match = re.fullmatch(r"interval:(\d+)ms", text)
+        if match and int(match.group(1)) > 0:
+            return cls(text, int(match.group(1)) / 1000)
+        raise ValueError(f"--fsync must be always, never or interval:MSms (got {text!r})")
+
+
+class Writer:
+    def __init__(self, datadir: DataDir, wal: Log, policy: FsyncPolicy) -> None:
+        self.datadir = datadir
+        self.log = wal
+        self.policy = policy
+        self.last_sync = time.monotonic()
+        self.ops = {
+            m.OP_APPEND: self.op_append,
+            m.OP_READ: self.op_read,
+            m.OP_SCAN: self.op_scan,
+            m.OP_INFO: self.op_info,
+            m.OP_SYNC: self.op_sync,
+            m.OP_SEGMENT_CONFIG: self.op_segment_config,
+            m.OP_SEGMENT_INFO: self.op_segment_info,
+            m.OP_INIT: self.op_init,
+        }
+        self._sync_requested = False
+
+    # -- request handlers: return (code, fields) or a callable giving them
+    # after the commit (for answers that must describe the committed state).
+
+    def op_append(self, payload: bytes) -> tuple[int, dict]:
+        offset, crc = self.log.append(payload)
+        return m.OK, {"offset": offset, "length": len(payload), "checksum": crc_hex(crc)}
+
+    def op_read(self, offset: int) -> tuple[int, dict]:
+        try:
+            e = self.log.read(offset)
+        except OffsetOutOfRange as err:
+            return _out_of_range(err)
+        return m.OK, {
+            "offset": e.offset,
+            "payload": e.payload.decode("utf-8", "replace"),
+            "checksum_valid": e.checksum_valid,
+        }
+
+    def op_scan(self, arg: list) -> tuple[int, dict]:
+        from_offset, max_entries = arg
+        try:
+            entries = self.log.scan(from_offset, max_entries, SCAN_MAX_BYTES)
+        except OffsetOutOfRange as err:
+            return _out_of_range(err)
+        out = []
+        for e in entries:
+            item = {"offset": e.offset, "payload": e.payload.decode("utf-8", "replace")}
+            if not e.checksum_valid:
+                item["checksum_valid"] = False
+            out.append(item)
+        return m.OK, {"entries": out, "next_offset": from_offset + len(out)}
+
+    def op_info(self, _arg: None):
+        def answer() -> tuple[int, dict]:
+            lg = self.log
+            return m.OK, {
+                "entries": lg.entries,
+                "total_bytes": lg.total_bytes,
+                "fsynced": lg.durable_offset == lg.next_offset,
+                "first_offset": lg.first_offset,
+                "next_offset": lg.next_offset,
+                "segments": lg.segment_count,
+                "snapshot_offset": None,
+                "fsync_policy": self.policy.name,
+            }
+
+        return answer
+
+    def op_sync(self, _arg: None):
+        self._sync_requested = True
+        return lambda: (m.OK, {"durable_offset": self.log.durable_offset})
+
+    def op_segment_config(self, size: int) -> tuple[int, dict]:
+        if not MIN_SEGMENT_BYTES <= size <= MAX_SEGMENT_BYTES:
+            return 12, {
+                "text": f"max_segment_bytes must be between {MIN_SEGMENT_BYTES} and "
+                f"{MAX_SEGMENT_BYTES} (got {size})"
+            }
+        self.datadir.update_meta(max_segment_bytes=size)
+        self.log.max_segment_bytes = size
+        return m.OK, {"max_segment_bytes": size}
+
+    def op_segment_info(self, _arg: None) -> tuple[int, dict]:
+        infos = self.log.segments()
+        return m.OK, {
+            "segments": [i.__dict__ for i in infos],
+            "active_segment": infos[-1].file,
+        }
+
+    def op_init(self, node_id: str) -> tuple[int, dict]:
+        recorded = self.datadir.read_meta().get("node_id")
+        if recorded is None:
+            self.datadir.update_meta(node_id=node_id)
+        elif recorded != node_id:
+            return 22, {
+                "text": f"data directory {self.datadir.path} belongs to node {recorded!r}, "
+                f"not {node_id!r}: init with node_id {recorded!r} or use another --data-dir"
+            }
+        return m.OK, {}
+
+    # -- the group commit ------------------------------------------------
+
+    def handle(self, requests: list) -> list:
+        """Run one message's requests in order; replies may be deferred callables."""
+        replies = []
+        ops = self.ops
+        for rid, op, arg in requests:
+            handler = ops.get(op)
+            if handler is None:
+                replies.append([rid, 10, {"text": f"the writer does not serve {op!r}"}])
+                continue
+            try:
+                result = handler(arg)
+            except (WalError, ValueError, TypeError) as err:
+                result = (13, {"text": f"{op} failed in the writer: {err}"})
+            replies.append([rid, result])
+        return replies
+
+    def commit(self) -> None:
+        """Make what was handled as durable as the policy promises."""
+        policy = self.policy.name
+        if policy == "always" or self._sync_requested:
+            self.log.sync()
+            self.last_sync = time.monotonic()
+            self._sync_requested = False
+        else:
+            self.log.flush()
+            if policy != "never" and self.sync_due() == 0:
+                self.log.sync()
+                self.last_sync = time.monotonic()
+
+    def sync_due(self) -> float | None:
+        """Seconds until the interval policy owes an fsync; None if nothing owed."""
+        if self.policy.interval_s is None or self.log.durable_offset == self.log.next_offset:
+            return None
+        return max(0.0, self.last_sync + self.policy.interval_s - time.monotonic())
+
+
+def _out_of_range(err: OffsetOutOfRange) -> tuple[int, dict]:
+    return 20, {
+        "text": f"{err}; valid offsets are {err.first_offset} to {err.next_offset - 1}"
+        if err.next_offset > err.first_offset
+        else f"{err}; the log holds no entries yet",
+        "first_offset": err.first_offset,
+        "next_offset": err.next_offset,
+    }
+
+
+def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket) -> None:
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    poller.register(control, zmq.POLLIN)
+    stopping = False
+    while not stopping:
+        due = writer.sync_due()
+        events = dict(poller.poll(None if due is None else due * 1000))
+        if control in events:
+            msg = m.unpack(control.recv())
+            stopping = msg[0] == m.STOP
+        batches = []
+        while router in events and len(batches) < MAX_DRAIN_MESSAGES:
+            try:
+                ident, data = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = m.unpack(data)
+            if msg[0] == m.REQUESTS:
+                batches.append((ident, writer.handle(msg[1])))
+        writer.commit()  # raises on I/O failure: no reply leaves for this batch
+        for ident, replies in batches:
+            out = []
+            for rid, result in replies:
+                code, fields = result() if callable(result) else result
+                out.append([rid, code, fields])
+            router.send_multipart([ident, m.pack([m.REPLIES, out])])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="walnode-writer")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--fsync", default="always")
+    p.add_argument("--max-segment-bytes", type=int, default=None)
+    p.add_argument("--lock-fd", type=int, default=None)
+    p.add_argument("--parent-pid", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    # Ctrl-C reaches the whole process group; the supervisor decides for us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    policy = FsyncPolicy.parse(args.fsync)
+    datadir = DataDir(args.data_dir)
+    try:
+        datadir.lock(f"walnode writer pid {os.getpid()}", args.lock_fd)
+    except DirectoryLocked as err:
+        log.error("%s", err)
+        return EXIT_LOCKED
+    try:
+        meta = datadir.read_meta()
+        seg_bytes = args.max_segment_bytes or meta.get("max_segment_bytes")
+        if args.max_segment_bytes and args.max_segment_bytes != meta.get("max_segment_bytes"):
+            datadir.update_meta(max_segment_bytes=args.max_segment_bytes)
+        wal, report = Log.open(
+            datadir.wal_dir, max_segment_bytes=seg_bytes or DEFAULT_MAX_SEGMENT_BYTES
+        )
+    except CorruptionError as err:
+        log.error("refusing to start: %s", err)
+        return EXIT_CORRUPT
+    except (WalError, OSError) as err:
+        log.error("refusing to start: %s", err)
+        return EXIT_IO
+    if report.bytes_truncated:
+        log.warning(
+            "cut a torn tail: %d bytes at byte %d of %s (%s); they were never acknowledged",
+            report.bytes_truncated,
+            report.truncated_at,
+            report.truncated_file,
+            report.truncation_reason,
+        )
+    log.info(
+        "recovered %d entries (next offset %d) in %d segments in %.1f ms",
+        report.entries_recovered,
+        report.next_offset,
+        report.segments,
+        report.duration_ms,
+    )
+    ctx = zmq.Context()
+    router = sockets.bind_router(ctx, sockets.writer_endpoint(args.run_dir))
+    control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(args.run_dir), "writer")
+    control.send(m.pack([m.READY, "writer", os.getpid(), report.as_dict()]))
+    writer = Writer(datadir, wal, policy)
+    try:
+        serve(writer, router, control)
+    except OSError as err:
+        # Never retried: what is on disk is whatever recovery will find.
+        log.critical("I/O failure, exiting without acknowledging the batch: %s", err)
+        os._exit(EXIT_IO)
+    writer.log.sync()
+    writer.log.close()
+    log.info("stopped; every entry below offset %d is durable", writer.log.durable_offset)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""The supervisor: starts walnode's processes, watches them, restarts them.
+
+It knows roles and lifecycles, not log internals. Start order: the writer
+first (it takes the directory and recovers), the front once the writer is
+ready. A process that dies is restarted with backoff; too many restarts in
+a short window stop everything with a message naming the process. A
+restarted writer serves only after its recovery, and the front is told when
+the writer goes down and comes back. The children ask the kernel to kill
+them when the supervisor dies, so even a SIGKILL leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import zmq
+
+from actors import messages as m
+from actors import sockets
+from actors.runtime import setup_logging
+from wal import DataDir, DirectoryLocked, WalError
+
+log = setup_logging("supervisor")
+
+EXIT_CORRUPT = 3  # writer exit codes that restarting cannot fix
+EXIT_LOCKED = 4
+FATAL_EXITS = {EXIT_CORRUPT: "the log is corrupt", EXIT_LOCKED: "the data directory is locked"}
+
+# Children run as `python -m actors.<role>`: make the package importable
+# whether walnode is installed or run from a checkout.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+CHILD_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [_HERE, os.environ.get("PYTHONPATH")])),
+}
+
+RESTART_BACKOFF_MIN = 0.02
+RESTART_BACKOFF_MAX = 1.0
+RESTART_INTENSITY = 10  # restarts of one role ...
+RESTART_WINDOW = 10.0  # ... within this many seconds stop everything
+
+
+@dataclass
+class Child:
+    role: str
+    argv: list[str]
+    pass_fds: tuple[int, ...] = ()
+    inherit_stdio: bool = False
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    state: str = "stopped"  # starting, ready, down, stopped
+    restart_times: deque = field(default_factory=deque)
+    restart_at: float | None = None
+    backoff: float = RESTART_BACKOFF_MIN
+    last_exit: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        stdio = {} if self.inherit_stdio else {"stdin": subprocess.DEVNULL, "stdout": sys.stderr}
+        self.proc = subprocess.Popen(self.argv, pass_fds=self.pass_fds, env=CHILD_ENV, **stdio)
+        self.state = "starting"
+        self.restart_at = None
+        log.info("started %s pid %d", self.role, self.proc.pid)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace, data_dir: str, run_dir: str, lock_fd: int) -> None:
+        self.run_dir = run_dir
+        self.ctx = zmq.Context()
+        self.control = sockets.bind_router(
+            self.ctx, sockets.supervisor_endpoint(run_dir), handover=True
+        )
+        py = sys.executable
+        common = ["--run-dir", run_dir, "--parent-pid", str(os.getpid())]
+        writer_argv = [py, "-m", "actors.writer", *common]
+        writer_argv += ["--data-dir", data_dir, "--fsync", args.fsync, "--lock-fd", str(lock_fd)]
+        if args.max_segment_bytes is not None:
+            writer_argv += ["--max-segment-bytes", str(args.max_segment_bytes)]
+        front_argv = [py, "-m", "actors.front", *common]
+        front_argv += [
+            "--max-payload-bytes",
+            str(args.max_payload_bytes),
+            "--request-timeout",
+            str(args.request_timeout),
+        ]
+        self.children = {
+            "writer": Child("writer", writer_argv, pass_fds=(lock_fd,)),
+            "front": Child("front", front_argv, inherit_stdio=True),
+        }
+        self.start_order = ["writer", "front"]
+        self.last_recovery: dict | None = None
+        self.stopping = False
+        self.exit_code = 0
+
+    # -- status ------------------------------------------------------------
+
+    def status(self) -> dict:
+        procs = [{"role": "supervisor", "pid": os.getpid(), "restarts": 0, "state": "ready"}]
+        for role in self.start_order:
+            c = self.children[role]
+            procs.append({"role": role, "pid": c.pid, "restarts": c.restarts, "state": c.state})
+        return {"processes": procs, "last_recovery": self.last_recovery}
+
+    # -- messages from children ----------------------------------------------
+
+    def on_message(self, ident: bytes, msg: list) -> None:
+        kind = msg[0]
+        if kind == m.READY:
+            role, pid, recovery = msg[1], msg[2], msg[3]
+            child = self.children.get(role)
+            if child is None or child.pid != pid:
+                return  # a message from a process that is already gone
+            child.state = "ready"
+            if recovery is not None:
+                self.last_recovery = {
+                    "role": role,
+                    "entries_recovered": recovery["entries_recovered"],
+                    "bytes_truncated": recovery["bytes_truncated"],
+                    "first_offset": recovery["first_offset"],
+                    "next_offset": recovery["next_offset"],
+                    "duration_ms": recovery["duration_ms"],
+                }
+            if role == "writer":
+                self.tell_front([m.PEER, "writer", "ready"])
+                front = self.children["front"]
+                if front.proc is None:
+                    front.start()
+            elif role == "front":
+                writer_state = "ready" if self.children["writer"].state == "ready" else "down"
+                self.tell_front([m.PEER, "writer", writer_state])
+        elif kind == m.STATUS:
+            self.control.send_multipart([ident, m.pack([m.STATUS, msg[1], self.status()])])
+
+    def tell_front(self, msg: list) -> None:
+        if self.children["front"].state in ("starting", "ready"):
+            try:
+                self.control.send_multipart([b"front", m.pack(msg)], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # not connected yet: it asks for the state when it says ready
+
+    # -- lifecycles ----------------------------------------------------------
+
+    def on_exit(self, child: Child, code: int) -> None:
+        child.last_exit = describe_exit(code)
+        child.state = "down"
+        proc, child.proc = child.proc, None
+        if child.role == "front" and code == 0:
+            log.info("front finished (stdin closed, every reply written); stopping")
+            self.stopping = True
+            return
+        if self.stopping:
+            return
+        log.error("%s (pid %d) %s", child.role, proc.pid, child.last_exit)
+        if child.role == "writer":
+            self.tell_front([m.PEER, "writer", "down"])
+            if code in FATAL_EXITS:
+                self.fail(f"the writer cannot start: {FATAL_EXITS[code]} (see the message above)")
+                return
+        now = time.monotonic()
+        child.restart_times.append(now)
+        while child.restart_times and child.restart_times[0] < now - RESTART_WINDOW:
+            child.restart_times.popleft()
+        if len(child.restart_times) > RESTART_INTENSITY:
+            self.fail(
+                f"{child.role} died {len(child.restart_times)} times within "
+                f"{RESTART_WINDOW:g} s (last: {child.last_exit}); giving up"
+            )
+            return
+        child.restart_at = now + child.backoff
+        child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX)
+
+    def fail(self, why: str) -> None:
+        log.critical("%s", why)
+        self.exit_code = 1
+        self.stopping = True
+
+    def run(self) -> int:
+        self.children["writer"].start()
+        while True:
+            for child in self.children.values():
+                if child.proc is not None:
+                    code = child.proc.poll()
+                    if code is not None:
+                        self.on_exit(child, code)
+                elif child.restart_at is not None and time.monotonic() >= child.restart_at:
+                    child.restarts += 1
+                    child.start()
+            if self.stopping:
+                return self.shutdown()
+            if self.control.poll(20):
+                while True:
+                    try:
+                        ident, data = self.control.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.on_message(ident, m.unpack(data))
+            for child in self.children.values():  # a child that stays ready resets its backoff
+                if child.state == "ready":
+                    child.backoff = RESTART_BACKOFF_MIN
+
+    def shutdown(self) -> int:
+        """Stop the front, then the writer (which syncs and exits cleanly)."""
+        for role in ("front", "writer"):
+            child = self.children[role]
+            if child.proc is None:
+                continue
+            if role == "writer":
+                self.control.send_multipart([b"writer", m.pack([m.STOP])])
+            else:
+                child.proc.terminate()
+            try:
+                child.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log.error("%s did not stop in 5 s; killing pid %d", role, child.proc.pid)
+                child.proc.kill()
+                child.proc.wait()
+        self.control.close()
+        self.ctx.term()
+        return self.exit_code
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        help="keep the log here across runs (default: a fresh directory per run, named on stderr)",
+    )
+    p.add_argument(
+        "--fsync",
+        default="always",
+        help="always (default: ack after fsync, group commit), interval:MSms, or never",
+    )
+    p.add_argument(
+        "--max-segment-bytes",
+        type=int,
+        default=None,
+        help="roll segments at this size (default 64 MiB, or the directory's saved setting)",
+    )
+    p.add_argument(
+        "--max-payload-bytes", type=int, default=1 << 20, help="largest payload accepted (1 MiB)"
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the writer before answering error 0 (timeout)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="walnode", description="a durable write-ahead log node")
+    add_flags(p)
+    args = p.parse_args(argv)
+    from actors.writer import FsyncPolicy  # validate before starting anything
+
+    try:
+        FsyncPolicy.parse(args.fsync)
+    except ValueError as err:
+        p.error(str(err))
+    if args.data_dir is None:
+        data_dir = tempfile.mkdtemp(prefix="walnode-data-")
+        log.info("no --data-dir given: this run keeps its log in %s", data_dir)
+    else:
+        data_dir = args.data_dir
+    run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect
+    try:
+        try:
+            datadir = DataDir(data_dir)
+            lock_fd = datadir.lock(f"walnode supervisor pid {os.getpid()}")
+        except DirectoryLocked as err:
+            log.error("%s", err)
+            return 2
+        except (WalError, OSError) as err:
+            log.error("cannot use data directory %s: %s", data_dir, err)
+            return 2
+        sup = Supervisor(args, data_dir, run_dir, lock_fd)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: setattr(sup, "stopping", True))
+        return sup.run()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.nodeproc import Node
+
+
+@pytest.fixture
+def node_factory(tmp_path, monkeypatch):
+    """Start walnode trees; every one is killed (by pid) and reaped at the end."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # runs without --data-dir land here
+    started: list[Node] = []
+
+    def start(*args: str, env: dict | None = None) -> Node:
+        node = Node(*args, env=env)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.kill()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> str:
+    path = tmp_path / "data"
+    return os.fspath(path)

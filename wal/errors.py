@@ -1,0 +1,23 @@
+"""Errors the storage library raises."""
+
+
+class WalError(Exception):
+    """Base class of every error raised by the wal library."""
+
+
+class CorruptionError(WalError):
+    """A damaged record or file that is not a torn tail.
+
+    Carries the file and byte position so an operator can look at it, and
+    names the repair command: the writer refuses to start on it.
+    """
+
+    def __init__(self, path: str, position: int, reason: str) -> None:
+        self.path = path
+        self.position = position
+        self.reason = reason
+        super().__init__(
+            f"corruption in {path} at byte {position}: {reason}; "
+            f"inspect with `walctl verify DIR` and, to keep the longest valid "
+            f"prefix, run `walctl repair DIR`"
+        )

@@ -1,0 +1,274 @@
+"""The log: an ordered run of segments holding entries at dense offsets.
+
+Appends are staged, written together by `flush` (one write per batch) and
+made durable by `sync` (one fdatasync per batch): the group commit of the
+writer process is built from these three calls. Opening a log checks it: a
+torn tail of the newest segment is cut (and reported), damage anywhere else
+raises CorruptionError naming the file and byte.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from wal import record
+from wal.errors import CorruptionError, WalError
+from wal.fsutil import fsync_dir
+from wal.segment import Segment, parse_name
+
+DEFAULT_MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    offset: int
+    payload: bytes
+    crc: int
+    checksum_valid: bool
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    file: str
+    start_offset: int
+    end_offset: int | None  # inclusive; None for an empty segment
+    entries: int
+    size_bytes: int  # the file's size on disk
+    sealed: bool
+
+
+@dataclass
+class RecoveryReport:
+    """What opening the log found; the writer logs it and `status` shows it."""
+
+    segments: int = 0
+    entries_recovered: int = 0
+    first_offset: int = 0
+    next_offset: int = 0
+    bytes_truncated: int = 0
+    truncated_file: str | None = None
+    truncated_at: int | None = None
+    truncation_reason: str | None = None
+    duration_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class OffsetOutOfRange(WalError):
+    """An offset before the first retained entry or at/after the next one."""
+
+    def __init__(self, offset: int, first: int, next_: int) -> None:
+        self.offset, self.first_offset, self.next_offset = offset, first, next_
+        if offset < first:
+            why = f"offset {offset} was compacted away; the log starts at {first}"
+        else:
+            why = f"offset {offset} is not written yet; the next offset is {next_}"
+        super().__init__(why)
+
+
+class Log:
+    """A segmented write-ahead log in one directory."""
+
+    def __init__(self, directory: str, segments: list[Segment], max_segment_bytes: int) -> None:
+        self.directory = directory
+        self._segments = segments
+        self._bases = [s.base_offset for s in segments]
+        self.max_segment_bytes = max_segment_bytes
+        self._durable_next = self.next_offset  # everything opened is on disk
+        self._flushed_next = self.next_offset
+
+    # -- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: str,
+        *,
+        max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES,
+        readonly: bool = False,
+    ) -> tuple[Log, RecoveryReport]:
+        """Open (creating if needed) and check the log in `directory`.
+
+        readonly: check and report, change nothing (a torn tail is reported,
+        not cut, and no segment is created): for offline tools.
+        """
+        t0 = time.monotonic()
+        report = RecoveryReport()
+        if not readonly:
+            os.makedirs(directory, exist_ok=True)
+        names = sorted(
+            (base, name)
+            for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+            if (base := parse_name(name)) is not None
+        )
+        segments: list[Segment] = []
+        try:
+            for i, (base, name) in enumerate(names):
+                path = os.path.join(directory, name)
+                last = i == len(names) - 1
+                seg, scan = Segment.open_checked(path, base, last=last, writable=not readonly)
+                if segments and segments[-1].next_offset != base:
+                    seg.close()
+                    raise CorruptionError(
+                        path,
+                        0,
+                        f"segment starts at offset {base} but the previous one "
+                        f"ends before offset {segments[-1].next_offset} (a gap or overlap)",
+                    )
+                segments.append(seg)
+                if scan.damage is not None:  # a torn tail of the last segment
+                    report.truncated_file = name
+                    report.truncated_at = scan.valid_end
+                    report.truncation_reason = scan.damage.value
+                    report.bytes_truncated = scan.file_size - scan.valid_end
+                    if not readonly:
+                        seg.cut_tail(scan.file_size)
+        except BaseException:
+            for seg in segments:
+                seg.close()
+            raise
+        if not segments and not readonly:
+            segments.append(Segment.create(directory, 0))
+            fsync_dir(directory)
+        log = cls(directory, segments, max_segment_bytes)
+        report.segments = len(segments)
+        report.first_offset = log.first_offset
+        report.next_offset = log.next_offset
+        report.entries_recovered = log.entries
+        report.duration_ms = round((time.monotonic() - t0) * 1000, 3)
+        return log, report
+
+    def close(self) -> None:
+        for seg in self._segments:
+            seg.close()
+
+    # -- shape -------------------------------------------------------------
+
+    @property
+    def first_offset(self) -> int:
+        return self._segments[0].base_offset if self._segments else 0
+
+    @property
+    def next_offset(self) -> int:
+        return self._segments[-1].next_offset if self._segments else 0
+
+    @property
+    def durable_offset(self) -> int:
+        """Every entry below this offset has been fsynced."""
+        return self._durable_next
+
+    @property
+    def entries(self) -> int:
+        return self.next_offset - self.first_offset
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of the retained records, headers and payloads."""
+        return sum(s.size for s in self._segments)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    @property
+    def active(self) -> Segment:
+        return self._segments[-1]
+
+    def segments(self) -> list[SegmentInfo]:
+        self.flush()
+        out = []
+        for s in self._segments:
+            out.append(
+                SegmentInfo(
+                    file=s.name,
+                    start_offset=s.base_offset,
+                    end_offset=s.next_offset - 1 if s.entries else None,
+                    entries=s.entries,
+                    size_bytes=s.file_size(),
+                    sealed=s.sealed,
+                )
+            )
+        return out
+
+    # -- writing -----------------------------------------------------------
+
+    def append(self, payload: bytes) -> tuple[int, int]:
+        """Stage one entry; returns (offset, crc). Not on disk until flush/sync."""
+        data, crc = record.encode(payload)
+        active = self._segments[-1]
+        if active.entries and active.size + len(data) > self.max_segment_bytes:
+            self.roll()
+            active = self._segments[-1]
+        offset = active.next_offset
+        active.stage(data)
+        return offset, crc
+
+    def flush(self) -> None:
+        """Write staged entries to the file (one write), without fsync."""
+        self._segments[-1].flush()
+        self._flushed_next = self.next_offset
+
+    def sync(self) -> None:
+        """Flush and fdatasync. Raises on failure; never retried (fsyncgate)."""
+        self.flush()
+        if self._durable_next != self._flushed_next:
+            target = self._flushed_next
+            self._segments[-1].sync()
+            self._durable_next = target
+
+    def roll(self) -> None:
+        """Seal the active segment and open a new one at the next offset."""
+        old = self._segments[-1]
+        old.seal()  # flush + fsync: a sealed segment is whole on disk
+        new = Segment.create(self.directory, old.next_offset)
+        fsync_dir(self.directory)
+        self._segments.append(new)
+        self._bases.append(new.base_offset)
+
+    # -- reading -----------------------------------------------------------
+
+    def _locate(self, offset: int) -> tuple[Segment, int]:
+        if not self.first_offset <= offset < self.next_offset:
+            raise OffsetOutOfRange(offset, self.first_offset, self.next_offset)
+        i = bisect.bisect_right(self._bases, offset) - 1
+        seg = self._segments[i]
+        return seg, offset - seg.base_offset
+
+    def read(self, offset: int) -> Entry:
+        seg, index = self._locate(offset)
+        payload, crc, valid = seg.read_range(index, 1)[0]
+        return Entry(offset, payload, crc, valid)
+
+    def scan(self, from_offset: int, max_entries: int, max_bytes: int) -> list[Entry]:
+        """Up to `max_entries` entries from `from_offset`, about `max_bytes` at most.
+
+        Always returns at least one entry when one exists, so a consumer
+        never stalls on a single large entry. From next_offset: empty list.
+        """
+        if from_offset == self.next_offset and from_offset >= self.first_offset:
+            return []
+        seg, index = self._locate(from_offset)
+        out: list[Entry] = []
+        budget = max_bytes
+        offset = from_offset
+        while len(out) < max_entries and offset < self.next_offset:
+            seg, index = self._locate(offset)
+            count = 0
+            while (
+                index + count < seg.entries
+                and len(out) + count < max_entries
+                and (count == 0 and not out or seg.record_bytes(index + count) <= budget)
+            ):
+                budget -= seg.record_bytes(index + count)
+                count += 1
+            if count == 0:
+                break
+            for payload, crc, valid in seg.read_range(index, count):
+                out.append(Entry(offset, payload, crc, valid))
+                offset += 1
+        return out

@@ -1,0 +1,218 @@
+"""A segment: one file of consecutive records, named by its first offset.
+
+Only the newest segment (the active one) takes writes; older ones are
+sealed: fsynced and never written again. Each segment keeps an offset index
+in memory, a flat array of record positions (8 bytes per entry, not one
+Python object each), so reading an entry is one pread.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from array import array
+from typing import NamedTuple
+
+from wal import record
+from wal.errors import CorruptionError, WalError
+from wal.fsutil import write_all
+from wal.record import HEADER_SIZE, Damage
+
+NAME_RE = re.compile(r"^(\d{20})\.log$")
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}.log"
+
+
+def parse_name(name: str) -> int | None:
+    """The base offset a segment file name carries, or None if not a segment."""
+    m = NAME_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+class ScanResult(NamedTuple):
+    """What a sequential check of a segment file found."""
+
+    positions: array  # start byte of every valid record, in order
+    valid_end: int  # the byte after the last valid record
+    file_size: int
+    damage: Damage | None  # why decoding stopped before the end of the file
+    # True when the damage is shaped like an interrupted append: the bad
+    # record runs to (or past) the end of the file, or only zero bytes follow.
+    tail_shaped: bool
+
+
+def scan_bytes(buf: bytes | memoryview | mmap.mmap) -> ScanResult:
+    """Decode records from the start of `buf` until the end or the first damage."""
+    positions = array("Q")
+    size = len(buf)
+    pos = 0
+    decode_at = record.decode_at
+    while pos < size:
+        got = decode_at(buf, pos)
+        if isinstance(got, Damage):
+            if got is Damage.BAD_CRC:
+                length = int.from_bytes(buf[pos : pos + 4], "little")
+                reaches_end = pos + HEADER_SIZE + length >= size
+                tail_shaped = reaches_end or not any(buf[pos:size])
+            else:
+                tail_shaped = True
+            return ScanResult(positions, pos, size, got, tail_shaped)
+        positions.append(pos)
+        pos = got.end
+    return ScanResult(positions, pos, size, None, False)
+
+
+def scan_file(path: str) -> ScanResult:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return scan_bytes(b"")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return scan_bytes(m)
+
+
+class Segment:
+    """One open segment file and its offset index."""
+
+    def __init__(
+        self, path: str, base_offset: int, fd: int, positions: array, size: int, sealed: bool
+    ) -> None:
+        self.path = path
+        self.name = os.path.basename(path)
+        self.base_offset = base_offset
+        self._fd = fd
+        self._positions = positions
+        self._written = size  # bytes in the file
+        self._staged: list[bytes] = []
+        self._staged_bytes = 0
+        self.sealed = sealed
+
+    # -- opening ---------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str, base_offset: int) -> Segment:
+        """Create a new, empty active segment. The caller fsyncs the directory."""
+        path = os.path.join(directory, segment_name(base_offset))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        return cls(path, base_offset, fd, array("Q"), 0, sealed=False)
+
+    @classmethod
+    def open_checked(
+        cls, path: str, base_offset: int, *, last: bool, writable: bool
+    ) -> tuple[Segment, ScanResult]:
+        """Open a segment and check every record.
+
+        Damage in a sealed segment, or damage in the last one that is not
+        shaped like an interrupted append, raises CorruptionError. A torn
+        tail of the last segment is left for the caller to cut.
+        """
+        scan = scan_file(path)
+        if scan.damage is not None and not (last and scan.tail_shaped):
+            raise CorruptionError(path, scan.valid_end, scan.damage.value)
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        size = scan.valid_end if scan.damage is not None else scan.file_size
+        seg = cls(path, base_offset, fd, scan.positions, size, sealed=not last)
+        return seg, scan
+
+    def cut_tail(self, file_size: int) -> int:
+        """Cut the file back to the last valid record; returns bytes removed."""
+        os.ftruncate(self._fd, self._written)
+        os.fsync(self._fd)
+        return file_size - self._written
+
+    # -- writing ---------------------------------------------------------
+
+    @property
+    def entries(self) -> int:
+        return len(self._positions)
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + len(self._positions)
+
+    @property
+    def size(self) -> int:
+        """Record bytes in this segment, staged ones included."""
+        return self._written + self._staged_bytes
+
+    def stage(self, data: bytes) -> None:
+        """Queue one encoded record; it reaches the file at the next flush."""
+        if self.sealed:
+            raise WalError(f"segment {self.name} is sealed")
+        self._positions.append(self._written + self._staged_bytes)
+        self._staged.append(data)
+        self._staged_bytes += len(data)
+
+    def flush(self) -> None:
+        """Write every staged record with one write call (no fsync)."""
+        if not self._staged:
+            return
+        data = self._staged[0] if len(self._staged) == 1 else b"".join(self._staged)
+        os.lseek(self._fd, self._written, os.SEEK_SET)
+        write_all(self._fd, data)
+        self._written += len(data)
+        self._staged.clear()
+        self._staged_bytes = 0
+
+    def sync(self) -> None:
+        """fdatasync the file. A failure propagates: it is never retried."""
+        os.fdatasync(self._fd)
+
+    def seal(self) -> None:
+        """Flush and fsync; the segment takes no more writes."""
+        self.flush()
+        self.sync()
+        self.sealed = True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- reading ---------------------------------------------------------
+
+    def _span(self, index: int) -> tuple[int, int]:
+        start = self._positions[index]
+        end = self._positions[index + 1] if index + 1 < len(self._positions) else self.size
+        return start, end
+
+    def read_range(self, first: int, count: int) -> list[tuple[bytes, int, bool]]:
+        """Read `count` entries from index `first`: (payload, stored crc, crc valid).
+
+        One pread for the whole run; every record's CRC is checked again, so
+        bit rot since it was written shows up as valid=False.
+        """
+        if self._staged:
+            self.flush()
+        start = self._positions[first]
+        end = self._span(first + count - 1)[1]
+        buf = os.pread(self._fd, end - start, start)
+        out = []
+        for i in range(first, first + count):
+            s, e = self._span(i)
+            s -= start
+            e -= start
+            length_bytes = buf[s : s + 4]
+            stored_crc = int.from_bytes(buf[s + 4 : s + 8], "little")
+            payload = buf[s + HEADER_SIZE : e]
+            valid = (
+                len(buf) >= e
+                and int.from_bytes(length_bytes, "little") == e - s - HEADER_SIZE
+                and record.checksum(length_bytes, payload) == stored_crc
+            )
+            out.append((payload, stored_crc, valid))
+        return out
+
+    def record_bytes(self, index: int) -> int:
+        start, end = self._span(index)
+        return end - start
+
+    def bytes_before(self, index: int) -> int:
+        """Record bytes of the entries before `index` in this segment."""
+        return self._positions[index] if index < len(self._positions) else self.size
+
+    def file_size(self) -> int:
+        return os.fstat(self._fd).st_size

@@ -103,6 +103,8 @@ class Supervisor:
             str(args.max_payload_bytes),
             "--request-timeout",
             str(args.request_timeout),
+            "--unavailable-wait",
+            str(args.unavailable_wait),
         ]
         self.children = {
             "writer": Child("writer", writer_argv, pass_fds=(lock_fd,)),
@@ -264,6 +266,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="seconds to wait for the writer before answering error 0 (timeout)",
+    )
+    p.add_argument(
+        "--unavailable-wait",
+        type=float,
+        default=2.0,
+        help="seconds a request waits for a restarting writer before error 11",
     )
 
 

@@ -2,9 +2,12 @@
 
     walctl info DIR                 what the directory holds (read-only)
     walctl dump DIR [--from N]      print entries as JSON lines (read-only)
+    walctl verify DIR               check every record, report every bad one
+    walctl repair DIR [--yes]       keep the longest valid prefix
 
-It opens the log read-only: nothing is cut, created or changed, so it is
-safe beside a running walnode (it then sees what was written so far).
+info, dump and verify open the log read-only: nothing is cut, created or
+changed, so they are safe beside a running walnode. repair takes the
+directory's lock, so it refuses to run while walnode uses the directory.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import os
 import sys
 
-from wal import CorruptionError, DataDir, Log, WalError, crc_hex
+from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex, repair
 
 
 def open_readonly(path: str) -> tuple[DataDir, Log, dict, object]:
@@ -73,6 +76,55 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    datadir = DataDir(args.dir, create=False)
+    if not os.path.isdir(datadir.wal_dir):
+        raise WalError(f"{args.dir} is not a walnode data directory (it has no wal/ folder)")
+    problems, valid = repair.verify(datadir.wal_dir)
+    for p in problems:
+        resumes = (
+            "nothing valid after it"
+            if p.resumes_at is None
+            else (f"valid records resume at byte {p.resumes_at}")
+        )
+        kind = "torn tail (walnode cuts it at start)" if p.torn_tail else "CORRUPT"
+        print(f"{kind}: {p.file} at byte {p.position}: {p.reason}; {resumes}")
+    bad = [p for p in problems if not p.torn_tail]
+    print(
+        f"{valid} valid records; {len(bad)} corrupt region(s), "
+        f"{len(problems) - len(bad)} torn tail(s)"
+    )
+    if bad:
+        print(f"to keep the longest valid prefix: walctl repair {args.dir}")
+        return 3
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    datadir = DataDir(args.dir, create=False)
+    if not os.path.isdir(datadir.wal_dir):
+        raise WalError(f"{args.dir} is not a walnode data directory (it has no wal/ folder)")
+    datadir.lock(f"walctl repair pid {os.getpid()}")
+    cut = repair.plan(datadir.wal_dir)
+    if cut is None:
+        print("nothing to repair: every record is valid")
+        return 0
+    print(f"the log is valid up to offset {cut.first_lost_offset}; repair removes:")
+    print(f"  {cut.remove_bytes} bytes from {cut.file}, from byte {cut.keep_bytes} on")
+    for path in cut.remove_files:
+        print(f"  the whole file {path}")
+    print(
+        f"entries from offset {cut.first_lost_offset} on are lost; the log then "
+        f"continues at offset {cut.next_offset_after}"
+    )
+    if not args.yes:
+        print("nothing changed; run again with --yes to do it")
+        return 1
+    repair.apply(cut)
+    print("repaired")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walctl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -83,9 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("dir")
     dump.add_argument("--from", dest="from_offset", type=int, default=0, metavar="OFFSET")
     dump.set_defaults(func=cmd_dump)
+    verify = sub.add_parser("verify", help="check every record; exit 3 if any is corrupt")
+    verify.add_argument("dir")
+    verify.set_defaults(func=cmd_verify)
+    fix = sub.add_parser("repair", help="cut the log back to its longest valid prefix")
+    fix.add_argument("dir")
+    fix.add_argument("--yes", action="store_true", help="really remove what is listed")
+    fix.set_defaults(func=cmd_repair)
     args = p.parse_args(argv)
     try:
         return args.func(args)
+    except DirectoryLocked as err:
+        print(f"walctl: {err}", file=sys.stderr)
+        return 2
     except CorruptionError as err:
         print(f"walctl: {err}", file=sys.stderr)
         return 3

@@ -174,6 +174,7 @@ class Front:
         unavailable_wait: float,
     ) -> None:
         self.run_dir = run_dir
+        self.ctx = ctx
         self.writer = sockets.connect_dealer(ctx, sockets.writer_endpoint(run_dir))
         self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
         self.validators = Validators(max_payload_bytes)
@@ -213,6 +214,7 @@ class Front:
         self.out: list[str] = []
         self.partial = b""
         self.eof = False
+        self.poller = zmq.Poller()
 
     # -- replies -----------------------------------------------------------
 
@@ -372,6 +374,13 @@ class Front:
         if self.writer_up:
             log.warning("writer is down; failing %d requests it held", len(self.pending))
         self.writer_up = False
+        # Requests still queued toward the dead writer must not reach its
+        # successor after we answered 13: a client that reads back, finds
+        # nothing and retries would get a duplicate. A fresh socket drops them.
+        self.poller.unregister(self.writer)
+        self.writer.close(linger=0)
+        self.writer = sockets.connect_dealer(self.ctx, sockets.writer_endpoint(self.run_dir))
+        self.poller.register(self.writer, zmq.POLLIN)
         pending, self.pending = self.pending, {}
         for src, dest, msg_id, typ, _deadline, _arg in pending.values():
             if typ == m.OP_INIT:
@@ -433,7 +442,7 @@ class Front:
 
     def run(self) -> int:
         self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.writer, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         stdin_registered = False

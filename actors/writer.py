@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the whole process group; the supervisor decides for us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     policy = FsyncPolicy.parse(args.fsync)
+    # Fault injection for tests: a slow start keeps the writer down for a while.
+    time.sleep(float(os.environ.get("WALNODE_FAULT_WRITER_START_DELAY", "0")))
     datadir = DataDir(args.data_dir)
     try:
         datadir.lock(f"walnode writer pid {os.getpid()}", args.lock_fd)

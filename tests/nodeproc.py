@@ -115,6 +115,15 @@ class Node:
     def pids(self) -> dict[str, int]:
         return {p["role"]: p["pid"] for p in self.status()["processes"]}
 
+    def process(self, role: str) -> dict:
+        """One process's entry of one `status` reply."""
+        return next(p for p in self.status()["processes"] if p["role"] == role)
+
+    def restarted(self, role: str, old_pid: int) -> bool:
+        """True once `role` runs again under a new pid and is ready to serve."""
+        p = self.process(role)
+        return p["pid"] not in (None, old_pid) and p["state"] == "ready"
+
     # -- ending ------------------------------------------------------------
 
     def close(self, timeout: float = 20) -> int:

@@ -87,9 +87,11 @@ class DataDir:
             return {"format": FORMAT_VERSION}
         try:
             meta = json.loads(raw)
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
         except ValueError:
             raise WalError(
-                f"{self.meta_path} is not valid JSON; it is replaced atomically, "
+                f"{self.meta_path} is not a JSON object; it is replaced atomically, "
                 f"so this is damage from outside walnode: restore it or remove it "
                 f"(the node id and segment size setting are then forgotten)"
             ) from None

@@ -210,6 +210,8 @@ class Log:
 
     def flush(self) -> None:
         """Write staged entries to the file (one write), without fsync."""
+        if not self._segments:  # a read-only view of an empty directory
+            return
         self._segments[-1].flush()
         self._flushed_next = self.next_offset
 

@@ -39,8 +39,9 @@ class ScanResult(NamedTuple):
     valid_end: int  # the byte after the last valid record
     file_size: int
     damage: Damage | None  # why decoding stopped before the end of the file
-    # True when the damage is shaped like an interrupted append: the bad
-    # record runs to (or past) the end of the file, or only zero bytes follow.
+    # True when the damage is shaped like an interrupted append: no valid
+    # record follows it, and a whole record with a bad CRC ends the file (or
+    # only zero bytes follow it).
     tail_shaped: bool
 
 
@@ -53,16 +54,31 @@ def scan_bytes(buf: bytes | memoryview | mmap.mmap) -> ScanResult:
     while pos < size:
         got = decode_at(buf, pos)
         if isinstance(got, Damage):
-            if got is Damage.BAD_CRC:
+            tail_shaped = not any(buf[pos:size]) or next_valid_record(buf, pos) is None
+            if got is Damage.BAD_CRC and tail_shaped:
+                # a whole record with a bad CRC is a tear only at the very end
                 length = int.from_bytes(buf[pos : pos + 4], "little")
-                reaches_end = pos + HEADER_SIZE + length >= size
-                tail_shaped = reaches_end or not any(buf[pos:size])
-            else:
-                tail_shaped = True
+                tail_shaped = pos + HEADER_SIZE + length >= size or not any(buf[pos:size])
             return ScanResult(positions, pos, size, got, tail_shaped)
         positions.append(pos)
         pos = got.end
     return ScanResult(positions, pos, size, None, False)
+
+
+def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | None:
+    """The first byte after `pos` where a valid record starts, or None.
+
+    An interrupted append leaves nothing valid behind the bad record. If a
+    valid record follows, the damage is in the middle of the data (a flipped
+    length field, say) and cutting there would lose acknowledged entries.
+    Only runs on damage, so its cost (a probe per byte) is paid rarely.
+    """
+    size = len(buf)
+    for q in range(pos + 1, size - HEADER_SIZE + 1):
+        length = int.from_bytes(buf[q : q + 4], "little")
+        if q + HEADER_SIZE + length <= size and not isinstance(record.decode_at(buf, q), Damage):
+            return q
+    return None
 
 
 def scan_file(path: str) -> ScanResult:

@@ -1,0 +1,103 @@
+"""The process tree: one walnode per directory, restarts, no orphans, clean exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from tests.nodeproc import pid_alive, wait_until
+
+
+def test_second_walnode_on_a_directory_in_use_is_refused(node_factory, data_dir):
+    first = node_factory("--data-dir", data_dir)
+    first.init()
+    second = node_factory("--data-dir", data_dir)
+    second.send({"type": "init", "node_id": "n1", "node_ids": ["n1"]})
+    assert second.proc.wait(10) != 0
+    assert second.raw == []  # answered nothing
+    assert f"walnode supervisor pid {first.pid}" in second.stderr_text()
+    assert "in use" in second.stderr_text()
+    # the first one is undisturbed
+    assert first.call({"type": "wal_append", "payload": "mine"})["offset"] == 0
+
+
+def test_runs_without_data_dir_never_share_entries(node_factory, tmp_path):
+    a = node_factory()
+    a.init()
+    for i in range(3):
+        a.call({"type": "wal_append", "payload": f"a{i}"})
+    assert a.close() == 0
+    b = node_factory()
+    b.init()
+    assert b.call({"type": "wal_info"})["entries"] == 0
+    assert b.close() == 0
+    dirs = [
+        line.split("keeps its log in ")[1].strip()
+        for n in (a, b)
+        for line in n.stderr
+        if "keeps its log in" in line
+    ]
+    assert len(dirs) == 2 and dirs[0] != dirs[1]
+    assert all(d.startswith(str(tmp_path)) for d in dirs)
+
+
+def test_stdin_eof_exits_0_after_every_reply(node_factory):
+    node = node_factory()
+    node.send({"type": "init", "node_id": "n1", "node_ids": ["n1"]}, src="c0")
+    for i in range(500):
+        node.send({"type": "wal_append", "payload": f"e{i}"})
+    assert node.close() == 0
+    replies = [json.loads(line) for line in node.raw]
+    assert len(replies) == 501
+    assert [r["body"]["msg_id"] for r in replies] == list(range(501))
+    offsets = sorted(r["body"]["offset"] for r in replies[1:])
+    assert offsets == list(range(500))
+
+
+def test_killing_the_supervisor_leaves_no_process_behind(node_factory):
+    node = node_factory()
+    node.init()
+    pids = node.pids()
+    assert set(pids) == {"supervisor", "writer", "front"}
+    assert pids["supervisor"] == node.pid
+    os.kill(node.pid, signal.SIGKILL)
+    node.proc.wait(5)
+    for role in ("writer", "front"):
+        assert wait_until(lambda p=pids[role]: not pid_alive(p), timeout=5), role
+
+
+def test_writer_restarts_and_keeps_every_entry(node_factory, data_dir):
+    node = node_factory("--data-dir", data_dir)
+    node.init()
+    for i in range(50):
+        node.call({"type": "wal_append", "payload": f"w{i}"})
+    writer = node.pids()["writer"]
+    os.kill(writer, signal.SIGKILL)
+    assert wait_until(lambda: node.restarted("writer", writer))
+    status = node.status()
+    procs = {p["role"]: p for p in status["processes"]}
+    assert procs["writer"]["restarts"] == 1 and procs["front"]["restarts"] == 0
+    assert status["last_recovery"]["entries_recovered"] == 50
+    assert node.call({"type": "wal_append", "payload": "w50"})["offset"] == 50
+    assert node.call({"type": "wal_read", "offset": 49})["payload"] == "w49"
+
+
+def test_front_restarts_goes_on_reading_and_never_repeats_msg_ids(node_factory):
+    node = node_factory()
+    node.init()
+    for i in range(10):
+        node.call({"type": "wal_append", "payload": f"f{i}"})
+    front = node.pids()["front"]
+    os.kill(front, signal.SIGKILL)
+    time.sleep(0.2)
+    # the restarted front reads on from stdin, still knows the node id
+    body = node.call({"type": "wal_append", "payload": "f10"})
+    assert body["offset"] == 10
+    procs = {p["role"]: p for p in node.status()["processes"]}
+    assert procs["front"]["pid"] != front and procs["front"]["restarts"] == 1
+    assert node.close() == 0
+    ids = [json.loads(line)["body"]["msg_id"] for line in node.raw]
+    assert len(ids) == len(set(ids)) and ids == sorted(ids)
+    assert all(json.loads(line)["src"] == "n1" for line in node.raw)

@@ -1,8 +1,9 @@
 """The supervisor: starts walnode's processes, watches them, restarts them.
 
 It knows roles and lifecycles, not log internals. Start order: the writer
-first (it takes the directory and recovers), the front once the writer is
-ready. A process that dies is restarted with backoff; too many restarts in
+first (it takes the directory and recovers), then the compactor (it
+replays up to the writer's durable offset), then the front, each once the
+one before is ready. A process that dies is restarted with backoff; too many restarts in
 a short window stop everything with a message naming the process. A
 restarted writer serves only after its recovery, and the front is told when
 the writer goes down and comes back. The children ask the kernel to kill
@@ -31,9 +32,14 @@ from wal import DataDir, DirectoryLocked, WalError
 
 log = setup_logging("supervisor")
 
-EXIT_CORRUPT = 3  # writer exit codes that restarting cannot fix
+EXIT_CORRUPT = 3  # exit codes that restarting cannot fix
 EXIT_LOCKED = 4
-FATAL_EXITS = {EXIT_CORRUPT: "the log is corrupt", EXIT_LOCKED: "the data directory is locked"}
+FATAL_EXITS = {
+    "writer": {EXIT_CORRUPT: "the log is corrupt", EXIT_LOCKED: "the data directory is locked"},
+    "compactor": {EXIT_CORRUPT: "no snapshot and log from which to rebuild the state"},
+}
+# who is told when a role goes down or comes back
+DEPENDENTS = {"writer": ("front", "compactor"), "compactor": ("front",), "front": ()}
 
 # Children run as `python -m actors.<role>`: make the package importable
 # whether walnode is installed or run from a checkout.
@@ -97,6 +103,19 @@ class Supervisor:
         writer_argv += ["--data-dir", data_dir, "--fsync", args.fsync, "--lock-fd", str(lock_fd)]
         if args.max_segment_bytes is not None:
             writer_argv += ["--max-segment-bytes", str(args.max_segment_bytes)]
+        compactor_argv = [py, "-m", "actors.compactor", *common, "--data-dir", data_dir]
+        compactor_argv += [
+            "--snapshot-every",
+            str(args.snapshot_every),
+            "--snapshot-every-bytes",
+            str(args.snapshot_every_bytes),
+            "--keep-entries",
+            str(args.keep_entries),
+            "--keep-snapshots",
+            str(args.keep_snapshots),
+        ]
+        if args.no_auto_compact:
+            compactor_argv.append("--no-auto-compact")
         front_argv = [py, "-m", "actors.front", *common]
         front_argv += [
             "--max-payload-bytes",
@@ -108,10 +127,12 @@ class Supervisor:
         ]
         self.children = {
             "writer": Child("writer", writer_argv, pass_fds=(lock_fd,)),
+            "compactor": Child("compactor", compactor_argv),
             "front": Child("front", front_argv, inherit_stdio=True),
         }
-        self.start_order = ["writer", "front"]
+        self.start_order = ["writer", "compactor", "front"]
         self.last_recovery: dict | None = None
+        self.recoveries: dict[str, dict] = {}  # each role's latest
         self.stopping = False
         self.exit_code = 0
 
@@ -122,7 +143,11 @@ class Supervisor:
         for role in self.start_order:
             c = self.children[role]
             procs.append({"role": role, "pid": c.pid, "restarts": c.restarts, "state": c.state})
-        return {"processes": procs, "last_recovery": self.last_recovery}
+        return {
+            "processes": procs,
+            "last_recovery": self.last_recovery,
+            "recoveries": self.recoveries,
+        }
 
     # -- messages from children ----------------------------------------------
 
@@ -135,31 +160,28 @@ class Supervisor:
                 return  # a message from a process that is already gone
             child.state = "ready"
             if recovery is not None:
-                self.last_recovery = {
-                    "role": role,
-                    "entries_recovered": recovery["entries_recovered"],
-                    "bytes_truncated": recovery["bytes_truncated"],
-                    "first_offset": recovery["first_offset"],
-                    "next_offset": recovery["next_offset"],
-                    "duration_ms": recovery["duration_ms"],
-                }
-            if role == "writer":
-                self.tell_front([m.PEER, "writer", "ready"])
-                front = self.children["front"]
-                if front.proc is None:
-                    front.start()
-            elif role == "front":
-                writer_state = "ready" if self.children["writer"].state == "ready" else "down"
-                self.tell_front([m.PEER, "writer", writer_state])
+                self.last_recovery = {"role": role, **recovery}
+                self.recoveries[role] = self.last_recovery
+            for other in DEPENDENTS[role]:
+                self.tell(other, [m.PEER, role, "ready"])
+            if role == "front":  # a (re)started front learns who is up
+                for peer in ("writer", "compactor"):
+                    state = "ready" if self.children[peer].state == "ready" else "down"
+                    self.tell("front", [m.PEER, peer, state])
+            following = self.start_order[self.start_order.index(role) + 1 :]
+            if following and self.children[following[0]].proc is None:
+                nxt = self.children[following[0]]
+                if nxt.restart_at is None:
+                    nxt.start()
         elif kind == m.STATUS:
             self.control.send_multipart([ident, m.pack([m.STATUS, msg[1], self.status()])])
 
-    def tell_front(self, msg: list) -> None:
-        if self.children["front"].state in ("starting", "ready"):
+    def tell(self, role: str, msg: list) -> None:
+        if self.children[role].state in ("starting", "ready"):
             try:
-                self.control.send_multipart([b"front", m.pack(msg)], zmq.NOBLOCK)
+                self.control.send_multipart([role.encode(), m.pack(msg)], zmq.NOBLOCK)
             except zmq.ZMQError:
-                pass  # not connected yet: it asks for the state when it says ready
+                pass  # not connected yet: it learns the state when it says ready
 
     # -- lifecycles ----------------------------------------------------------
 
@@ -174,11 +196,12 @@ class Supervisor:
         if self.stopping:
             return
         log.error("%s (pid %d) %s", child.role, proc.pid, child.last_exit)
-        if child.role == "writer":
-            self.tell_front([m.PEER, "writer", "down"])
-            if code in FATAL_EXITS:
-                self.fail(f"the writer cannot start: {FATAL_EXITS[code]} (see the message above)")
-                return
+        for other in DEPENDENTS[child.role]:
+            self.tell(other, [m.PEER, child.role, "down"])
+        fatal = FATAL_EXITS.get(child.role, {}).get(code)
+        if fatal:
+            self.fail(f"the {child.role} cannot start: {fatal} (see the message above)")
+            return
         now = time.monotonic()
         child.restart_times.append(now)
         while child.restart_times and child.restart_times[0] < now - RESTART_WINDOW:
@@ -222,15 +245,15 @@ class Supervisor:
                     child.backoff = RESTART_BACKOFF_MIN
 
     def shutdown(self) -> int:
-        """Stop the front, then the writer (which syncs and exits cleanly)."""
-        for role in ("front", "writer"):
+        """Stop the front, the compactor, then the writer (which syncs and exits)."""
+        for role in ("front", "compactor", "writer"):
             child = self.children[role]
             if child.proc is None:
                 continue
-            if role == "writer":
-                self.control.send_multipart([b"writer", m.pack([m.STOP])])
-            else:
+            if role == "front":
                 child.proc.terminate()
+            else:
+                self.control.send_multipart([role.encode(), m.pack([m.STOP])])
             try:
                 child.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -266,6 +289,30 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="seconds to wait for the writer before answering error 0 (timeout)",
+    )
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=10_000,
+        help="take a snapshot automatically every N entries (10000)",
+    )
+    p.add_argument(
+        "--snapshot-every-bytes",
+        type=int,
+        default=64 << 20,
+        help="... or every B bytes of appended records (64 MiB), whichever comes first",
+    )
+    p.add_argument(
+        "--keep-entries",
+        type=int,
+        default=5_000,
+        help="after an automatic snapshot, compact keeping this many entries behind it (5000)",
+    )
+    p.add_argument(
+        "--keep-snapshots", type=int, default=3, help="snapshot files kept; older ones pruned (3)"
+    )
+    p.add_argument(
+        "--no-auto-compact", action="store_true", help="no automatic snapshots or compaction"
     )
     p.add_argument(
         "--unavailable-wait",

@@ -2,7 +2,8 @@
 
 It reads request lines from stdin, validates them, answers what it can
 alone (errors, `wal_recover`, `status` with the supervisor's help) and
-forwards the rest to the writer, many requests per message. Replies are
+forwards the rest to the writer or the compactor (its peers), many
+requests per message. Replies are
 printed in the exact layout of PROTOCOL.md. One poller watches stdin and
 the sockets, so reading never blocks replies.
 """
@@ -103,6 +104,15 @@ class Validators:
     def wal_segment_config(self, body: dict) -> int:
         return _int(body, "max_segment_bytes", minimum=1)
 
+    def kv_get(self, body: dict) -> str:
+        return _str(body, "key")
+
+    def wal_snapshot(self, body: dict) -> None:
+        return None
+
+    def wal_compact(self, body: dict) -> int:
+        return _int(body, "snapshot_at_offset")
+
     def fsync_benchmark(self, body: dict) -> list:
         entries = _int(body, "entries", default=1000, minimum=1)
         if entries > FSYNC_BENCH_MAX_ENTRIES:
@@ -163,6 +173,50 @@ class MsgIdCounter:
         return n
 
 
+# Which peer serves each forwarded type. wal_snapshot goes to the writer
+# first, as a sync barrier (so it covers every append read before it), then
+# to the compactor with the durable offset the barrier returned.
+ROUTES = {
+    m.OP_INIT: "writer",
+    m.OP_APPEND: "writer",
+    m.OP_READ: "writer",
+    m.OP_SCAN: "writer",
+    m.OP_INFO: "writer",
+    m.OP_SYNC: "writer",
+    m.OP_SEGMENT_CONFIG: "writer",
+    m.OP_SEGMENT_INFO: "writer",
+    m.OP_FSYNC_BENCHMARK: "writer",
+    m.OP_SNAPSHOT: "writer",
+    m.OP_KV_GET: "compactor",
+    m.OP_COMPACT: "compactor",
+}
+ENDPOINTS = {"writer": sockets.writer_endpoint, "compactor": sockets.compactor_endpoint}
+
+# pending/held request fields
+SRC, DEST, MSG_ID, TYPE, DEADLINE, INIT_ARG, PEER = range(7)
+
+
+class Peer:
+    """A process the front forwards to, and whether it is up."""
+
+    def __init__(self, name: str, ctx: zmq.Context, run_dir: str) -> None:
+        self.name = name
+        self.endpoint = ENDPOINTS[name](run_dir)
+        self.sock = sockets.connect_dealer(ctx, self.endpoint)
+        self.up = True
+        self.outbox: list[list] = []
+
+    def reconnect(self, ctx: zmq.Context, poller: zmq.Poller) -> None:
+        """Drop everything queued for a dead peer so it never reaches its
+        successor after we answered 13: a client that reads back, finds
+        nothing and retries would otherwise get a duplicate."""
+        poller.unregister(self.sock)
+        self.sock.close(linger=0)
+        self.sock = sockets.connect_dealer(ctx, self.endpoint)
+        poller.register(self.sock, zmq.POLLIN)
+        self.outbox = []
+
+
 class Front:
     def __init__(
         self,
@@ -175,23 +229,11 @@ class Front:
     ) -> None:
         self.run_dir = run_dir
         self.ctx = ctx
-        self.writer = sockets.connect_dealer(ctx, sockets.writer_endpoint(run_dir))
+        self.poller = zmq.Poller()
+        self.peers = {name: Peer(name, ctx, run_dir) for name in ENDPOINTS}
         self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
         self.validators = Validators(max_payload_bytes)
-        self.forwarded = {
-            name: getattr(self.validators, name)
-            for name in (
-                m.OP_INIT,
-                m.OP_APPEND,
-                m.OP_READ,
-                m.OP_SCAN,
-                m.OP_INFO,
-                m.OP_SYNC,
-                m.OP_SEGMENT_CONFIG,
-                m.OP_SEGMENT_INFO,
-                m.OP_FSYNC_BENCHMARK,
-            )
-        }
+        self.forwarded = {name: getattr(self.validators, name) for name in ROUTES}
         self.known_types = sorted([*self.forwarded, "wal_recover", "status"])
         self.request_timeout = request_timeout
         self.unavailable_wait = unavailable_wait
@@ -203,18 +245,17 @@ class Front:
                 self.node_id = f.read() or None
         self.init_pending = False  # an init is at the writer; later lines wait for it
         self.after_init: list[bytes] = []
-        self.writer_up = True
+        # every append acknowledged so far is below this: kv_get waits for it
+        self.acked_next = 0
         self.next_rid = 0
-        # rid -> [reply src, dest, in_reply_to, type, deadline, op arg]; sent to the writer
+        # rid -> [src, dest, msg_id, type, deadline, init arg, peer]: sent, unanswered
         self.pending: dict[int, list] = {}
-        # requests not sent yet (writer down, or init pending): [rid, op, arg, meta]
+        # requests whose peer is down, not sent: [rid, op, arg, meta]
         self.held: list[list] = []
-        self.outbox: list[list] = []
         self.status_waiting: dict[int, list] = {}
         self.out: list[str] = []
         self.partial = b""
         self.eof = False
-        self.poller = zmq.Poller()
 
     # -- replies -----------------------------------------------------------
 
@@ -260,18 +301,12 @@ class Front:
         src = self.node_id if self.node_id is not None else msg.get("dest")
         msg_id = body.get("msg_id")
         if msg_id is not None and (not isinstance(msg_id, int) or isinstance(msg_id, bool)):
-            self.emit_error(
-                src,
-                dest,
-                msg_id,
-                12,
-                {"text": f"msg_id must be an integer, got {json.dumps(msg_id)}"},
-            )
+            text = f"msg_id must be an integer, got {json.dumps(msg_id)}"
+            self.emit_error(src, dest, msg_id, 12, {"text": text})
             return
         try:
-            if typ != m.OP_INIT and self.node_id is None:
-                if typ in self.known_types:
-                    raise BadRequest(11, "the node is not initialised yet: send init first")
+            if typ != m.OP_INIT and self.node_id is None and typ in self.known_types:
+                raise BadRequest(11, "the node is not initialised yet: send init first")
             if typ == "wal_recover":
                 if msg_id is not None:
                     self.emit(src, dest, msg_id, "wal_recover_ok", recover_reply(body))
@@ -283,23 +318,30 @@ class Front:
                 return
             validate = self.forwarded.get(typ)
             if validate is None:
-                raise BadRequest(
-                    10,
-                    f"unknown message type {typ!r}; walnode serves {', '.join(self.known_types)}",
-                )
+                known = ", ".join(self.known_types)
+                raise BadRequest(10, f"unknown message type {typ!r}; walnode serves {known}")
             arg = validate(body)
         except BadRequest as err:
             self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
             return
-        rid = self.new_rid()
-        meta = [src, dest, msg_id, typ, 0.0, arg if typ == m.OP_INIT else None]
+        if typ == m.OP_KV_GET:
+            arg = [arg, self.acked_next]
         if typ == m.OP_INIT:
             self.init_pending = True
-        if self.writer_up:
-            self.send_to_writer(rid, typ, arg, meta)
+        meta = [src, dest, msg_id, typ, 0.0, arg if typ == m.OP_INIT else None, ROUTES[typ]]
+        op = m.OP_SYNC if typ == m.OP_SNAPSHOT else typ
+        self.forward(self.new_rid(), op, arg, meta)
+
+    def forward(self, rid: int, op: str, arg: Any, meta: list) -> None:
+        """Send to the request's peer, or hold it while that peer is down."""
+        peer = self.peers[meta[PEER]]
+        if peer.up:
+            meta[DEADLINE] = time.monotonic() + self.request_timeout
+            self.pending[rid] = meta
+            peer.outbox.append([rid, op, arg])
         else:
-            meta[4] = time.monotonic() + self.unavailable_wait
-            self.held.append([rid, typ, arg, meta])
+            meta[DEADLINE] = time.monotonic() + self.unavailable_wait
+            self.held.append([rid, op, arg, meta])
 
     def init_resolved(self) -> None:
         """The pending init was answered: handle the lines read meanwhile."""
@@ -315,34 +357,30 @@ class Front:
         self.next_rid += 1
         return self.next_rid
 
-    def send_to_writer(self, rid: int, op: str, arg: Any, meta: list) -> None:
-        meta[4] = time.monotonic() + self.request_timeout
-        self.pending[rid] = meta
-        self.outbox.append([rid, op, arg])
+    # -- peer and supervisor messages ----------------------------------------
 
-    def release_held(self) -> None:
-        held, self.held = self.held, []
-        for rid, op, arg, meta in held:
-            self.send_to_writer(rid, op, arg, meta)
-
-    # -- writer and supervisor messages ------------------------------------
-
-    def on_writer(self, msg: list) -> None:
+    def on_replies(self, msg: list) -> None:
         if msg[0] != m.REPLIES:
             return
         for rid, code, fields in msg[1]:
             meta = self.pending.pop(rid, None)
-            if meta is None:  # answered already (timeout or writer crash)
+            if meta is None:  # answered already (timeout or a peer's crash)
                 continue
-            src, dest, msg_id, typ, _deadline, init_arg = meta
+            typ = meta[TYPE]
+            if typ == m.OP_SNAPSHOT and meta[PEER] == "writer" and code == m.OK:
+                meta[PEER] = "compactor"  # the barrier passed: now the snapshot itself
+                self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], meta)
+                continue
             if typ == m.OP_INIT and code == m.OK:
-                self.set_node_id(init_arg)
-                src = init_arg
+                self.set_node_id(meta[INIT_ARG])
+                meta[SRC] = meta[INIT_ARG]
+            if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.acked_next:
+                self.acked_next = fields["offset"] + 1
             if code == m.OK:
-                if msg_id is not None:
-                    self.emit(src, dest, msg_id, typ + "_ok", fields)
+                if meta[MSG_ID] is not None:
+                    self.emit(meta[SRC], meta[DEST], meta[MSG_ID], typ + "_ok", fields)
             else:
-                self.emit_error(src, dest, msg_id, code, fields)
+                self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, fields)
             if typ == m.OP_INIT:
                 self.init_resolved()
 
@@ -355,80 +393,62 @@ class Front:
 
     def on_control(self, msg: list) -> None:
         kind = msg[0]
-        if kind == m.PEER and msg[1] == "writer":
+        if kind == m.PEER and msg[1] in self.peers:
+            peer = self.peers[msg[1]]
             if msg[2] == "down":
-                self.on_writer_down()
+                self.on_peer_down(peer)
             else:
-                self.writer_up = True
-                self.release_held()
+                peer.up = True
+                held, self.held = self.held, []
+                for rid, op, arg, meta in held:
+                    self.forward(rid, op, arg, meta)
         elif kind == m.STATUS:
             waiting = self.status_waiting.pop(msg[1], None)
             if waiting is not None:
                 src, dest, msg_id, _ = waiting
-                status = msg[2]
-                fields = {"node_id": self.node_id, **status}
+                fields = {"node_id": self.node_id, **msg[2]}
                 if msg_id is not None:
                     self.emit(src, dest, msg_id, "status_ok", fields)
 
-    def on_writer_down(self) -> None:
-        if self.writer_up:
-            log.warning("writer is down; failing %d requests it held", len(self.pending))
-        self.writer_up = False
-        # Requests still queued toward the dead writer must not reach its
-        # successor after we answered 13: a client that reads back, finds
-        # nothing and retries would get a duplicate. A fresh socket drops them.
-        self.poller.unregister(self.writer)
-        self.writer.close(linger=0)
-        self.writer = sockets.connect_dealer(self.ctx, sockets.writer_endpoint(self.run_dir))
-        self.poller.register(self.writer, zmq.POLLIN)
-        pending, self.pending = self.pending, {}
-        for src, dest, msg_id, typ, _deadline, _arg in pending.values():
-            if typ == m.OP_INIT:
-                self.init_pending = False  # its waiting lines are replayed below
-            self.emit_error(
-                src,
-                dest,
-                msg_id,
-                13,
-                {
-                    "text": f"the writer died while it held this {typ}: it may or may not "
-                    f"have been applied; read the log (wal_read/wal_scan/wal_info) to find out"
-                },
+    def on_peer_down(self, peer: Peer) -> None:
+        lost = {rid: meta for rid, meta in self.pending.items() if meta[PEER] == peer.name}
+        if peer.up:
+            log.warning("%s is down; failing %d requests it held", peer.name, len(lost))
+        peer.up = False
+        peer.reconnect(self.ctx, self.poller)
+        init_lost = False
+        for rid, meta in lost.items():
+            del self.pending[rid]
+            init_lost |= meta[TYPE] == m.OP_INIT
+            text = (
+                f"the {peer.name} died while it held this {meta[TYPE]}: it may or may not "
+                f"have been applied; read the log (wal_read/wal_scan/wal_info) to find out"
             )
-        if not self.init_pending:
+            self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], 13, {"text": text})
+        if init_lost:
             self.init_resolved()
 
     def expire(self, now: float) -> None:
         while self.pending:
             rid, meta = next(iter(self.pending.items()))
-            if meta[4] > now:
+            if meta[DEADLINE] > now:
                 break
             del self.pending[rid]
-            self.emit_error(
-                meta[0],
-                meta[1],
-                meta[2],
-                0,
-                {
-                    "text": f"no answer from the writer within {self.request_timeout:g} s; "
-                    f"the request may or may not have been applied"
-                },
+            text = (
+                f"no answer from the {meta[PEER]} within {self.request_timeout:g} s; "
+                f"the request may or may not have been applied"
             )
-            if meta[3] == m.OP_INIT:
+            self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], 0, {"text": text})
+            if meta[TYPE] == m.OP_INIT:
                 self.init_resolved()
-        while self.held and self.held[0][3][4] <= now:
-            _rid, typ, _arg, meta = self.held.pop(0)
-            self.emit_error(
-                meta[0],
-                meta[1],
-                meta[2],
-                11,
-                {
-                    "text": f"the writer is unavailable (restarting); this {typ} was not "
-                    f"sent to it, so retry it"
-                },
+        while self.held and self.held[0][3][DEADLINE] <= now:
+            _rid, _op, _arg, meta = self.held.pop(0)
+            text = (
+                f"the {meta[PEER]} is unavailable (restarting); this {meta[TYPE]} was not "
+                f"sent to it, so retry it"
             )
-            if typ == m.OP_INIT:
+            self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], 11, {"text": text})
+            if meta[TYPE] == m.OP_INIT:
                 self.init_resolved()
         for rid, (src, dest, msg_id, deadline) in list(self.status_waiting.items()):
             if deadline <= now:
@@ -443,7 +463,8 @@ class Front:
     def run(self) -> int:
         self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
         poller = self.poller
-        poller.register(self.writer, zmq.POLLIN)
+        for peer in self.peers.values():
+            poller.register(peer.sock, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         stdin_registered = False
         while True:
@@ -465,12 +486,13 @@ class Front:
                         self.on_control(m.unpack(self.control.recv(zmq.NOBLOCK)))
                     except zmq.Again:
                         break
-            if self.writer in events:
-                while True:
-                    try:
-                        self.on_writer(m.unpack(self.writer.recv(zmq.NOBLOCK)))
-                    except zmq.Again:
-                        break
+            for peer in self.peers.values():
+                if peer.sock in events:
+                    while True:
+                        try:
+                            self.on_replies(m.unpack(peer.sock.recv(zmq.NOBLOCK)))
+                        except zmq.Again:
+                            break
             if 0 in events:
                 chunk = os.read(0, READ_CHUNK)
                 if not chunk:
@@ -483,9 +505,10 @@ class Front:
                     self.partial = lines.pop()
                     for line in lines:
                         self.on_line(line)
-            if self.outbox:
-                self.writer.send(m.pack([m.REQUESTS, self.outbox]))
-                self.outbox = []
+            for peer in self.peers.values():
+                if peer.outbox:
+                    peer.sock.send(m.pack([m.REQUESTS, peer.outbox]))
+                    peer.outbox = []
             self.expire(time.monotonic())
             self.flush_output()
 

@@ -13,6 +13,16 @@ writer -> front, one message per group commit:
         otherwise a PROTOCOL.md error code and `fields` holds "text" (and
         any extra fields such as first_offset/next_offset).
 
+front -> compactor: [REQUESTS, ...] as above, with ops
+        kv_get: [key, min_offset]   (min_offset: the front's acknowledged next
+                                     offset, for read-your-writes)
+        wal_snapshot: durable_offset (from a wal_sync barrier at the writer)
+        wal_compact: offset
+compactor -> writer: [REQUESTS, ...] with ops wal_sync and truncate_before: offset
+writer -> compactor, after each commit that moved anything (dropped if the
+compactor is not keeping up; the next one says the same and more):
+    [NOTICE, written_next, durable_next, bytes_appended]
+
 child <-> supervisor (DEALER with identity = role -> ROUTER):
     child -> supervisor:  [READY, role, pid, recovery]     recovery: dict or None
                           [STATUS, rid]                    front asks for status
@@ -33,6 +43,7 @@ READY = "ready"
 STATUS = "status"
 PEER = "peer"
 STOP = "stop"
+NOTICE = "notice"
 
 OP_INIT = "init"
 OP_APPEND = "wal_append"
@@ -43,6 +54,10 @@ OP_SYNC = "wal_sync"
 OP_SEGMENT_CONFIG = "wal_segment_config"
 OP_SEGMENT_INFO = "wal_segment_info"
 OP_FSYNC_BENCHMARK = "fsync_benchmark"
+OP_TRUNCATE = "truncate_before"  # internal: compactor -> writer
+OP_KV_GET = "kv_get"
+OP_SNAPSHOT = "wal_snapshot"
+OP_COMPACT = "wal_compact"
 
 OK = 0
 

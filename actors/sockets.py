@@ -15,6 +15,10 @@ def writer_endpoint(run_dir: str) -> str:
     return f"ipc://{os.path.join(run_dir, 'writer.sock')}"
 
 
+def compactor_endpoint(run_dir: str) -> str:
+    return f"ipc://{os.path.join(run_dir, 'compactor.sock')}"
+
+
 def supervisor_endpoint(run_dir: str) -> str:
     return f"ipc://{os.path.join(run_dir, 'supervisor.sock')}"
 
@@ -37,8 +41,14 @@ def bind_router(ctx: zmq.Context, endpoint: str, *, handover: bool = False) -> z
     return sock
 
 
-def connect_dealer(ctx: zmq.Context, endpoint: str, identity: str | None = None) -> zmq.Socket:
+def connect_dealer(
+    ctx: zmq.Context, endpoint: str, identity: str | None = None, *, lossy: bool = False
+) -> zmq.Socket:
+    """lossy: for notices that the next one supersedes: a small queue, and
+    sends that would block are dropped by the caller (zmq.NOBLOCK)."""
     sock = _common(ctx.socket(zmq.DEALER))
+    if lossy:
+        sock.setsockopt(zmq.SNDHWM, 16)
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity.encode())
     sock.connect(endpoint)

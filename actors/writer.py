@@ -23,7 +23,7 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.runtime import die_with_parent, setup_logging
-from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex
+from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex, snapshot
 from wal.log import DEFAULT_MAX_SEGMENT_BYTES, OffsetOutOfRange
 
 log = setup_logging("writer")
@@ -70,6 +70,7 @@ class Writer:
             m.OP_SEGMENT_CONFIG: self.op_segment_config,
             m.OP_SEGMENT_INFO: self.op_segment_info,
             m.OP_INIT: self.op_init,
+            m.OP_TRUNCATE: self.op_truncate,
         }
         self._sync_requested = False
 
@@ -115,7 +116,9 @@ class Writer:
                 "first_offset": lg.first_offset,
                 "next_offset": lg.next_offset,
                 "segments": lg.segment_count,
-                "snapshot_offset": None,
+                "snapshot_offset": max(
+                    snapshot.list_offsets(self.datadir.snapshot_dir), default=None
+                ),
                 "fsync_policy": self.policy.name,
             }
 
@@ -141,6 +144,24 @@ class Writer:
             "segments": [i.__dict__ for i in infos],
             "active_segment": infos[-1].file,
         }
+
+    def op_truncate(self, offset: int) -> tuple[int, dict]:
+        """Drop every entry below `offset`; the compactor asks once a
+        durable snapshot covers it."""
+        if offset > self.log.next_offset:
+            return 22, {
+                "text": f"cannot compact at {offset}: the log ends at {self.log.next_offset}"
+            }
+        before, after, freed = self.log.truncate_before(offset)
+        if freed:
+            log.info(
+                "compacted below offset %d: %d -> %d entries, %d bytes freed",
+                offset,
+                before,
+                after,
+                freed,
+            )
+        return m.OK, {"entries_before": before, "entries_after": after, "bytes_freed": freed}
 
     def op_init(self, node_id: str) -> tuple[int, dict]:
         recorded = self.datadir.read_meta().get("node_id")
@@ -201,7 +222,8 @@ def _out_of_range(err: OffsetOutOfRange) -> tuple[int, dict]:
     }
 
 
-def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket) -> None:
+def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket, notices: zmq.Socket) -> None:
+    last_notice = None
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
@@ -228,6 +250,14 @@ def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket) -> None:
                 code, fields = result() if callable(result) else result
                 out.append([rid, code, fields])
             router.send_multipart([ident, m.pack([m.REPLIES, out])])
+        lg = writer.log
+        notice = (lg.next_offset, lg.durable_offset, lg.bytes_appended)
+        if notice != last_notice:
+            try:
+                notices.send(m.pack([m.NOTICE, *notice]), zmq.NOBLOCK)
+                last_notice = notice
+            except zmq.Again:
+                pass  # the compactor is behind or down; a later notice says more
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,10 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx = zmq.Context()
     router = sockets.bind_router(ctx, sockets.writer_endpoint(args.run_dir))
     control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(args.run_dir), "writer")
+    notices = sockets.connect_dealer(ctx, sockets.compactor_endpoint(args.run_dir), lossy=True)
     control.send(m.pack([m.READY, "writer", os.getpid(), report.as_dict()]))
     writer = Writer(datadir, wal, policy)
     try:
-        serve(writer, router, control)
+        serve(writer, router, control, notices)
     except OSError as err:
         # Never retried: what is on disk is whatever recovery will find.
         log.critical("I/O failure, exiting without acknowledging the batch: %s", err)

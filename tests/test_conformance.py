@@ -25,6 +25,8 @@ CASES = [
     ("task-10-1-2-wal-recovery", 2),
     ("task-10-1-3-segments", 1),
     ("task-10-1-3-segments", 2),
+    ("task-10-1-4-compaction", 1),
+    ("task-10-1-4-compaction", 2),
 ]
 
 
@@ -78,6 +80,14 @@ def test_course_vector(task, n, tmp_path):
         for key, value in exp["body"].items():
             assert got["body"].get(key) == value, (key, exp_line, got_line)
         layout_matches(exp_line, got_line)
+    bodies = [json.loads(line)["body"] for line in lines]
+    if (task, n) == ("task-10-1-4-compaction", 1):
+        (snap,) = [b for b in bodies if b["type"] == "wal_snapshot_ok"]
+        assert snap["snapshot_offset"] >= 2 and snap["snapshot_size_bytes"] > 0
+    if (task, n) == ("task-10-1-4-compaction", 2):  # documented difference: no invented numbers
+        (err,) = [b for b in bodies if b["in_reply_to"] == 2]
+        assert err["type"] == "error" and err["code"] == 22
+        assert "no durable snapshot covers offset 500" in err["text"]
     if (task, n) == ("task-10-1-3-segments", 2):  # the README's extra check
         info = next(json.loads(ln)["body"] for ln in lines if "wal_segment_info_ok" in ln)
         assert any(s["sealed"] is False for s in info["segments"])

@@ -60,11 +60,11 @@ def test_killing_the_supervisor_leaves_no_process_behind(node_factory):
     node = node_factory()
     node.init()
     pids = node.pids()
-    assert set(pids) == {"supervisor", "writer", "front"}
+    assert set(pids) == {"supervisor", "writer", "compactor", "front"}
     assert pids["supervisor"] == node.pid
     os.kill(node.pid, signal.SIGKILL)
     node.proc.wait(5)
-    for role in ("writer", "front"):
+    for role in ("writer", "compactor", "front"):
         assert wait_until(lambda p=pids[role]: not pid_alive(p), timeout=5), role
 
 
@@ -79,6 +79,7 @@ def test_writer_restarts_and_keeps_every_entry(node_factory, data_dir):
     status = node.status()
     procs = {p["role"]: p for p in status["processes"]}
     assert procs["writer"]["restarts"] == 1 and procs["front"]["restarts"] == 0
+    assert status["last_recovery"]["role"] == "writer"
     assert status["last_recovery"]["entries_recovered"] == 50
     assert node.call({"type": "wal_append", "payload": "w50"})["offset"] == 50
     assert node.call({"type": "wal_read", "offset": 49})["payload"] == "w49"

@@ -14,10 +14,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from wal import record
+from wal import faults, record
 from wal.errors import CorruptionError, WalError
-from wal.fsutil import fsync_dir
-from wal.segment import Segment, parse_name
+from wal.fsutil import atomic_write, fsync_dir, write_all
+from wal.segment import Segment, parse_name, segment_name
+
+LOG_START = "LOG_START"  # the compaction commit point: the first retained offset
+TMP_SUFFIX = ".tmp"  # a segment rewritten by compaction, before it is committed
 
 DEFAULT_MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 
@@ -81,6 +84,7 @@ class Log:
         self.max_segment_bytes = max_segment_bytes
         self._durable_next = self.next_offset  # everything opened is on disk
         self._flushed_next = self.next_offset
+        self.bytes_appended = 0  # record bytes appended since open (a counter for notices)
 
     # -- opening ---------------------------------------------------------
 
@@ -101,15 +105,10 @@ class Log:
         report = RecoveryReport()
         if not readonly:
             os.makedirs(directory, exist_ok=True)
-        names = sorted(
-            (base, name)
-            for name in (os.listdir(directory) if os.path.isdir(directory) else [])
-            if (base := parse_name(name)) is not None
-        )
+        names = _settle_compaction(directory, readonly, report.notes)
         segments: list[Segment] = []
         try:
-            for i, (base, name) in enumerate(names):
-                path = os.path.join(directory, name)
+            for i, (base, path) in enumerate(names):
                 last = i == len(names) - 1
                 seg, scan = Segment.open_checked(path, base, last=last, writable=not readonly)
                 if segments and segments[-1].next_offset != base:
@@ -122,7 +121,7 @@ class Log:
                     )
                 segments.append(seg)
                 if scan.damage is not None:  # a torn tail of the last segment
-                    report.truncated_file = name
+                    report.truncated_file = os.path.basename(path)
                     report.truncated_at = scan.valid_end
                     report.truncation_reason = scan.damage.value
                     report.bytes_truncated = scan.file_size - scan.valid_end
@@ -133,7 +132,7 @@ class Log:
                 seg.close()
             raise
         if not segments and not readonly:
-            segments.append(Segment.create(directory, 0))
+            segments.append(Segment.create(directory, _read_start(directory) or 0))
             fsync_dir(directory)
         log = cls(directory, segments, max_segment_bytes)
         report.segments = len(segments)
@@ -206,6 +205,7 @@ class Log:
             active = self._segments[-1]
         offset = active.next_offset
         active.stage(data)
+        self.bytes_appended += len(data)
         return offset, crc
 
     def flush(self) -> None:
@@ -231,6 +231,66 @@ class Log:
         fsync_dir(self.directory)
         self._segments.append(new)
         self._bases.append(new.base_offset)
+
+    # -- compaction ----------------------------------------------------------
+
+    def truncate_before(self, offset: int) -> tuple[int, int, int]:
+        """Remove every entry below `offset` from the directory.
+
+        Returns (entries_before, entries_after, record_bytes_freed). Whole
+        segments below the offset are deleted; the one that straddles it is
+        rewritten from the offset on, so no record below it is left in any
+        file. Crash-safe: the rewrite is written and fsynced as a temp file,
+        then LOG_START is replaced atomically (the commit point), then the
+        temp file is renamed in and the old files deleted. Log.open finishes
+        a committed compaction and discards an uncommitted one.
+        """
+        self.flush()
+        entries_before, bytes_before = self.entries, self.total_bytes
+        if offset <= self.first_offset:
+            return entries_before, entries_before, 0
+        if offset > self.next_offset:
+            raise WalError(f"cannot compact at {offset}: the log ends at {self.next_offset}")
+        i = bisect.bisect_right(self._bases, offset) - 1
+        seg = self._segments[i]
+        rewritten = None
+        if seg.base_offset != offset:
+            rewritten = self._rewrite_tail(seg, offset)
+        faults.point("compact.before_commit")
+        atomic_write(os.path.join(self.directory, LOG_START), f"{offset}\n".encode())
+        faults.point("compact.after_commit")
+        if rewritten is not None:
+            os.rename(rewritten.path + TMP_SUFFIX, rewritten.path)
+            faults.point("compact.after_rename")
+            doomed = self._segments[: i + 1]
+            self._segments = [rewritten, *self._segments[i + 1 :]]
+        else:
+            doomed = self._segments[:i]
+            self._segments = self._segments[i:]
+        for old in doomed:
+            old.close()
+            os.remove(old.path)
+            faults.point("compact.deleting")
+        fsync_dir(self.directory)
+        self._bases = [s.base_offset for s in self._segments]
+        return entries_before, self.entries, bytes_before - self.total_bytes
+
+    def _rewrite_tail(self, seg: Segment, offset: int) -> Segment:
+        """Copy `seg`'s records from `offset` on into a fsynced temp file."""
+        index = offset - seg.base_offset
+        start = seg.bytes_before(index)
+        data = seg.read_bytes(start, seg.size - start)
+        path = os.path.join(self.directory, segment_name(offset))
+        fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data[: len(data) // 2])
+            faults.point("compact.rewrite_half_written")
+            write_all(fd, data[len(data) // 2 :])
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return Segment(path, offset, fd, seg.positions_from(index, start), len(data), seg.sealed)
 
     # -- reading -----------------------------------------------------------
 
@@ -274,3 +334,61 @@ class Log:
                 out.append(Entry(offset, payload, crc, valid))
                 offset += 1
         return out
+
+
+def _read_start(directory: str) -> int | None:
+    try:
+        with open(os.path.join(directory, LOG_START), "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise CorruptionError(
+            os.path.join(directory, LOG_START), 0, f"not an offset: {text[:40]!r}"
+        ) from None
+
+
+def _settle_compaction(directory: str, readonly: bool, notes: list[str]) -> list[tuple[int, str]]:
+    """Finish a committed compaction, discard an uncommitted one; return the
+    (base offset, path) of every retained segment, in order."""
+    if not os.path.isdir(directory):
+        return []
+    names = os.listdir(directory)
+    start = _read_start(directory)
+    bases = {b: os.path.join(directory, n) for n in names if (b := parse_name(n)) is not None}
+    changed = False
+    if start is not None and start not in bases:
+        pending = os.path.join(directory, segment_name(start) + TMP_SUFFIX)
+        if not os.path.exists(pending):
+            raise CorruptionError(
+                os.path.join(directory, LOG_START),
+                0,
+                f"the log starts at offset {start} but no segment starts there",
+            )
+        final = os.path.join(directory, segment_name(start))
+        notes.append(f"finished an interrupted compaction at offset {start}")
+        if readonly:
+            bases[start] = pending
+        else:
+            os.rename(pending, final)
+            bases[start] = final
+            changed = True
+    for name in names:
+        if name.endswith(".log" + TMP_SUFFIX) and parse_name(name[: -len(TMP_SUFFIX)]) != start:
+            notes.append(f"discarded {name}, left by a compaction that did not commit")
+            if not readonly:
+                os.remove(os.path.join(directory, name))
+                changed = True
+    for base in sorted(bases):
+        if start is not None and base < start:
+            notes.append(f"removed {os.path.basename(bases[base])}, compacted away")
+            if not readonly:
+                os.remove(bases.pop(base))
+                changed = True
+            else:
+                bases.pop(base)
+    if changed:
+        fsync_dir(directory)
+    return sorted(bases.items())

@@ -222,6 +222,15 @@ class Segment:
             out.append((payload, stored_crc, valid))
         return out
 
+    def read_bytes(self, start: int, length: int) -> bytes:
+        if self._staged:
+            self.flush()
+        return os.pread(self._fd, length, start)
+
+    def positions_from(self, index: int, start: int) -> array:
+        """The index of entries from `index` on, as positions in a file that starts at `start`."""
+        return array("Q", (p - start for p in self._positions[index:]))
+
     def record_bytes(self, index: int) -> int:
         start, end = self._span(index)
         return end - start

@@ -1,0 +1,321 @@
+"""The compactor: keeps the state machine, writes snapshots, releases the log.
+
+It is the only process that writes snapshots. It reads the log files
+read-only (the writer tells it how far they are written) and folds entries
+into the state machine in offset order. A snapshot is written to a temp
+file, fsynced, renamed into place and the directory fsynced before anyone
+hears of it; only then may the writer drop the entries below it.
+
+At start: load the newest snapshot that passes its checks (falling back to
+older ones), then replay the log from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import zmq
+
+from actors import messages as m
+from actors import sockets
+from actors.runtime import die_with_parent, setup_logging
+from wal import CorruptionError, WalError, snapshot
+from wal.datadir import DataDir
+from wal.statemachine import StateMachine
+from wal.tail import LogTail
+
+log = setup_logging("compactor")
+
+EXIT_NO_STATE = 3  # the log was compacted past every loadable snapshot
+
+
+class Compactor:
+    def __init__(
+        self,
+        datadir: DataDir,
+        *,
+        snapshot_every: int,
+        snapshot_every_bytes: int,
+        keep_entries: int,
+        keep_snapshots: int,
+        auto: bool,
+    ) -> None:
+        self.datadir = datadir
+        self.snapshot_every = snapshot_every
+        self.snapshot_every_bytes = snapshot_every_bytes
+        self.keep_entries = keep_entries
+        self.keep_snapshots = keep_snapshots
+        self.auto = auto
+        self.sm = StateMachine()
+        self.tail: LogTail | None = None
+        self.snapshot_offset: int | None = None  # the newest durable snapshot
+        self.written_next = 0  # the writer's acknowledged (written) next offset
+        self.durable_next = 0
+        self.bytes_since_snapshot = 0
+        self._bytes_mark: int | None = None
+        self.auto_busy = False
+
+    # -- recovery ----------------------------------------------------------
+
+    def recover(self, durable_next: int) -> dict:
+        """Load the newest valid snapshot, replay the log up to `durable_next`."""
+        t0 = time.monotonic()
+        removed = snapshot.clean(self.datadir.snapshot_dir, self.keep_snapshots)
+        for name in removed:
+            log.info("removed %s (temp file or beyond the %d kept)", name, self.keep_snapshots)
+        snap, skipped = snapshot.load_latest(self.datadir.snapshot_dir)
+        for note in skipped:
+            log.warning("%s", note)
+        start = snap.offset if snap else 0
+        self.sm = StateMachine(snap.state if snap else {}, start)
+        self.snapshot_offset = snap.offset if snap else None
+        self.tail = LogTail(self.datadir.wal_dir, start)
+        self.catch_up(durable_next)
+        self.durable_next = self.written_next = durable_next
+        return {
+            "snapshot_offset": self.snapshot_offset,
+            "snapshots_skipped": len(skipped),
+            "entries_recovered": self.sm.applied_offset - start,
+            "bytes_truncated": 0,
+            "first_offset": start,
+            "next_offset": self.sm.applied_offset,
+            "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+        }
+
+    # -- applying ------------------------------------------------------------
+
+    def catch_up(self, until: int) -> None:
+        """Apply entries up to `until` (exclusive); they are written already."""
+        if until <= self.sm.applied_offset:
+            return
+        apply = self.sm.apply
+        for _offset, payload in self.tail.read(until):
+            apply(payload.decode("utf-8", "replace"))
+
+    def on_notice(self, written_next: int, durable_next: int, bytes_appended: int) -> None:
+        self.written_next = max(self.written_next, written_next)
+        self.durable_next = max(self.durable_next, durable_next)
+        if self._bytes_mark is None or bytes_appended < self._bytes_mark:
+            self._bytes_mark = bytes_appended  # a new writer counts from 0 again
+        self.bytes_since_snapshot += bytes_appended - self._bytes_mark
+        self._bytes_mark = bytes_appended
+
+    def auto_due(self) -> bool:
+        if not self.auto or self.auto_busy or self.sm.applied_offset > self.durable_next:
+            return False
+        since = self.durable_next - (self.snapshot_offset or 0)
+        return since >= self.snapshot_every or (
+            since > 0 and self.bytes_since_snapshot >= self.snapshot_every_bytes
+        )
+
+    # -- requests ------------------------------------------------------------
+
+    def kv_get(self, key: str, min_offset: int) -> tuple[int, dict]:
+        self.catch_up(min_offset)
+        if key not in self.sm.state:
+            return 20, {
+                "text": f"key {key!r} does not exist (as of offset {self.sm.applied_offset})",
+                "applied_offset": self.sm.applied_offset,
+            }
+        return m.OK, {
+            "key": key,
+            "value": self.sm.state[key],
+            "applied_offset": self.sm.applied_offset,
+        }
+
+    def take_snapshot(self, durable_next: int) -> tuple[int, dict]:
+        """Snapshot every entry below `durable_next` (all of them fsynced)."""
+        self.catch_up(durable_next)
+        if self.sm.applied_offset > durable_next:
+            # Under a relaxed --fsync the state may hold entries not yet
+            # durable; a snapshot of them could outlive the log after power loss.
+            return 11, {
+                "text": f"the state holds entries past the durable offset {durable_next}; "
+                f"retry (wal_sync first under --fsync never)"
+            }
+        snap = snapshot.write(self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state)
+        self.snapshot_offset = max(self.snapshot_offset or 0, snap.offset)
+        self.bytes_since_snapshot = 0
+        for name in snapshot.clean(self.datadir.snapshot_dir, self.keep_snapshots):
+            log.info("pruned snapshot %s", name)
+        return m.OK, {"snapshot_offset": snap.offset, "snapshot_size_bytes": snap.size_bytes}
+
+    def compact_check(self, offset: int) -> tuple[int, dict] | None:
+        """None if compacting at `offset` is allowed, else the error reply."""
+        if self.snapshot_offset is None or self.snapshot_offset < offset:
+            latest = self.snapshot_offset
+            where = (
+                "there is no snapshot yet"
+                if latest is None
+                else (f"the latest snapshot is at offset {latest}")
+            )
+            return 22, {
+                "text": f"no durable snapshot covers offset {offset}: {where}; "
+                f"send wal_snapshot first, then compact at or below its snapshot_offset",
+                "snapshot_offset": latest,
+            }
+        return None
+
+
+def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.Socket) -> None:
+    """Requests come from fronts (and notices from the writer) on `router`;
+    compactions and barriers go to the writer over `writer`."""
+    poller = zmq.Poller()
+    for sock in (router, writer, control):
+        poller.register(sock, zmq.POLLIN)
+    waiting: dict[int, tuple] = {}  # our rid at the writer -> what to do with its answer
+    next_rid = 0
+
+    def ask_writer(op: str, arg: object, then: tuple) -> None:
+        nonlocal next_rid
+        next_rid += 1
+        waiting[next_rid] = then
+        writer.send(m.pack([m.REQUESTS, [[next_rid, op, arg]]]))
+
+    while True:
+        events = dict(poller.poll(1000))
+        if control in events:
+            msg = m.unpack(control.recv())
+            if msg[0] == m.STOP:
+                return
+            if msg[0] == m.PEER and msg[1] == "writer" and msg[2] == "down":
+                # what the dead writer held is lost; a compaction may or may not have happened
+                for then in waiting.values():
+                    if then[0] == "compact":
+                        _, ident, front_rid, _offset = then
+                        text = (
+                            "the writer died during this compaction: it may or may not "
+                            "have happened; check wal_info.first_offset"
+                        )
+                        router.send_multipart(
+                            [ident, m.pack([m.REPLIES, [[front_rid, 13, {"text": text}]]])]
+                        )
+                waiting.clear()
+                comp.auto_busy = False
+        while router in events:
+            try:
+                ident, data = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = m.unpack(data)
+            if msg[0] == m.NOTICE:
+                comp.on_notice(*msg[1:])
+                continue
+            replies = []
+            for rid, op, arg in msg[1]:
+                try:
+                    if op == m.OP_KV_GET:
+                        replies.append([rid, *comp.kv_get(arg[0], arg[1])])
+                    elif op == m.OP_SNAPSHOT:
+                        replies.append([rid, *comp.take_snapshot(arg)])
+                    elif op == m.OP_COMPACT:
+                        refused = comp.compact_check(arg)
+                        if refused is not None:
+                            replies.append([rid, *refused])
+                        else:
+                            ask_writer(m.OP_TRUNCATE, arg, ("compact", ident, rid, arg))
+                    else:
+                        replies.append([rid, 10, {"text": f"the compactor does not serve {op!r}"}])
+                except (WalError, OSError) as err:
+                    log.error("%s failed: %s", op, err)
+                    replies.append([rid, 13, {"text": f"{op} failed in the compactor: {err}"}])
+            if replies:
+                router.send_multipart([ident, m.pack([m.REPLIES, replies])])
+        while writer in events:
+            try:
+                msg = m.unpack(writer.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            for rid, code, fields in msg[1]:
+                then = waiting.pop(rid, None)
+                if then is None:
+                    continue
+                if then[0] == "compact":
+                    _, ident, front_rid, offset = then
+                    if code == m.OK:
+                        fields = {"snapshot_offset": offset, **fields}
+                    router.send_multipart([ident, m.pack([m.REPLIES, [[front_rid, code, fields]]])])
+                elif then[0] == "auto":
+                    comp.auto_busy = False
+                    if code == m.OK:
+                        log.info(
+                            "auto-compacted below offset %d: %d entries kept, %d bytes freed",
+                            then[1],
+                            fields["entries_after"],
+                            fields["bytes_freed"],
+                        )
+                    else:
+                        log.warning("auto-compaction refused: %s", fields.get("text"))
+        if comp.auto_due():
+            comp.auto_busy = True
+            try:
+                code, snap = comp.take_snapshot(comp.durable_next)
+            except (WalError, OSError) as err:
+                code, snap = 13, {"text": str(err)}
+            if code != m.OK:
+                comp.auto_busy = False
+                log.error("automatic snapshot failed: %s", snap["text"])
+                continue
+            target = max(0, snap["snapshot_offset"] - comp.keep_entries)
+            log.info("automatic snapshot at offset %d", snap["snapshot_offset"])
+            if target > 0:
+                ask_writer(m.OP_TRUNCATE, target, ("auto", target))
+            else:
+                comp.auto_busy = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="walnode-compactor")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--parent-pid", type=int, default=None)
+    p.add_argument("--snapshot-every", type=int, default=10_000)
+    p.add_argument("--snapshot-every-bytes", type=int, default=64 << 20)
+    p.add_argument("--keep-entries", type=int, default=5_000)
+    p.add_argument("--keep-snapshots", type=int, default=3)
+    p.add_argument("--no-auto-compact", action="store_true")
+    args = p.parse_args(argv)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    comp = Compactor(
+        DataDir(args.data_dir, create=False),
+        snapshot_every=args.snapshot_every,
+        snapshot_every_bytes=args.snapshot_every_bytes,
+        keep_entries=args.keep_entries,
+        keep_snapshots=args.keep_snapshots,
+        auto=not args.no_auto_compact,
+    )
+    ctx = zmq.Context()
+    router = sockets.bind_router(ctx, sockets.compactor_endpoint(args.run_dir))
+    writer = sockets.connect_dealer(ctx, sockets.writer_endpoint(args.run_dir))
+    control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(args.run_dir), "compactor")
+    # Replay only what is durable: ask the writer for a sync barrier first.
+    writer.send(m.pack([m.REQUESTS, [[0, m.OP_SYNC, None]]]))
+    if not writer.poll(30_000):
+        log.error("the writer did not answer within 30 s; exiting to be restarted")
+        return 1
+    ((_, code, fields),) = m.unpack(writer.recv())[1]
+    try:
+        recovery = comp.recover(fields["durable_offset"])
+    except (CorruptionError, WalError) as err:
+        log.error("refusing to start: %s", err)
+        return EXIT_NO_STATE
+    log.info(
+        "recovered: snapshot at %s, replayed %d entries, %d keys, applied through offset %d",
+        recovery["snapshot_offset"],
+        recovery["entries_recovered"],
+        len(comp.sm.state),
+        comp.sm.applied_offset,
+    )
+    control.send(m.pack([m.READY, "compactor", os.getpid(), recovery]))
+    serve(comp, router, writer, control)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

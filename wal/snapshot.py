@@ -1,0 +1,140 @@
+"""Snapshots of the state machine: one file each, written atomically.
+
+    DIR/snapshots/00000000000000000500.snap   covers every entry below 500
+
+Layout (docs/FORMAT.md):
+    magic    8 bytes   b"WNSNAP\\x00\\x01" (the last two bytes: format version 1)
+    offset   u64 LE    entries below this offset are folded in
+    length   u64 LE    body length
+    body     msgpack map {key: value} (str -> str)
+    crc      u32 LE    CRC-32 (zlib) of every byte before it
+
+Written to `<name>.tmp`, fsynced, renamed into place, the directory fsynced:
+a crash leaves the old set of snapshots or the new one. A file that fails
+any check is never loaded; the loader falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+import msgpack
+
+from wal import faults
+from wal.fsutil import fsync_dir, write_all
+
+MAGIC = b"WNSNAP\x00\x01"
+HEAD = struct.Struct("<8sQQ")
+CRC = struct.Struct("<I")
+NAME_RE = re.compile(r"^(\d{20})\.snap$")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    offset: int
+    state: dict[str, str]
+    path: str
+    size_bytes: int
+
+
+def snapshot_name(offset: int) -> str:
+    return f"{offset:020d}.snap"
+
+
+def list_offsets(directory: str) -> list[int]:
+    """Offsets of the snapshot files in place (renamed in, so once complete), ascending."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for n in names if (m := NAME_RE.match(n)))
+
+
+def encode(offset: int, state: dict[str, str]) -> bytes:
+    body = msgpack.packb(state, use_bin_type=True)
+    data = HEAD.pack(MAGIC, offset, len(body)) + body
+    return data + CRC.pack(zlib.crc32(data))
+
+
+def decode(data: bytes) -> tuple[int, dict[str, str]]:
+    """Check and decode a snapshot file's bytes; ValueError says what is wrong."""
+    if len(data) < HEAD.size + CRC.size:
+        raise ValueError(f"too short ({len(data)} bytes)")
+    magic, offset, length = HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"bad magic {magic!r}")
+    if HEAD.size + length + CRC.size != len(data):
+        raise ValueError(f"body length {length} does not match the file size {len(data)}")
+    (crc,) = CRC.unpack_from(data, len(data) - CRC.size)
+    if zlib.crc32(data[: -CRC.size]) != crc:
+        raise ValueError("checksum mismatch")
+    state = msgpack.unpackb(data[HEAD.size : HEAD.size + length], raw=False)
+    if not isinstance(state, dict):
+        raise ValueError("body is not a map")
+    return offset, state
+
+
+def write(directory: str, offset: int, state: dict[str, str]) -> Snapshot:
+    """Write a snapshot durably: temp file, fsync, rename, fsync the directory."""
+    os.makedirs(directory, exist_ok=True)
+    data = encode(offset, state)
+    path = os.path.join(directory, snapshot_name(offset))
+    tmp = path + ".tmp"
+    faults.point("snapshot.before_temp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, data[: len(data) // 2])
+        faults.point("snapshot.half_written")
+        write_all(fd, data[len(data) // 2 :])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    faults.point("snapshot.after_temp")
+    os.rename(tmp, path)
+    faults.point("snapshot.after_rename")
+    fsync_dir(directory)
+    faults.point("snapshot.after_dir_fsync")
+    return Snapshot(offset, state, path, len(data))
+
+
+def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
+    """The newest snapshot that passes every check, and a note per file skipped."""
+    skipped = []
+    for offset in reversed(list_offsets(directory)):
+        path = os.path.join(directory, snapshot_name(offset))
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            got_offset, state = decode(data)
+            if got_offset != offset:
+                raise ValueError(f"holds offset {got_offset}, not the {offset} of its name")
+        except (OSError, ValueError, msgpack.UnpackException) as err:
+            skipped.append(f"skipped snapshot {path}: {err}")
+            continue
+        return Snapshot(offset, state, path, len(data)), skipped
+    return None, skipped
+
+
+def clean(directory: str, keep: int) -> list[str]:
+    """Remove leftover temp files and all but the newest `keep` snapshots."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if name.endswith(".snap.tmp"):
+            removed.append(name)
+            os.remove(os.path.join(directory, name))
+    offsets = list_offsets(directory)
+    for offset in offsets[: max(0, len(offsets) - keep)]:
+        removed.append(snapshot_name(offset))
+        os.remove(os.path.join(directory, snapshot_name(offset)))
+        faults.point("snapshot.pruning")
+    if removed:
+        fsync_dir(directory)
+    return removed

@@ -144,8 +144,8 @@ class Compactor:
             log.info("pruned snapshot %s", name)
         return m.OK, {"snapshot_offset": snap.offset, "snapshot_size_bytes": snap.size_bytes}
 
-    def compact_check(self, offset: int) -> tuple[int, dict] | None:
-        """None if compacting at `offset` is allowed, else the error reply."""
+    def compact_check(self, offset: int) -> list | None:
+        """None if a snapshot covers `offset`, else the refusal (error 22)."""
         if self.snapshot_offset is None or self.snapshot_offset < offset:
             latest = self.snapshot_offset
             where = (
@@ -153,11 +153,14 @@ class Compactor:
                 if latest is None
                 else (f"the latest snapshot is at offset {latest}")
             )
-            return 22, {
-                "text": f"no durable snapshot covers offset {offset}: {where}; "
-                f"send wal_snapshot first, then compact at or below its snapshot_offset",
-                "snapshot_offset": latest,
-            }
+            return [
+                22,
+                {
+                    "text": f"no durable snapshot covers offset {offset}: {where}; "
+                    f"send wal_snapshot first, then compact at or below its snapshot_offset",
+                    "snapshot_offset": latest,
+                },
+            ]
         return None
 
 
@@ -196,11 +199,7 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                         )
                 waiting.clear()
                 comp.auto_busy = False
-        while router in events:
-            try:
-                ident, data = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for ident, data in sockets.drain(router, multipart=True) if router in events else ():
             msg = m.unpack(data)
             if msg[0] == m.NOTICE:
                 comp.on_notice(*msg[1:])
@@ -213,11 +212,11 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                     elif op == m.OP_SNAPSHOT:
                         replies.append([rid, *comp.take_snapshot(arg)])
                     elif op == m.OP_COMPACT:
-                        refused = comp.compact_check(arg)
-                        if refused is not None:
-                            replies.append([rid, *refused])
-                        else:
-                            ask_writer(m.OP_TRUNCATE, arg, ("compact", ident, rid, arg))
+                        # Without a covering snapshot the writer still answers an
+                        # offset at or below its first one (nothing to remove:
+                        # zeros); above it, it returns our refusal.
+                        refusal = comp.compact_check(arg)
+                        ask_writer(m.OP_TRUNCATE, [arg, refusal], ("compact", ident, rid, arg))
                     else:
                         replies.append([rid, 10, {"text": f"the compactor does not serve {op!r}"}])
                 except (WalError, OSError) as err:
@@ -225,11 +224,8 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                     replies.append([rid, 13, {"text": f"{op} failed in the compactor: {err}"}])
             if replies:
                 router.send_multipart([ident, m.pack([m.REPLIES, replies])])
-        while writer in events:
-            try:
-                msg = m.unpack(writer.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                break
+        for data in sockets.drain(writer) if writer in events else ():
+            msg = m.unpack(data)
             for rid, code, fields in msg[1]:
                 then = waiting.pop(rid, None)
                 if then is None:
@@ -263,7 +259,7 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
             target = max(0, snap["snapshot_offset"] - comp.keep_entries)
             log.info("automatic snapshot at offset %d", snap["snapshot_offset"])
             if target > 0:
-                ask_writer(m.OP_TRUNCATE, target, ("auto", target))
+                ask_writer(m.OP_TRUNCATE, [target, None], ("auto", target))
             else:
                 comp.auto_busy = False
 

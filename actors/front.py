@@ -151,26 +151,33 @@ def recover_reply(body: dict) -> dict:
     return {"entries_replayed": replayed, "entries_skipped": skipped, "state": state}
 
 
-class MsgIdCounter:
-    """The node's reply counter, kept in a run-directory file so that a
-    restarted front goes on counting instead of repeating ids. A number is
-    taken (and stored) before the line that carries it is written."""
+class FrontState:
+    """What a restarted front must not forget, in a run-directory file (two
+    u64s, mmapped): the next reply msg_id, so ids never repeat, and the
+    offset after the newest acknowledged append, so kv_get keeps reading
+    its writes. Both are stored before the lines they govern are written."""
+
+    LAYOUT = struct.Struct("<QQ")
 
     def __init__(self, path: str) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < 8:
-                os.ftruncate(fd, 8)
-            self._mm = mmap.mmap(fd, 8)
+            if os.fstat(fd).st_size < self.LAYOUT.size:
+                os.ftruncate(fd, self.LAYOUT.size)
+            self._mm = mmap.mmap(fd, self.LAYOUT.size)
         finally:
             os.close(fd)
-        (self._next,) = struct.unpack_from("<Q", self._mm)
+        self._next_msg_id, self.acked_next = self.LAYOUT.unpack_from(self._mm)
 
-    def take(self) -> int:
-        n = self._next
-        self._next = n + 1
+    def take_msg_id(self) -> int:
+        n = self._next_msg_id
+        self._next_msg_id = n + 1
         struct.pack_into("<Q", self._mm, 0, n + 1)
         return n
+
+    def store_acked_next(self, acked_next: int) -> None:
+        self.acked_next = acked_next
+        struct.pack_into("<Q", self._mm, 8, acked_next)
 
 
 # Which peer serves each forwarded type. wal_snapshot goes to the writer
@@ -237,7 +244,7 @@ class Front:
         self.known_types = sorted([*self.forwarded, "wal_recover", "status"])
         self.request_timeout = request_timeout
         self.unavailable_wait = unavailable_wait
-        self.msg_ids = MsgIdCounter(os.path.join(run_dir, "front.msgid"))
+        self.state = FrontState(os.path.join(run_dir, "front.state"))
         self.node_id_path = os.path.join(run_dir, "node_id")
         self.node_id: str | None = None
         if os.path.exists(self.node_id_path):
@@ -245,8 +252,6 @@ class Front:
                 self.node_id = f.read() or None
         self.init_pending = False  # an init is at the writer; later lines wait for it
         self.after_init: list[bytes] = []
-        # every append acknowledged so far is below this: kv_get waits for it
-        self.acked_next = 0
         self.next_rid = 0
         # rid -> [src, dest, msg_id, type, deadline, init arg, peer]: sent, unanswered
         self.pending: dict[int, list] = {}
@@ -262,7 +267,7 @@ class Front:
     def emit(self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict) -> None:
         body = {"type": typ, "in_reply_to": in_reply_to}
         body.update(fields)
-        body["msg_id"] = self.msg_ids.take()
+        body["msg_id"] = self.state.take_msg_id()
         self.out.append(json.dumps({"src": src, "dest": dest, "body": body}))
 
     def emit_error(self, src: Any, dest: Any, in_reply_to: Any, code: int, fields: dict) -> None:
@@ -324,8 +329,8 @@ class Front:
         except BadRequest as err:
             self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
             return
-        if typ == m.OP_KV_GET:
-            arg = [arg, self.acked_next]
+        if typ == m.OP_KV_GET:  # read-your-writes: every acknowledged append first
+            arg = [arg, self.state.acked_next]
         if typ == m.OP_INIT:
             self.init_pending = True
         meta = [src, dest, msg_id, typ, 0.0, arg if typ == m.OP_INIT else None, ROUTES[typ]]
@@ -362,6 +367,7 @@ class Front:
     def on_replies(self, msg: list) -> None:
         if msg[0] != m.REPLIES:
             return
+        acked_next = self.state.acked_next
         for rid, code, fields in msg[1]:
             meta = self.pending.pop(rid, None)
             if meta is None:  # answered already (timeout or a peer's crash)
@@ -374,8 +380,8 @@ class Front:
             if typ == m.OP_INIT and code == m.OK:
                 self.set_node_id(meta[INIT_ARG])
                 meta[SRC] = meta[INIT_ARG]
-            if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.acked_next:
-                self.acked_next = fields["offset"] + 1
+            if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= acked_next:
+                acked_next = fields["offset"] + 1
             if code == m.OK:
                 if meta[MSG_ID] is not None:
                     self.emit(meta[SRC], meta[DEST], meta[MSG_ID], typ + "_ok", fields)
@@ -383,6 +389,8 @@ class Front:
                 self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, fields)
             if typ == m.OP_INIT:
                 self.init_resolved()
+        if acked_next != self.state.acked_next:  # stored before the acks are printed
+            self.state.store_acked_next(acked_next)
 
     def set_node_id(self, node_id: str) -> None:
         self.node_id = node_id
@@ -416,16 +424,20 @@ class Front:
             log.warning("%s is down; failing %d requests it held", peer.name, len(lost))
         peer.up = False
         peer.reconnect(self.ctx, self.poller)
-        init_lost = False
         for rid, meta in lost.items():
             del self.pending[rid]
-            init_lost |= meta[TYPE] == m.OP_INIT
-            text = (
+            self.fail(
+                meta,
+                13,
                 f"the {peer.name} died while it held this {meta[TYPE]}: it may or may not "
-                f"have been applied; read the log (wal_read/wal_scan/wal_info) to find out"
+                f"have been applied; read the log (wal_read/wal_scan/wal_info) to find out",
             )
-            self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], 13, {"text": text})
-        if init_lost:
+
+    def fail(self, meta: list, code: int, text: str) -> None:
+        """Answer a forwarded request with an error; a failed init frees the
+        lines that waited for it."""
+        self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, {"text": text})
+        if meta[TYPE] == m.OP_INIT:
             self.init_resolved()
 
     def expire(self, now: float) -> None:
@@ -434,22 +446,20 @@ class Front:
             if meta[DEADLINE] > now:
                 break
             del self.pending[rid]
-            text = (
+            self.fail(
+                meta,
+                0,
                 f"no answer from the {meta[PEER]} within {self.request_timeout:g} s; "
-                f"the request may or may not have been applied"
+                f"the request may or may not have been applied",
             )
-            self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], 0, {"text": text})
-            if meta[TYPE] == m.OP_INIT:
-                self.init_resolved()
         while self.held and self.held[0][3][DEADLINE] <= now:
             _rid, _op, _arg, meta = self.held.pop(0)
-            text = (
+            self.fail(
+                meta,
+                11,
                 f"the {meta[PEER]} is unavailable (restarting); this {meta[TYPE]} was not "
-                f"sent to it, so retry it"
+                f"sent to it, so retry it",
             )
-            self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], 11, {"text": text})
-            if meta[TYPE] == m.OP_INIT:
-                self.init_resolved()
         for rid, (src, dest, msg_id, deadline) in list(self.status_waiting.items()):
             if deadline <= now:
                 del self.status_waiting[rid]
@@ -481,18 +491,12 @@ class Front:
                 return 0
             events = dict(poller.poll(100))
             if self.control in events:
-                while True:
-                    try:
-                        self.on_control(m.unpack(self.control.recv(zmq.NOBLOCK)))
-                    except zmq.Again:
-                        break
+                for data in sockets.drain(self.control):
+                    self.on_control(m.unpack(data))
             for peer in self.peers.values():
                 if peer.sock in events:
-                    while True:
-                        try:
-                            self.on_replies(m.unpack(peer.sock.recv(zmq.NOBLOCK)))
-                        except zmq.Again:
-                            break
+                    for data in sockets.drain(peer.sock):
+                        self.on_replies(m.unpack(data))
             if 0 in events:
                 chunk = os.read(0, READ_CHUNK)
                 if not chunk:

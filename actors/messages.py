@@ -18,7 +18,9 @@ front -> compactor: [REQUESTS, ...] as above, with ops
                                      offset, for read-your-writes)
         wal_snapshot: durable_offset (from a wal_sync barrier at the writer)
         wal_compact: offset
-compactor -> writer: [REQUESTS, ...] with ops wal_sync and truncate_before: offset
+compactor -> writer: [REQUESTS, ...] with ops wal_sync and
+        truncate_before: [offset, refusal]  (refusal: [22, fields] when no
+        snapshot covers offset; the writer answers it unless offset <= first)
 writer -> compactor, after each commit that moved anything (dropped if the
 compactor is not keeping up; the next one says the same and more):
     [NOTICE, written_next, durable_next, bytes_appended]

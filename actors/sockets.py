@@ -53,3 +53,15 @@ def connect_dealer(
         sock.setsockopt(zmq.IDENTITY, identity.encode())
     sock.connect(endpoint)
     return sock
+
+
+def drain(sock: zmq.Socket, limit: int | None = None, *, multipart: bool = False):
+    """Every message waiting on `sock` now (up to `limit`), without blocking."""
+    recv = sock.recv_multipart if multipart else sock.recv
+    n = 0
+    while limit is None or n < limit:
+        try:
+            yield recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        n += 1

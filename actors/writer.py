@@ -145,9 +145,13 @@ class Writer:
             "active_segment": infos[-1].file,
         }
 
-    def op_truncate(self, offset: int) -> tuple[int, dict]:
-        """Drop every entry below `offset`; the compactor asks once a
-        durable snapshot covers it."""
+    def op_truncate(self, arg: list) -> tuple[int, dict]:
+        """Drop every entry below `offset`. The compactor sends a refusal
+        along when no durable snapshot covers it: that holds unless there is
+        nothing to remove (an offset at or below the first one)."""
+        offset, refusal = arg
+        if refusal is not None and offset > self.log.first_offset:
+            return refusal[0], refusal[1]
         if offset > self.log.next_offset:
             return 22, {
                 "text": f"cannot compact at {offset}: the log ends at {self.log.next_offset}"
@@ -235,14 +239,11 @@ def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket, notices: zmq.
             msg = m.unpack(control.recv())
             stopping = msg[0] == m.STOP
         batches = []
-        while router in events and len(batches) < MAX_DRAIN_MESSAGES:
-            try:
-                ident, data = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            msg = m.unpack(data)
-            if msg[0] == m.REQUESTS:
-                batches.append((ident, writer.handle(msg[1])))
+        if router in events:
+            for ident, data in sockets.drain(router, MAX_DRAIN_MESSAGES, multipart=True):
+                msg = m.unpack(data)
+                if msg[0] == m.REQUESTS:
+                    batches.append((ident, writer.handle(msg[1])))
         writer.commit()  # raises on I/O failure: no reply leaves for this batch
         for ident, replies in batches:
             out = []

@@ -12,6 +12,14 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE = os.path.join(REPO, "node.py")
+WALCTL = os.path.join(REPO, "walctl.py")
+
+
+def walctl(*args: str) -> subprocess.CompletedProcess:
+    """Run the operator tool and capture what it prints."""
+    return subprocess.run(
+        [sys.executable, WALCTL, *args], capture_output=True, text=True, timeout=60
+    )
 
 
 class Node:

@@ -293,10 +293,9 @@ def test_wal_info_does_not_advertise_a_damaged_snapshot(node_factory, data_dir):
     refused = node.call({"type": "wal_compact", "snapshot_at_offset": 20})
     assert refused["type"] == "error" and refused["code"] == 22
     assert refused["snapshot_offset"] == 10
-    # BUG: wal_info.snapshot_offset is computed by the writer from the file
-    # names in DIR/snapshots, never checked, so it still reports the damaged
-    # snapshot at 20 that recovery skipped, contradicting wal_compact's error 22
-    # ("the latest snapshot is at offset 10").
+    # Regression: wal_info.snapshot_offset comes from the file names in
+    # DIR/snapshots; it once still named the damaged snapshot at 20 that recovery
+    # skipped. Recovery now moves a damaged snapshot aside (<name>.corrupt).
     assert info(node)["snapshot_offset"] == 10
 
 
@@ -368,6 +367,21 @@ def test_compactor_killed_and_restarted(node_factory, data_dir):
     assert value(node, "k16") == "later"
 
 
+def test_kv_get_after_a_front_restart_sees_acknowledged_appends(node_factory):
+    node = node_factory("--no-auto-compact")
+    node.init()
+    pipeline(node, [f"set x{i}={i}" for i in range(5)])  # acknowledged, never read back
+    front = node.pids()["front"]
+    os.kill(front, signal.SIGKILL)
+    assert wait_until(lambda: node.restarted("front", front), timeout=10)
+    # Regression: the front once kept `acked_next` (the offset kv_get makes the
+    # compactor catch up to) only in memory, so a restarted front started from 0
+    # and kv_get missed acknowledged appends. It now lives in the run directory.
+    body = kv(node, "x4")
+    assert body["type"] == "kv_get_ok" and body["value"] == "4", body
+    assert body["applied_offset"] >= 5, body
+
+
 # -- 8. a large snapshot does not stall appends ------------------------------------------
 
 
@@ -412,3 +426,16 @@ def test_appends_go_on_while_a_large_snapshot_is_written(node_factory, data_dir)
         os.path.getsize(snap_path(data_dir, snap["snapshot_offset"]))
         == (snap["snapshot_size_bytes"])
     )
+
+
+def test_compact_at_or_below_the_first_offset_needs_no_snapshot(node_factory):
+    """PROTOCOL: an offset at or below the first retained entry removes nothing
+    and answers with zeros freed; above it, a covering snapshot is required."""
+    node = node_factory("--no-auto-compact")
+    node.init()
+    node.call({"type": "wal_append", "payload": "set a=1"})
+    body = node.call({"type": "wal_compact", "snapshot_at_offset": 0})
+    assert body["type"] == "wal_compact_ok", body
+    assert (body["entries_before"], body["entries_after"], body["bytes_freed"]) == (1, 1, 0)
+    body = node.call({"type": "wal_compact", "snapshot_at_offset": 1})
+    assert body["code"] == 22 and body["snapshot_offset"] is None

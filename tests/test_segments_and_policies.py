@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
-from tests.nodeproc import REPO, wait_until
+from tests.nodeproc import wait_until, walctl
 
 
 def test_segments_roll_at_the_configured_size_and_the_setting_persists(node_factory, data_dir):
@@ -107,15 +105,6 @@ def test_wal_scan_pages_and_caps(node_factory):
     }
     body = node.call({"type": "wal_scan", "from_offset": 0, "max_entries": 10**9})
     assert len(body["entries"]) == 30  # capped at 10,000, and only 30 exist
-
-
-def walctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "walctl.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def test_walctl_info_and_dump_read_a_directory_offline(node_factory, data_dir):

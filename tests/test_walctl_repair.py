@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-from tests.nodeproc import REPO
-
-
-def walctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "walctl.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+from tests.nodeproc import walctl
 
 
 def fill(node_factory, data_dir: str, n: int) -> None:

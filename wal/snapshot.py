@@ -102,7 +102,11 @@ def write(directory: str, offset: int, state: dict[str, str]) -> Snapshot:
 
 
 def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
-    """The newest snapshot that passes every check, and a note per file skipped."""
+    """The newest snapshot that passes every check, and a note per file skipped.
+
+    A file that fails is renamed to `<name>.corrupt`: kept for a person to
+    look at, never listed, loaded or counted as a snapshot again.
+    """
     skipped = []
     for offset in reversed(list_offsets(directory)):
         path = os.path.join(directory, snapshot_name(offset))
@@ -113,7 +117,9 @@ def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
             if got_offset != offset:
                 raise ValueError(f"holds offset {got_offset}, not the {offset} of its name")
         except (OSError, ValueError, msgpack.UnpackException) as err:
-            skipped.append(f"skipped snapshot {path}: {err}")
+            skipped.append(f"skipped snapshot {path}: {err}; moved aside to {path}.corrupt")
+            os.rename(path, path + ".corrupt")
+            fsync_dir(directory)
             continue
         return Snapshot(offset, state, path, len(data)), skipped
     return None, skipped

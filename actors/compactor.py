@@ -1,6 +1,7 @@
 """The compactor: keeps the state machine, writes snapshots, releases the log.
 
-It is the only process that writes snapshots. It reads the log files
+It is the only process that writes snapshots. It also runs
+`fsync_benchmark`, so that measuring never stalls the writer. It reads the log files
 read-only (the writer tells it how far they are written) and folds entries
 into the state machine in offset order. A snapshot is written to a temp
 file, fsynced, renamed into place and the directory fsynced before anyone
@@ -23,7 +24,7 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.runtime import die_with_parent, setup_logging
-from wal import CorruptionError, WalError, snapshot
+from wal import CorruptionError, WalError, fsyncbench, snapshot
 from wal.datadir import DataDir
 from wal.statemachine import StateMachine
 from wal.tail import LogTail
@@ -211,6 +212,14 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                         replies.append([rid, *comp.kv_get(arg[0], arg[1])])
                     elif op == m.OP_SNAPSHOT:
                         replies.append([rid, *comp.take_snapshot(arg)])
+                    elif op == m.OP_FSYNC_BENCHMARK:
+                        # here, not in the writer: measuring must not stall appends
+                        entries, strategies = arg
+                        results = [
+                            fsyncbench.measure(comp.datadir.path, entries, name)
+                            for name in strategies
+                        ]
+                        replies.append([rid, m.OK, {"results": results}])
                     elif op == m.OP_COMPACT:
                         # Without a covering snapshot the writer still answers an
                         # offset at or below its first one (nothing to remove:

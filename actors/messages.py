@@ -6,7 +6,7 @@ front -> writer (DEALER -> ROUTER), many requests per message:
         rid: the front's request id (int); op: an OP_* name; arg: per op:
         append: payload bytes;  read: offset;  scan: [from, max_entries];
         info/sync/segment_info: None;  segment_config: max_segment_bytes;
-        init: node_id;  fsync_benchmark: [entries, [strategy, ...]]
+        init: node_id
 writer -> front, one message per group commit:
     [REPLIES, [[rid, code, fields], ...]]
         code 0: ok, `fields` are the reply's fields in protocol order;
@@ -18,6 +18,7 @@ front -> compactor: [REQUESTS, ...] as above, with ops
                                      offset, for read-your-writes)
         wal_snapshot: durable_offset (from a wal_sync barrier at the writer)
         wal_compact: offset
+        fsync_benchmark: [entries, [strategy, ...]]
 compactor -> writer: [REQUESTS, ...] with ops wal_sync and
         truncate_before: [offset, refusal]  (refusal: [22, fields] when no
         snapshot covers offset; the writer answers it unless offset <= first)

@@ -27,6 +27,8 @@ CASES = [
     ("task-10-1-3-segments", 2),
     ("task-10-1-4-compaction", 1),
     ("task-10-1-4-compaction", 2),
+    ("task-10-1-5-fsync-bench", 1),
+    ("task-10-1-5-fsync-bench", 2),
 ]
 
 
@@ -88,6 +90,15 @@ def test_course_vector(task, n, tmp_path):
         (err,) = [b for b in bodies if b["in_reply_to"] == 2]
         assert err["type"] == "error" and err["code"] == 22
         assert "no durable snapshot covers offset 500" in err["text"]
+    if task == "task-10-1-5-fsync-bench":
+        (bench,) = [b for b in bodies if b["type"] == "fsync_benchmark_ok"]
+        results = bench["results"]
+        if n == 1:  # three results, ops_per_sec strictly rising
+            assert [r["strategy"] for r in results] == ["always", "batch_10ms", "none"]
+            rates = [r["ops_per_sec"] for r in results]
+            assert rates[0] < rates[1] < rates[2], rates
+        else:
+            assert [(r["strategy"], r["data_loss_window"]) for r in results] == [("always", "0ms")]
     if (task, n) == ("task-10-1-3-segments", 2):  # the README's extra check
         info = next(json.loads(ln)["body"] for ln in lines if "wal_segment_info_ok" in ln)
         assert any(s["sealed"] is False for s in info["segments"])

@@ -44,6 +44,10 @@ MALFORMED = [
     ({"type": "wal_recover", "wal_entries": "nope"}, "wal_entries must be a list"),
     ({"type": "wal_recover", "wal_entries": [{"payload": 1}]}, "wal_entries[0]"),
     ({"type": "init", "node_id": 5}, "node_id must be a string"),
+    ({"type": "kv_get"}, "missing field 'key'"),
+    ({"type": "wal_compact", "snapshot_at_offset": -5}, "snapshot_at_offset must be >= 0"),
+    ({"type": "fsync_benchmark", "entries": 10**6}, "entries is capped at 20000"),
+    ({"type": "fsync_benchmark", "strategies": ["sometimes"]}, "strategies must be"),
     ({"type": "wal_append", "payload": "x", "msg_id": "seven"}, "msg_id must be an integer"),
 ]
 

@@ -139,3 +139,16 @@ def test_walctl_reports_a_torn_tail_without_cutting_it(node_factory, data_dir):
     info = json.loads(walctl("info", data_dir).stdout)
     assert info["entries"] == 1 and info["torn_tail"]["bytes"] == 3
     assert os.path.getsize(seg) == 13 + 3  # untouched
+
+
+def test_fsync_benchmark_measures_on_a_scratch_file_and_removes_it(node_factory, data_dir):
+    node = node_factory("--data-dir", data_dir)
+    node.init()
+    node.call({"type": "wal_append", "payload": "keep me"})
+    body = node.call({"type": "fsync_benchmark", "entries": 200, "strategies": ["none", "always"]})
+    assert [r["strategy"] for r in body["results"]] == ["none", "always"]
+    assert all(r["ops_per_sec"] > 0 for r in body["results"])
+    assert body["results"][1]["durability"] == "every_write"
+    assert not [n for n in os.listdir(data_dir) if n.startswith("fsync-benchmark")]
+    info = node.call({"type": "wal_info"})  # the log itself was not touched
+    assert (info["entries"], info["total_bytes"]) == (1, 8 + len("keep me"))

@@ -54,8 +54,7 @@ class Compactor:
         self.sm = StateMachine()
         self.tail: LogTail | None = None
         self.snapshot_offset: int | None = None  # the newest durable snapshot
-        self.written_next = 0  # the writer's acknowledged (written) next offset
-        self.durable_next = 0
+        self.durable_next = 0  # from the writer's notices
         self.bytes_since_snapshot = 0
         self._bytes_mark: int | None = None
         self.auto_busy = False
@@ -65,9 +64,8 @@ class Compactor:
     def recover(self, durable_next: int) -> dict:
         """Load the newest valid snapshot, replay the log up to `durable_next`."""
         t0 = time.monotonic()
-        removed = snapshot.clean(self.datadir.snapshot_dir, self.keep_snapshots)
-        for name in removed:
-            log.info("removed %s (temp file or beyond the %d kept)", name, self.keep_snapshots)
+        for name in snapshot.remove_temp_files(self.datadir.snapshot_dir):
+            log.info("removed %s, left by a snapshot that was never completed", name)
         snap, skipped = snapshot.load_latest(self.datadir.snapshot_dir)
         for note in skipped:
             log.warning("%s", note)
@@ -76,7 +74,7 @@ class Compactor:
         self.snapshot_offset = snap.offset if snap else None
         self.tail = LogTail(self.datadir.wal_dir, start)
         self.catch_up(durable_next)
-        self.durable_next = self.written_next = durable_next
+        self.durable_next = durable_next
         return {
             "snapshot_offset": self.snapshot_offset,
             "snapshots_skipped": len(skipped),
@@ -97,8 +95,7 @@ class Compactor:
         for _offset, payload in self.tail.read(until):
             apply(payload.decode("utf-8", "replace"))
 
-    def on_notice(self, written_next: int, durable_next: int, bytes_appended: int) -> None:
-        self.written_next = max(self.written_next, written_next)
+    def on_notice(self, durable_next: int, bytes_appended: int) -> None:
         self.durable_next = max(self.durable_next, durable_next)
         if self._bytes_mark is None or bytes_appended < self._bytes_mark:
             self._bytes_mark = bytes_appended  # a new writer counts from 0 again
@@ -141,7 +138,7 @@ class Compactor:
         snap = snapshot.write(self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state)
         self.snapshot_offset = max(self.snapshot_offset or 0, snap.offset)
         self.bytes_since_snapshot = 0
-        for name in snapshot.clean(self.datadir.snapshot_dir, self.keep_snapshots):
+        for name in snapshot.prune(self.datadir.snapshot_dir, self.keep_snapshots):
             log.info("pruned snapshot %s", name)
         return m.OK, {"snapshot_offset": snap.offset, "snapshot_size_bytes": snap.size_bytes}
 

@@ -24,7 +24,7 @@ compactor -> writer: [REQUESTS, ...] with ops wal_sync and
         snapshot covers offset; the writer answers it unless offset <= first)
 writer -> compactor, after each commit that moved anything (dropped if the
 compactor is not keeping up; the next one says the same and more):
-    [NOTICE, written_next, durable_next, bytes_appended]
+    [NOTICE, durable_next, bytes_appended]
 
 child <-> supervisor (DEALER with identity = role -> ROUTER):
     child -> supervisor:  [READY, role, pid, recovery]     recovery: dict or None

@@ -252,7 +252,7 @@ def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket, notices: zmq.
                 out.append([rid, code, fields])
             router.send_multipart([ident, m.pack([m.REPLIES, out])])
         lg = writer.log
-        notice = (lg.next_offset, lg.durable_offset, lg.bytes_appended)
+        notice = (lg.durable_offset, lg.bytes_appended)
         if notice != last_notice:
             try:
                 notices.send(m.pack([m.NOTICE, *notice]), zmq.NOBLOCK)

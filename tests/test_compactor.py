@@ -439,3 +439,30 @@ def test_compact_at_or_below_the_first_offset_needs_no_snapshot(node_factory):
     assert (body["entries_before"], body["entries_after"], body["bytes_freed"]) == (1, 1, 0)
     body = node.call({"type": "wal_compact", "snapshot_at_offset": 1})
     assert body["code"] == 22 and body["snapshot_offset"] is None
+
+
+def test_recovery_never_prunes_the_fallback_snapshot(node_factory, data_dir):
+    """Regression: recovery once pruned to --keep-snapshots before loading, so
+    with the newest snapshot damaged the only valid one could be deleted, and
+    a log compacted past offset 0 then had no state to rebuild from."""
+    node = node_factory("--data-dir", data_dir, "--no-auto-compact", "--keep-snapshots", "5")
+    node.init()
+    for i in range(20):
+        node.call({"type": "wal_append", "payload": f"set r{i % 4}={i}"})
+        if i in (9, 19):
+            node.call({"type": "wal_snapshot"})
+    assert node.call({"type": "wal_compact", "snapshot_at_offset": 10})["entries_after"] == 10
+    assert node.close() == 0
+    newest = os.path.join(data_dir, "snapshots", f"{20:020d}.snap")
+    with open(newest, "r+b") as f:
+        f.seek(30)
+        f.write(b"\xff\xff")
+    node = node_factory("--data-dir", data_dir, "--no-auto-compact", "--keep-snapshots", "1")
+    node.init()
+    assert node.status()["recoveries"]["compactor"]["snapshot_offset"] == 10
+    assert [node.call({"type": "kv_get", "key": f"r{k}"})["value"] for k in range(4)] == [
+        "16",
+        "17",
+        "18",
+        "19",
+    ]

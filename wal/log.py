@@ -132,7 +132,7 @@ class Log:
                 seg.close()
             raise
         if not segments and not readonly:
-            segments.append(Segment.create(directory, _read_start(directory) or 0))
+            segments.append(Segment.create(directory, read_start_offset(directory) or 0))
             fsync_dir(directory)
         log = cls(directory, segments, max_segment_bytes)
         report.segments = len(segments)
@@ -336,7 +336,8 @@ class Log:
         return out
 
 
-def _read_start(directory: str) -> int | None:
+def read_start_offset(directory: str) -> int | None:
+    """The first retained offset recorded by the last compaction, if any."""
     try:
         with open(os.path.join(directory, LOG_START), "rb") as f:
             text = f.read()
@@ -356,7 +357,7 @@ def _settle_compaction(directory: str, readonly: bool, notes: list[str]) -> list
     if not os.path.isdir(directory):
         return []
     names = os.listdir(directory)
-    start = _read_start(directory)
+    start = read_start_offset(directory)
     bases = {b: os.path.join(directory, n) for n in names if (b := parse_name(n)) is not None}
     changed = False
     if start is not None and start not in bases:

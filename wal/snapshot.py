@@ -125,17 +125,24 @@ def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
     return None, skipped
 
 
-def clean(directory: str, keep: int) -> list[str]:
-    """Remove leftover temp files and all but the newest `keep` snapshots."""
-    removed = []
+def remove_temp_files(directory: str) -> list[str]:
+    """Remove `*.snap.tmp` left by a crash while a snapshot was written."""
     try:
-        names = os.listdir(directory)
+        names = [n for n in os.listdir(directory) if n.endswith(".snap.tmp")]
     except FileNotFoundError:
-        return removed
+        return []
     for name in names:
-        if name.endswith(".snap.tmp"):
-            removed.append(name)
-            os.remove(os.path.join(directory, name))
+        os.remove(os.path.join(directory, name))
+    if names:
+        fsync_dir(directory)
+    return names
+
+
+def prune(directory: str, keep: int) -> list[str]:
+    """Remove all but the newest `keep` snapshots. Only called right after a
+    new snapshot is durable, never at recovery: there the newest files may
+    be the damaged ones, and an older one the only fallback."""
+    removed = []
     offsets = list_offsets(directory)
     for offset in offsets[: max(0, len(offsets) - keep)]:
         removed.append(snapshot_name(offset))

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 
 from wal.errors import CorruptionError, WalError
-from wal.log import LOG_START, _read_start
+from wal.log import read_start_offset
 from wal.record import HEADER, HEADER_SIZE, Damage, decode_at
 from wal.segment import parse_name
 
@@ -38,7 +38,7 @@ class LogTail:
         names = sorted(
             (b, n) for n in os.listdir(self.directory) if (b := parse_name(n)) is not None
         )
-        start = _read_start(self.directory)
+        start = read_start_offset(self.directory)
         holding = [(b, n) for b, n in names if b <= offset]
         if not holding or (start is not None and offset < start):
             first = start if start is not None else (names[0][0] if names else 0)
@@ -87,6 +87,3 @@ class LogTail:
                 self.close()
             elif p:
                 stalled = False
-
-
-__all__ = ["LogTail", "LOG_START"]

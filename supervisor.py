@@ -159,6 +159,7 @@ class Supervisor:
             if child is None or child.pid != pid:
                 return  # a message from a process that is already gone
             child.state = "ready"
+            child.backoff = RESTART_BACKOFF_MIN  # it recovered: the next crash starts over
             if recovery is not None:
                 self.last_recovery = {"role": role, **recovery}
                 self.recoveries[role] = self.last_recovery
@@ -234,15 +235,8 @@ class Supervisor:
             if self.stopping:
                 return self.shutdown()
             if self.control.poll(20):
-                while True:
-                    try:
-                        ident, data = self.control.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for ident, data in sockets.drain(self.control, multipart=True):
                     self.on_message(ident, m.unpack(data))
-            for child in self.children.values():  # a child that stays ready resets its backoff
-                if child.state == "ready":
-                    child.backoff = RESTART_BACKOFF_MIN
 
     def shutdown(self) -> int:
         """Stop the front, the compactor, then the writer (which syncs and exits)."""

@@ -367,7 +367,6 @@ class Front:
     def on_replies(self, msg: list) -> None:
         if msg[0] != m.REPLIES:
             return
-        acked_next = self.state.acked_next
         for rid, code, fields in msg[1]:
             meta = self.pending.pop(rid, None)
             if meta is None:  # answered already (timeout or a peer's crash)
@@ -380,8 +379,9 @@ class Front:
             if typ == m.OP_INIT and code == m.OK:
                 self.set_node_id(meta[INIT_ARG])
                 meta[SRC] = meta[INIT_ARG]
-            if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= acked_next:
-                acked_next = fields["offset"] + 1
+            if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:
+                # stored before the ack is printed, and before any kv_get below
+                self.state.store_acked_next(fields["offset"] + 1)
             if code == m.OK:
                 if meta[MSG_ID] is not None:
                     self.emit(meta[SRC], meta[DEST], meta[MSG_ID], typ + "_ok", fields)
@@ -389,8 +389,6 @@ class Front:
                 self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, fields)
             if typ == m.OP_INIT:
                 self.init_resolved()
-        if acked_next != self.state.acked_next:  # stored before the acks are printed
-            self.state.store_acked_next(acked_next)
 
     def set_node_id(self, node_id: str) -> None:
         self.node_id = node_id
@@ -407,8 +405,9 @@ class Front:
                 self.on_peer_down(peer)
             else:
                 peer.up = True
-                held, self.held = self.held, []
-                for rid, op, arg, meta in held:
+                mine = [item for item in self.held if item[3][PEER] == peer.name]
+                self.held = [item for item in self.held if item[3][PEER] != peer.name]
+                for rid, op, arg, meta in mine:
                     self.forward(rid, op, arg, meta)
         elif kind == m.STATUS:
             waiting = self.status_waiting.pop(msg[1], None)

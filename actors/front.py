@@ -241,7 +241,7 @@ class Front:
         self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
         self.validators = Validators(max_payload_bytes)
         self.forwarded = {name: getattr(self.validators, name) for name in ROUTES}
-        self.known_types = sorted([*self.forwarded, "wal_recover", "status"])
+        self.known_types = frozenset([*self.forwarded, "wal_recover", "status"])
         self.request_timeout = request_timeout
         self.unavailable_wait = unavailable_wait
         self.state = FrontState(os.path.join(run_dir, "front.state"))
@@ -323,7 +323,7 @@ class Front:
                 return
             validate = self.forwarded.get(typ)
             if validate is None:
-                known = ", ".join(self.known_types)
+                known = ", ".join(sorted(self.known_types))
                 raise BadRequest(10, f"unknown message type {typ!r}; walnode serves {known}")
             arg = validate(body)
         except BadRequest as err:

@@ -110,15 +110,17 @@ class Node:
         """Send a request and return its reply's body."""
         return self.reply_to(self.send(body, **kw), timeout)["body"]
 
+    def call_ok(self, body: dict, timeout: float = 10, **kw: str) -> dict:
+        """Like call, and the reply must be the request's `_ok`."""
+        reply = self.call(body, timeout, **kw)
+        assert reply["type"] == body["type"] + "_ok", reply
+        return reply
+
     def init(self, node_id: str = "n1") -> dict:
-        body = self.call({"type": "init", "node_id": node_id, "node_ids": [node_id]}, src="c0")
-        assert body["type"] == "init_ok", body
-        return body
+        return self.call_ok({"type": "init", "node_id": node_id, "node_ids": [node_id]}, src="c0")
 
     def status(self) -> dict:
-        body = self.call({"type": "status"})
-        assert body["type"] == "status_ok", body
-        return body
+        return self.call_ok({"type": "status"})
 
     def pids(self) -> dict[str, int]:
         return {p["role"]: p["pid"] for p in self.status()["processes"]}

@@ -65,15 +65,11 @@ def values(node, keys) -> dict[str, str | None]:
 
 
 def info(node) -> dict:
-    body = node.call({"type": "wal_info"})
-    assert body["type"] == "wal_info_ok", body
-    return body
+    return node.call_ok({"type": "wal_info"})
 
 
 def take_snapshot(node) -> dict:
-    body = node.call({"type": "wal_snapshot"})
-    assert body["type"] == "wal_snapshot_ok", body
-    return body
+    return node.call_ok({"type": "wal_snapshot"})
 
 
 def fold(payloads: list[str]) -> dict[str, str]:

@@ -10,6 +10,7 @@ import zlib
 
 import pytest
 
+from tests.damage import flip_byte
 from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, record
 from wal.log import OffsetOutOfRange
 from wal.record import HEADER_SIZE, Damage
@@ -34,14 +35,6 @@ def write_log(path, n: int, max_segment_bytes: int | None = None) -> list[tuple[
 
 def seg_path(path, base: int = 0) -> str:
     return os.path.join(os.fspath(path), segment_name(base))
-
-
-def flip_byte(file: str, pos: int) -> None:
-    with open(file, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def record_positions(n: int) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from tests.damage import flip_byte
 from tests.nodeproc import walctl
 
 
@@ -15,22 +16,14 @@ def fill(node_factory, data_dir: str, n: int) -> None:
     assert node.close() == 0
 
 
-def flip(path: str, position: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(position)
-        byte = f.read(1)
-        f.seek(position)
-        f.write(bytes([byte[0] ^ 0x20]))
-
-
 def test_verify_and_repair_a_corrupt_sealed_segment(node_factory, data_dir):
     fill(node_factory, data_dir, 25)  # 8 records of 18 bytes per 160-byte segment
     wal = os.path.join(data_dir, "wal")
     seg8 = os.path.join(wal, "00000000000000000008.log")
     seg16 = os.path.join(wal, "00000000000000000016.log")
     seg24 = os.path.join(wal, "00000000000000000024.log")
-    flip(seg8, 3 * 18 + 10)  # a payload byte of offset 11
-    flip(seg16, 5 * 18 + 9)  # and of offset 21
+    flip_byte(seg8, 3 * 18 + 10, 0x20)  # a payload byte of offset 11
+    flip_byte(seg16, 5 * 18 + 9, 0x20)  # and of offset 21
 
     out = walctl("verify", data_dir)
     assert out.returncode == 3

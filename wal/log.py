@@ -314,7 +314,7 @@ class Log:
         """
         if from_offset == self.next_offset and from_offset >= self.first_offset:
             return []
-        seg, index = self._locate(from_offset)
+        self._locate(from_offset)  # raises OffsetOutOfRange outside the log
         out: list[Entry] = []
         budget = max_bytes
         offset = from_offset

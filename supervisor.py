@@ -51,8 +51,8 @@ CHILD_ENV = {
 
 RESTART_BACKOFF_MIN = 0.02
 RESTART_BACKOFF_MAX = 1.0
-RESTART_INTENSITY = 10  # restarts of one role ...
-RESTART_WINDOW = 10.0  # ... within this many seconds stop everything
+RESTART_INTENSITY = 10  # default --max-restarts of one role ...
+RESTART_WINDOW = 10.0  # ... within --restart-window seconds: stop everything
 
 
 @dataclass
@@ -205,12 +205,13 @@ class Supervisor:
             return
         now = time.monotonic()
         child.restart_times.append(now)
-        while child.restart_times and child.restart_times[0] < now - RESTART_WINDOW:
+        window = self.args.restart_window
+        while child.restart_times and child.restart_times[0] < now - window:
             child.restart_times.popleft()
-        if len(child.restart_times) > RESTART_INTENSITY:
+        if len(child.restart_times) > self.args.max_restarts:
             self.fail(
                 f"{child.role} died {len(child.restart_times)} times within "
-                f"{RESTART_WINDOW:g} s (last: {child.last_exit}); giving up"
+                f"{window:g} s (last: {child.last_exit}); giving up"
             )
             return
         child.restart_at = now + child.backoff
@@ -313,6 +314,18 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=2.0,
         help="seconds a request waits for a restarting writer before error 11",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=RESTART_INTENSITY,
+        help="a role restarted more than this often within --restart-window stops the node (10)",
+    )
+    p.add_argument(
+        "--restart-window",
+        type=float,
+        default=RESTART_WINDOW,
+        help="seconds over which --max-restarts is counted (10)",
     )
 
 

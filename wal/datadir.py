@@ -19,7 +19,7 @@ import os
 import socket
 
 from wal.errors import WalError
-from wal.fsutil import atomic_write, fsync_dir
+from wal.fsutil import atomic_write, make_dirs
 
 FORMAT_VERSION = 1
 META_NAME = "walnode.meta"
@@ -39,8 +39,7 @@ class DataDir:
     def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = os.path.abspath(path)
         if create and not os.path.isdir(self.path):
-            os.makedirs(self.path, exist_ok=True)
-            fsync_dir(os.path.dirname(self.path))
+            make_dirs(self.path)
         self.wal_dir = os.path.join(self.path, "wal")
         self.snapshot_dir = os.path.join(self.path, "snapshots")
         self._lock_fd: int | None = None

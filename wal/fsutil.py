@@ -14,6 +14,21 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str) -> None:
+    """Create `path` and any missing parents, each made durable in its parent:
+    a new directory's entry is only on disk once its parent is fsynced."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    make_dirs(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    fsync_dir(parent)
+
+
 def atomic_write(path: str, data: bytes) -> None:
     """Replace `path` with `data` so a crash leaves the old file or the new one.
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from wal import faults, record
 from wal.errors import CorruptionError, WalError
-from wal.fsutil import atomic_write, fsync_dir, write_all
+from wal.fsutil import atomic_write, fsync_dir, make_dirs, write_all
 from wal.segment import Segment, parse_name, segment_name
 
 LOG_START = "LOG_START"  # the compaction commit point: the first retained offset
@@ -104,7 +104,7 @@ class Log:
         t0 = time.monotonic()
         report = RecoveryReport()
         if not readonly:
-            os.makedirs(directory, exist_ok=True)
+            make_dirs(directory)
         names = _settle_compaction(directory, readonly, report.notes)
         segments: list[Segment] = []
         try:

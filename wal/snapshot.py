@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import msgpack
 
 from wal import faults
-from wal.fsutil import fsync_dir, write_all
+from wal.fsutil import fsync_dir, make_dirs, write_all
 
 MAGIC = b"WNSNAP\x00\x01"
 HEAD = struct.Struct("<8sQQ")
@@ -80,7 +80,7 @@ def decode(data: bytes) -> tuple[int, dict[str, str]]:
 
 def write(directory: str, offset: int, state: dict[str, str]) -> Snapshot:
     """Write a snapshot durably: temp file, fsync, rename, fsync the directory."""
-    os.makedirs(directory, exist_ok=True)
+    make_dirs(directory)
     data = encode(offset, state)
     path = os.path.join(directory, snapshot_name(offset))
     tmp = path + ".tmp"

@@ -102,7 +102,6 @@ def check_recovery(root: str, written: dict[int, str], acked: set[int]) -> None:
         wal.close()
 
 
-
 def check_node_serves(node_factory, root: str, written: dict[int, str], acked: set[int]) -> None:
     """The real processes start on the cut directory and serve what was acknowledged."""
     node = node_factory(f"--data-dir={root}", *NODE_FLAGS)

@@ -141,4 +141,3 @@ def install_from_env() -> None:
     trace = os.environ.get(TRACE_ENV)
     if trace:
         install(trace, os.environ[ROOT_ENV])
-

@@ -93,6 +93,7 @@ def describe_exit(code: int) -> str:
 class Supervisor:
     def __init__(self, args: argparse.Namespace, data_dir: str, run_dir: str, lock_fd: int) -> None:
         self.run_dir = run_dir
+        self.max_restarts, self.restart_window = args.max_restarts, args.restart_window
         self.ctx = zmq.Context()
         self.control = sockets.bind_router(
             self.ctx, sockets.supervisor_endpoint(run_dir), handover=True
@@ -205,10 +206,10 @@ class Supervisor:
             return
         now = time.monotonic()
         child.restart_times.append(now)
-        window = self.args.restart_window
+        window = self.restart_window
         while child.restart_times and child.restart_times[0] < now - window:
             child.restart_times.popleft()
-        if len(child.restart_times) > self.args.max_restarts:
+        if len(child.restart_times) > self.max_restarts:
             self.fail(
                 f"{child.role} died {len(child.restart_times)} times within "
                 f"{window:g} s (last: {child.last_exit}); giving up"

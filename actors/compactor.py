@@ -24,7 +24,7 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.runtime import die_with_parent, setup_logging
-from wal import CorruptionError, WalError, fsyncbench, snapshot
+from wal import CorruptionError, DiskFull, WalError, fsyncbench, snapshot
 from wal.datadir import DataDir
 from wal.statemachine import StateMachine
 from wal.tail import LogTail
@@ -32,6 +32,7 @@ from wal.tail import LogTail
 log = setup_logging("compactor")
 
 EXIT_NO_STATE = 3  # the log was compacted past every loadable snapshot
+AUTO_RETRY_DELAY = 5.0  # seconds between tries of a failing automatic snapshot
 
 
 class Compactor:
@@ -58,6 +59,7 @@ class Compactor:
         self.bytes_since_snapshot = 0
         self._bytes_mark: int | None = None
         self.auto_busy = False
+        self.auto_retry_at = 0.0  # after a failed automatic snapshot, wait before the next
 
     # -- recovery ----------------------------------------------------------
 
@@ -104,6 +106,8 @@ class Compactor:
 
     def auto_due(self) -> bool:
         if not self.auto or self.auto_busy or self.sm.applied_offset > self.durable_next:
+            return False
+        if time.monotonic() < self.auto_retry_at:
             return False
         since = self.durable_next - (self.snapshot_offset or 0)
         return since >= self.snapshot_every or (
@@ -225,6 +229,10 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                         ask_writer(m.OP_TRUNCATE, [arg, refusal], ("compact", ident, rid, arg))
                     else:
                         replies.append([rid, 10, {"text": f"the compactor does not serve {op!r}"}])
+                except DiskFull as err:
+                    log.warning("%s failed: %s", op, err)
+                    text = f"{err}; nothing was changed: free space, then retry"
+                    replies.append([rid, 11, {"text": text}])
                 except (WalError, OSError) as err:
                     log.error("%s failed: %s", op, err)
                     replies.append([rid, 13, {"text": f"{op} failed in the compactor: {err}"}])
@@ -260,7 +268,8 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                 code, snap = 13, {"text": str(err)}
             if code != m.OK:
                 comp.auto_busy = False
-                log.error("automatic snapshot failed: %s", snap["text"])
+                comp.auto_retry_at = time.monotonic() + AUTO_RETRY_DELAY
+                log.error("automatic snapshot failed: %s (retrying later)", snap["text"])
                 continue
             target = max(0, snap["snapshot_offset"] - comp.keep_entries)
             log.info("automatic snapshot at offset %d", snap["snapshot_offset"])

@@ -6,6 +6,11 @@ write them with one write, fdatasync once, then send every reply. Under
 it durable returns. A failed write or fdatasync is never retried: the
 writer exits and the supervisor restarts it, and recovery reads the truth
 from the files (PostgreSQL's rule since "fsyncgate").
+
+The one exception is a full disk at write time: the log undoes the write
+(wal.DiskFull), the appends that did not fit get error 11 (definitely not
+written), and the writer goes on serving, so appends work again once
+space is back.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.runtime import die_with_parent, setup_logging
-from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex, snapshot
+from wal import (
+    CorruptionError,
+    DataDir,
+    DirectoryLocked,
+    DiskFull,
+    Log,
+    WalError,
+    crc_hex,
+    snapshot,
+)
 from wal.log import DEFAULT_MAX_SEGMENT_BYTES, OffsetOutOfRange
 
 log = setup_logging("writer")
@@ -73,11 +87,16 @@ class Writer:
             m.OP_TRUNCATE: self.op_truncate,
         }
         self._sync_requested = False
+        # The first offset a full disk dropped in this batch: appends at or
+        # after it are not written, whatever was decided for them before.
+        self.disk_full_at: int | None = None
 
     # -- request handlers: return (code, fields) or a callable giving them
     # after the commit (for answers that must describe the committed state).
 
     def op_append(self, payload: bytes) -> tuple[int, dict]:
+        if self.disk_full_at is not None:
+            return DISK_FULL_REPLY  # staging it could reuse an offset already answered
         offset, crc = self.log.append(payload)
         return m.OK, {"offset": offset, "length": len(payload), "checksum": crc_hex(crc)}
 
@@ -187,17 +206,46 @@ class Writer:
         for rid, op, arg in requests:
             handler = ops.get(op)
             if handler is None:
-                replies.append([rid, 10, {"text": f"the writer does not serve {op!r}"}])
+                replies.append([rid, op, (10, {"text": f"the writer does not serve {op!r}"})])
                 continue
             try:
                 result = handler(arg)
+            except DiskFull as err:
+                self.disk_full(err)
+                result = DISK_FULL_REPLY if op == m.OP_APPEND else (11, {"text": f"{err}"})
             except (WalError, ValueError, TypeError) as err:
                 result = (13, {"text": f"{op} failed in the writer: {err}"})
-            replies.append([rid, result])
+            replies.append([rid, op, result])
         return replies
 
+    def disk_full(self, err: DiskFull) -> None:
+        log.warning("%s; failing the appends that did not fit until space is back", err)
+        first_dropped = self.log.next_offset
+        if self.disk_full_at is None or first_dropped < self.disk_full_at:
+            self.disk_full_at = first_dropped
+
+    def answer(self, op: str, result: object) -> list:
+        """A handled request's final (code, fields), decided after the commit."""
+        code, fields = result() if callable(result) else result
+        if (
+            self.disk_full_at is not None
+            and op == m.OP_APPEND
+            and code == m.OK
+            and fields["offset"] >= self.disk_full_at
+        ):
+            return list(DISK_FULL_REPLY)
+        return [code, fields]
+
     def commit(self) -> None:
-        """Make what was handled as durable as the policy promises."""
+        """Make what was handled as durable as the policy promises. On a full
+        disk, what fitted is still made durable before any reply leaves."""
+        try:
+            self._commit()
+        except DiskFull as err:
+            self.disk_full(err)
+            self._commit()
+
+    def _commit(self) -> None:
         policy = self.policy.name
         if policy == "always" or self._sync_requested:
             self.log.sync()
@@ -214,6 +262,15 @@ class Writer:
         if self.policy.interval_s is None or self.log.durable_offset == self.log.next_offset:
             return None
         return max(0.0, self.last_sync + self.policy.interval_s - time.monotonic())
+
+
+DISK_FULL_REPLY = (
+    11,
+    {
+        "text": "disk full: this append was not written (nothing of it is in the log); "
+        "free space on the data directory's file system, then retry"
+    },
+)
 
 
 def _out_of_range(err: OffsetOutOfRange) -> tuple[int, dict]:
@@ -246,11 +303,9 @@ def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket, notices: zmq.
                     batches.append((ident, writer.handle(msg[1])))
         writer.commit()  # raises on I/O failure: no reply leaves for this batch
         for ident, replies in batches:
-            out = []
-            for rid, result in replies:
-                code, fields = result() if callable(result) else result
-                out.append([rid, code, fields])
+            out = [[rid, *writer.answer(op, result)] for rid, op, result in replies]
             router.send_multipart([ident, m.pack([m.REPLIES, out])])
+        writer.disk_full_at = None
         lg = writer.log
         notice = (lg.durable_offset, lg.bytes_appended)
         if notice != last_notice:

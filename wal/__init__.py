@@ -5,7 +5,7 @@ once, in docs/FORMAT.md; `record` and `segment` mirror it.
 """
 
 from wal.datadir import DataDir, DirectoryLocked
-from wal.errors import CorruptionError, WalError
+from wal.errors import CorruptionError, DiskFull, WalError
 from wal.log import Entry, Log, RecoveryReport, SegmentInfo
 from wal.record import crc_hex
 
@@ -13,6 +13,7 @@ __all__ = [
     "CorruptionError",
     "DataDir",
     "DirectoryLocked",
+    "DiskFull",
     "Entry",
     "Log",
     "RecoveryReport",

@@ -5,6 +5,12 @@ class WalError(Exception):
     """Base class of every error raised by the wal library."""
 
 
+class DiskFull(WalError):
+    """No space left (ENOSPC, EDQUOT). What the failed write had put in a
+    file was cut off and fsynced away: none of it is in the log, so the
+    requests it carried can be told plainly that they were not written."""
+
+
 class CorruptionError(WalError):
     """A damaged record or file that is not a torn tail.
 

@@ -1,22 +1,57 @@
-"""Crash points for tests (etcd's failpoints, in miniature).
+"""Faults for tests: crash points (etcd's failpoints, in miniature) and I/O errors.
 
 `WALNODE_CRASH_AT=<name>` makes the process SIGKILL itself when it reaches
 the point of that name, exactly as `kill -9` would at that instant. Unset,
 each point costs one comparison. The points are listed in docs/TESTING.md.
+
+`WALNODE_FAULT_IO=<call>:<ERRNO>:<switch file>[,...]` makes `os.<call>`
+(write, pwrite, fsync or fdatasync) on regular files fail with ERRNO
+(ENOSPC, EIO, ...) while the switch file exists, so a test can fill the
+disk or break it and then mend it. A failing write first writes half of
+its bytes and returns short, as a real disk filling up does.
+
 `WALNODE_FS_TRACE` turns on the file-system trace of wal/fstrace.py.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import stat
+from collections.abc import Callable
 
 from wal import fstrace
 
 _CRASH_AT = os.environ.get("WALNODE_CRASH_AT", "")
-fstrace.install_from_env()
 
 
 def point(name: str) -> None:
     if name == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _failing(call: str, real: Callable, code: int, switch: str) -> Callable:
+    short_written: set[int] = set()  # fds that got their short write already
+
+    def wrapper(fd: int, *args: object) -> object:
+        if not os.path.exists(switch) or not stat.S_ISREG(os.fstat(fd).st_mode):
+            short_written.discard(fd)
+            return real(fd, *args)
+        data = args[0] if args else b""
+        if call in ("write", "pwrite") and fd not in short_written and len(data) > 1:
+            short_written.add(fd)
+            return real(fd, memoryview(data)[: len(data) // 2], *args[1:])
+        raise OSError(code, f"{os.strerror(code)} (injected by WALNODE_FAULT_IO)")
+
+    return wrapper
+
+
+def install_io_faults(spec: str) -> None:
+    for item in filter(None, spec.split(",")):
+        call, name, switch = item.split(":", 2)
+        setattr(os, call, _failing(call, getattr(os, call), getattr(errno, name), switch))
+
+
+fstrace.install_from_env()
+install_io_faults(os.environ.get("WALNODE_FAULT_IO", ""))

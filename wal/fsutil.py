@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
+
+from wal.errors import DiskFull
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: str) -> None:
@@ -35,12 +42,13 @@ def atomic_write(path: str, data: bytes) -> None:
     Temp file, fsync, rename over, fsync the directory (in that order).
     """
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with disk_full_undone(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
@@ -50,3 +58,17 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+@contextlib.contextmanager
+def disk_full_undone(temp_path: str) -> Iterator[None]:
+    """Writing a new file (`temp_path`) that nothing refers to yet: if the
+    disk is full, remove what was written and raise DiskFull instead."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in DISK_FULL_ERRNOS:
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp_path)
+        raise DiskFull(f"no space left writing {temp_path}: {err.strerror}") from None

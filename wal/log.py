@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from wal import faults, record
-from wal.errors import CorruptionError, WalError
-from wal.fsutil import atomic_write, fsync_dir, make_dirs, write_all
+from wal.errors import CorruptionError, DiskFull, WalError
+from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
 from wal.segment import Segment, parse_name, segment_name
 
 LOG_START = "LOG_START"  # the compaction commit point: the first retained offset
@@ -85,6 +85,7 @@ class Log:
         self._durable_next = self.next_offset  # everything opened is on disk
         self._flushed_next = self.next_offset
         self.bytes_appended = 0  # record bytes appended since open (a counter for notices)
+        self._bytes_flushed = 0
 
     # -- opening ---------------------------------------------------------
 
@@ -134,6 +135,10 @@ class Log:
         if not segments and not readonly:
             segments.append(Segment.create(directory, read_start_offset(directory) or 0))
             fsync_dir(directory)
+        elif not readonly:
+            # A killed writer may have left written but unsynced records: make
+            # them durable before this log calls them so (or snapshots them).
+            segments[-1].sync()
         log = cls(directory, segments, max_segment_bytes)
         report.segments = len(segments)
         report.first_offset = log.first_offset
@@ -209,11 +214,20 @@ class Log:
         return offset, crc
 
     def flush(self) -> None:
-        """Write staged entries to the file (one write), without fsync."""
+        """Write staged entries to the file (one write), without fsync.
+
+        On a full disk the staged entries are dropped (next_offset goes back)
+        and DiskFull is raised; the log is as it was before they were staged.
+        """
         if not self._segments:  # a read-only view of an empty directory
             return
-        self._segments[-1].flush()
+        try:
+            self._segments[-1].flush()
+        except DiskFull:
+            self.bytes_appended = self._bytes_flushed
+            raise
         self._flushed_next = self.next_offset
+        self._bytes_flushed = self.bytes_appended
 
     def sync(self) -> None:
         """Flush and fdatasync. Raises on failure; never retried (fsyncgate)."""
@@ -224,10 +238,16 @@ class Log:
             self._durable_next = target
 
     def roll(self) -> None:
-        """Seal the active segment and open a new one at the next offset."""
+        """Seal the active segment and open a new one at the next offset.
+
+        On a full disk (DiskFull) the active segment stays active and
+        unsealed, with its staged entries dropped as `flush` drops them.
+        """
+        self.flush()
         old = self._segments[-1]
-        old.seal()  # flush + fsync: a sealed segment is whole on disk
-        new = Segment.create(self.directory, old.next_offset)
+        with disk_full_undone(os.path.join(self.directory, segment_name(old.next_offset))):
+            new = Segment.create(self.directory, old.next_offset)
+        old.seal()  # fsync: a sealed segment is whole on disk before anything follows it
         fsync_dir(self.directory)
         self._segments.append(new)
         self._bases.append(new.base_offset)
@@ -257,7 +277,13 @@ class Log:
         if seg.base_offset != offset:
             rewritten = self._rewrite_tail(seg, offset)
         faults.point("compact.before_commit")
-        atomic_write(os.path.join(self.directory, LOG_START), f"{offset}\n".encode())
+        try:
+            atomic_write(os.path.join(self.directory, LOG_START), f"{offset}\n".encode())
+        except DiskFull:
+            if rewritten is not None:  # not committed: the rewrite is discarded
+                rewritten.close()
+                os.remove(rewritten.path + TMP_SUFFIX)
+            raise
         faults.point("compact.after_commit")
         if rewritten is not None:
             os.rename(rewritten.path + TMP_SUFFIX, rewritten.path)
@@ -281,15 +307,16 @@ class Log:
         start = seg.bytes_before(index)
         data = seg.read_bytes(start, seg.size - start)
         path = os.path.join(self.directory, segment_name(offset))
-        fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            write_all(fd, data[: len(data) // 2])
-            faults.point("compact.rewrite_half_written")
-            write_all(fd, data[len(data) // 2 :])
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+        with disk_full_undone(path + TMP_SUFFIX):
+            fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                write_all(fd, data[: len(data) // 2])
+                faults.point("compact.rewrite_half_written")
+                write_all(fd, data[len(data) // 2 :])
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
         return Segment(path, offset, fd, seg.positions_from(index, start), len(data), seg.sealed)
 
     # -- reading -----------------------------------------------------------

@@ -15,8 +15,8 @@ from array import array
 from typing import NamedTuple
 
 from wal import record
-from wal.errors import CorruptionError, WalError
-from wal.fsutil import write_all
+from wal.errors import CorruptionError, DiskFull, WalError
+from wal.fsutil import DISK_FULL_ERRNOS, write_all
 from wal.record import HEADER_SIZE, Damage
 
 NAME_RE = re.compile(r"^(\d{20})\.log$")
@@ -168,8 +168,24 @@ class Segment:
             return
         data = self._staged[0] if len(self._staged) == 1 else b"".join(self._staged)
         os.lseek(self._fd, self._written, os.SEEK_SET)
-        write_all(self._fd, data)
+        try:
+            write_all(self._fd, data)
+        except OSError as err:
+            self._drop_staged()
+            if err.errno not in DISK_FULL_ERRNOS:
+                raise
+            # A short write may have left part of the batch, even whole valid
+            # records: cut it off and make the cut durable, or a power loss
+            # could bring back entries their clients were told are not written.
+            os.ftruncate(self._fd, self._written)
+            os.fdatasync(self._fd)
+            raise DiskFull(f"no space left appending to {self.path}: {err.strerror}") from None
         self._written += len(data)
+        self._staged.clear()
+        self._staged_bytes = 0
+
+    def _drop_staged(self) -> None:
+        del self._positions[len(self._positions) - len(self._staged) :]
         self._staged.clear()
         self._staged_bytes = 0
 

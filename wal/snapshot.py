@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import msgpack
 
 from wal import faults
-from wal.fsutil import fsync_dir, make_dirs, write_all
+from wal.fsutil import disk_full_undone, fsync_dir, make_dirs, write_all
 
 MAGIC = b"WNSNAP\x00\x01"
 HEAD = struct.Struct("<8sQQ")
@@ -85,14 +85,15 @@ def write(directory: str, offset: int, state: dict[str, str]) -> Snapshot:
     path = os.path.join(directory, snapshot_name(offset))
     tmp = path + ".tmp"
     faults.point("snapshot.before_temp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data[: len(data) // 2])
-        faults.point("snapshot.half_written")
-        write_all(fd, data[len(data) // 2 :])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with disk_full_undone(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data[: len(data) // 2])
+            faults.point("snapshot.half_written")
+            write_all(fd, data[len(data) // 2 :])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     faults.point("snapshot.after_temp")
     os.rename(tmp, path)
     faults.point("snapshot.after_rename")

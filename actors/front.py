@@ -24,6 +24,7 @@ import zmq
 
 from actors import messages as m
 from actors import sockets
+from actors.inbox import Inbox
 from actors.runtime import die_with_parent, setup_logging
 from wal.statemachine import replay
 
@@ -34,6 +35,11 @@ MAX_IN_FLIGHT = 20_000  # stop reading stdin past this many unanswered requests
 SCAN_MAX_ENTRIES = 10_000
 FSYNC_BENCH_MAX_ENTRIES = 20_000  # ~3 s of one-fsync-per-write here
 FSYNC_STRATEGIES = ("always", "batch_10ms", "none")
+# What a restarted front does not redo for its predecessor: the request may
+# have reached its peer already, so it gets error 13 instead.
+CHANGES_STATE = frozenset(
+    [m.OP_APPEND, m.OP_SNAPSHOT, m.OP_COMPACT, m.OP_SEGMENT_CONFIG, m.OP_FSYNC_BENCHMARK]
+)
 
 
 class BadRequest(Exception):
@@ -199,8 +205,8 @@ ROUTES = {
 }
 ENDPOINTS = {"writer": sockets.writer_endpoint, "compactor": sockets.compactor_endpoint}
 
-# pending/held request fields
-SRC, DEST, MSG_ID, TYPE, DEADLINE, INIT_ARG, PEER = range(7)
+# pending/held request fields (LINE: the request line's start in the stdin stream)
+SRC, DEST, MSG_ID, TYPE, DEADLINE, INIT_ARG, PEER, LINE = range(8)
 
 
 class Peer:
@@ -250,8 +256,9 @@ class Front:
         if os.path.exists(self.node_id_path):
             with open(self.node_id_path) as f:
                 self.node_id = f.read() or None
+        self.inbox = Inbox(run_dir)
         self.init_pending = False  # an init is at the writer; later lines wait for it
-        self.after_init: list[bytes] = []
+        self.after_init: list[tuple[bytes, int, bool]] = []
         self.next_rid = 0
         # rid -> [src, dest, msg_id, type, deadline, init arg, peer]: sent, unanswered
         self.pending: dict[int, list] = {}
@@ -259,7 +266,6 @@ class Front:
         self.held: list[list] = []
         self.status_waiting: dict[int, list] = {}
         self.out: list[str] = []
-        self.partial = b""
         self.eof = False
 
     # -- replies -----------------------------------------------------------
@@ -277,6 +283,7 @@ class Front:
         self.emit(src, dest, in_reply_to, "error", {"code": code, **fields})
 
     def flush_output(self) -> None:
+        self.inbox.sync_marks()  # first: a crash in between loses a reply, never doubles one
         if self.out:
             data = ("\n".join(self.out) + "\n").encode()
             self.out.clear()
@@ -286,21 +293,30 @@ class Front:
 
     # -- requests ----------------------------------------------------------
 
-    def on_line(self, line: bytes) -> None:
+    def on_line(self, line: bytes, start: int, inherited: bool = False) -> None:
+        """Handle one request line. `inherited`: read by a front that died
+        before answering it."""
         if self.init_pending:  # answer nothing before we know whether init took
-            self.after_init.append(line)
+            self.after_init.append((line, start, inherited))
             return
+        if not self.handle_line(line, start, inherited):
+            self.inbox.answered(start)
+
+    def handle_line(self, line: bytes, start: int, inherited: bool) -> bool:
+        """True if the line went on to a peer or the supervisor (answered later)."""
         if not line.strip():
-            return
+            return False
         try:
             msg = json.loads(line)
         except ValueError:
-            log.warning("skipping a line that is not JSON: %r", line[:200])
-            return
+            if not inherited:  # its predecessor logged it
+                log.warning("skipping a line that is not JSON: %r", line[:200])
+            return False
         body = msg.get("body") if isinstance(msg, dict) else None
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-            log.warning("skipping a message without body.type: %r", line[:200])
-            return
+            if not inherited:
+                log.warning("skipping a message without body.type: %r", line[:200])
+            return False
         typ = body["type"]
         dest = msg.get("src")
         src = self.node_id if self.node_id is not None else msg.get("dest")
@@ -308,19 +324,27 @@ class Front:
         if msg_id is not None and (not isinstance(msg_id, int) or isinstance(msg_id, bool)):
             text = f"msg_id must be an integer, got {json.dumps(msg_id)}"
             self.emit_error(src, dest, msg_id, 12, {"text": text})
-            return
+            return False
+        if inherited and typ in CHANGES_STATE:
+            text = (
+                f"walnode's front process restarted while this {typ} was in flight: it may "
+                f"or may not have been applied; read the log (wal_read/wal_scan/wal_info) "
+                f"to find out"
+            )
+            self.emit_error(src, dest, msg_id, 13, {"text": text})
+            return False
         try:
             if typ != m.OP_INIT and self.node_id is None and typ in self.known_types:
                 raise BadRequest(11, "the node is not initialised yet: send init first")
             if typ == "wal_recover":
                 if msg_id is not None:
                     self.emit(src, dest, msg_id, "wal_recover_ok", recover_reply(body))
-                return
+                return False
             if typ == "status":
                 rid = self.new_rid()
-                self.status_waiting[rid] = [src, dest, msg_id, time.monotonic() + 5]
+                self.status_waiting[rid] = [src, dest, msg_id, time.monotonic() + 5, start]
                 self.control.send(m.pack([m.STATUS, rid]))
-                return
+                return True
             validate = self.forwarded.get(typ)
             if validate is None:
                 known = ", ".join(sorted(self.known_types))
@@ -328,14 +352,15 @@ class Front:
             arg = validate(body)
         except BadRequest as err:
             self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
-            return
+            return False
         if typ == m.OP_KV_GET:  # read-your-writes: every acknowledged append first
             arg = [arg, self.state.acked_next]
         if typ == m.OP_INIT:
             self.init_pending = True
-        meta = [src, dest, msg_id, typ, 0.0, arg if typ == m.OP_INIT else None, ROUTES[typ]]
+        meta = [src, dest, msg_id, typ, 0.0, arg if typ == m.OP_INIT else None, ROUTES[typ], start]
         op = m.OP_SYNC if typ == m.OP_SNAPSHOT else typ
         self.forward(self.new_rid(), op, arg, meta)
+        return True
 
     def forward(self, rid: int, op: str, arg: Any, meta: list) -> None:
         """Send to the request's peer, or hold it while that peer is down."""
@@ -352,11 +377,11 @@ class Front:
         """The pending init was answered: handle the lines read meanwhile."""
         self.init_pending = False
         lines, self.after_init = self.after_init, []
-        for i, line in enumerate(lines):
+        for i, (line, start, inherited) in enumerate(lines):
             if self.init_pending:
                 self.after_init.extend(lines[i:])
                 return
-            self.on_line(line)
+            self.on_line(line, start, inherited)
 
     def new_rid(self) -> int:
         self.next_rid += 1
@@ -387,6 +412,7 @@ class Front:
                     self.emit(meta[SRC], meta[DEST], meta[MSG_ID], typ + "_ok", fields)
             else:
                 self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, fields)
+            self.inbox.answered(meta[LINE])
             if typ == m.OP_INIT:
                 self.init_resolved()
 
@@ -412,10 +438,11 @@ class Front:
         elif kind == m.STATUS:
             waiting = self.status_waiting.pop(msg[1], None)
             if waiting is not None:
-                src, dest, msg_id, _ = waiting
+                src, dest, msg_id, _, start = waiting
                 fields = {"node_id": self.node_id, **msg[2]}
                 if msg_id is not None:
                     self.emit(src, dest, msg_id, "status_ok", fields)
+                self.inbox.answered(start)
 
     def on_peer_down(self, peer: Peer) -> None:
         lost = {rid: meta for rid, meta in self.pending.items() if meta[PEER] == peer.name}
@@ -436,6 +463,7 @@ class Front:
         """Answer a forwarded request with an error; a failed init frees the
         lines that waited for it."""
         self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, {"text": text})
+        self.inbox.answered(meta[LINE])
         if meta[TYPE] == m.OP_INIT:
             self.init_resolved()
 
@@ -459,10 +487,11 @@ class Front:
                 f"the {meta[PEER]} is unavailable (restarting); this {meta[TYPE]} was not "
                 f"sent to it, so retry it",
             )
-        for rid, (src, dest, msg_id, deadline) in list(self.status_waiting.items()):
+        for rid, (src, dest, msg_id, deadline, start) in list(self.status_waiting.items()):
             if deadline <= now:
                 del self.status_waiting[rid]
                 self.emit_error(src, dest, msg_id, 0, {"text": "the supervisor did not answer"})
+                self.inbox.answered(start)
 
     def idle(self) -> bool:
         return not (self.pending or self.held or self.status_waiting or self.after_init)
@@ -475,6 +504,13 @@ class Front:
         for peer in self.peers.values():
             poller.register(peer.sock, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
+        if self.inbox.unanswered:
+            log.warning(
+                "answering %d requests a previous front read but did not answer",
+                len(self.inbox.unanswered),
+            )
+        for start, line in self.inbox.unanswered:
+            self.on_line(line, start, inherited=True)
         stdin_registered = False
         while True:
             backlog = len(self.pending) + len(self.held) + len(self.after_init)
@@ -500,14 +536,9 @@ class Front:
                 chunk = os.read(0, READ_CHUNK)
                 if not chunk:
                     self.eof = True
-                    if self.partial:
-                        self.on_line(self.partial)
-                        self.partial = b""
-                else:
-                    lines = (self.partial + chunk).split(b"\n")
-                    self.partial = lines.pop()
-                    for line in lines:
-                        self.on_line(line)
+                lines = self.inbox.feed(chunk) if chunk else self.inbox.finish()
+                for start, line in lines:
+                    self.on_line(line, start)
             for peer in self.peers.values():
                 if peer.outbox:
                     peer.sock.send(m.pack([m.REQUESTS, peer.outbox]))

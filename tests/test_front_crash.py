@@ -1,0 +1,98 @@
+"""A front killed with requests in flight: every request still gets exactly one reply.
+
+The dead front had read the lines from stdin (they are gone from the pipe);
+its inbox in the run directory (actors/inbox.py) gives them to the next
+front, which answers reads normally and state changes with error 13.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+
+import pytest
+
+from actors import inbox as inbox_module
+from actors.inbox import Inbox
+from tests.nodeproc import wait_until
+
+
+def test_inbox_returns_what_was_read_and_not_answered(tmp_path):
+    box = Inbox(str(tmp_path))
+    lines = box.feed(b"one\ntwo\nthr")
+    assert lines == [(0, b"one"), (4, b"two")]
+    assert box.feed(b"ee\nfour") == [(8, b"three")]
+    box.answered(4)
+    box.sync_marks()
+    again = Inbox(str(tmp_path))  # as a restarted front finds it
+    assert again.unanswered == [(0, b"one"), (8, b"three")]
+    assert again.feed(b"!\n") == [(14, b"four!")]  # the half line read before is completed
+    again.answered(0)
+    again.answered(8)
+    again.sync_marks()
+    assert Inbox(str(tmp_path)).unanswered == [(14, b"four!")]
+
+
+def test_inbox_compaction_keeps_exactly_the_open_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(inbox_module, "COMPACT_BYTES", 64)
+    box = Inbox(str(tmp_path))
+    starts = [s for s, _ in box.feed(b"".join(b"line%03d\n" % i for i in range(40)))]
+    for s in starts:
+        if s not in (starts[5], starts[30]):
+            box.answered(s)
+    box.sync_marks()  # compacts: the inbox now starts at the oldest open line
+    assert os.path.getsize(box.path) < 8 * 40
+    box.feed(b"tail")
+    assert Inbox(str(tmp_path)).unanswered == [(starts[5], b"line005"), (starts[30], b"line030")]
+
+
+@pytest.mark.timeout(60)
+def test_front_killed_with_requests_in_flight(node_factory, data_dir, tmp_path):
+    node = node_factory(f"--data-dir={data_dir}")
+    node.init()
+    acked = [f"set a{i}={i}" for i in range(5)]
+    for p in acked:
+        node.call_ok({"type": "wal_append", "payload": p})
+    pids = node.pids()
+    [inbox_path] = glob.glob(os.path.join(tmp_path, "walnode-run-*", "front.inbox"))
+    os.kill(pids["writer"], signal.SIGSTOP)  # requests stay in flight at the front
+    try:
+        appends = {
+            node.send({"type": "wal_append", "payload": f"set b{i}={i}"}): i for i in range(40)
+        }
+        reads = [node.send({"type": "wal_read", "offset": i}) for i in range(5)]
+        node.send_raw(
+            '{"src": "c1", "dest": "n1", "body": {"type": "wal_append", "payload": "x"}}\n'
+        )
+        node.send_raw("not json\n")
+        status = node.send({"type": "status"})
+        assert wait_until(lambda: node.stderr_text().count("not JSON") == 1, 5)
+        assert node.reply_to(status)["body"]["type"] == "status_ok"
+        size = os.path.getsize(inbox_path)
+        os.kill(pids["front"], signal.SIGKILL)
+    finally:
+        os.kill(pids["writer"], signal.SIGCONT)
+    assert size > 40 * 60, "the inbox holds the lines the front read"
+    assert wait_until(lambda: node.restarted("front", pids["front"]), 10)
+
+    replies = {msg_id: node.reply_to(msg_id)["body"] for msg_id in [*appends, *reads]}
+    for msg_id in reads:
+        got = replies[msg_id]
+        assert got["type"] == "wal_read_ok" and got["payload"] == acked[got["offset"]], got
+    for msg_id in appends:
+        assert replies[msg_id]["type"] == "error" and replies[msg_id]["code"] == 13
+        assert "front process restarted" in replies[msg_id]["text"]
+    scan = node.call_ok({"type": "wal_scan", "from_offset": 0, "max_entries": 100})
+    payloads = [e["payload"] for e in scan["entries"]]
+    assert payloads[:5] == acked
+    # What the stopped writer had queued from the dead front may have been
+    # written (hence 13): in order, each at most once.
+    later = [p for p in payloads[5:] if p != "x"]
+    assert later == [f"set b{i}={i}" for i in range(len(later))]
+    assert node.close() == 0
+    out = [msg["body"] for msg in node.remaining()]
+    assert out == [], f"replies nobody asked for, or a second reply: {out}"
+    ids = [json.loads(line)["body"]["msg_id"] for line in node.raw]
+    assert len(ids) == len(set(ids)), "a reply msg_id repeated across the front restart"

@@ -26,6 +26,7 @@ from actors import messages as m
 from actors import sockets
 from actors.inbox import Inbox
 from actors.runtime import die_with_parent, setup_logging
+from wal.fsutil import write_all
 from wal.statemachine import replay
 
 log = setup_logging("front")
@@ -287,9 +288,7 @@ class Front:
         if self.out:
             data = ("\n".join(self.out) + "\n").encode()
             self.out.clear()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(1, view) :]
+            write_all(1, data)
 
     # -- requests ----------------------------------------------------------
 

@@ -18,13 +18,22 @@ holds about what is in flight.
 File layouts: `front.inbox` is a u64 (little-endian) stream position of its
 first byte, then the raw bytes of stdin from there; `front.answered` is u64
 line starts.
+
+If the run directory cannot take a write (its disk is full, say), the
+inbox removes its files and stops journaling. The front goes on serving;
+only a front crash after that point loses the lines it had read.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from array import array
+
+from wal.fsutil import write_all
+
+log = logging.getLogger("front")
 
 BASE = struct.Struct("<Q")
 COMPACT_BYTES = 4 << 20
@@ -45,9 +54,13 @@ class Inbox:
         for start, _ in self.unanswered:
             self.open[start] = None
         self._fd = self._afd = -1
-        self._reopen()
-        if not data and os.fstat(self._fd).st_size == 0:
-            os.write(self._fd, BASE.pack(base))
+        self.journaling = True
+        try:
+            self._reopen()
+            if not data and os.fstat(self._fd).st_size == 0:
+                os.write(self._fd, BASE.pack(base))
+        except OSError as err:
+            self._stop_journaling(err)
 
     def _read_inbox(self) -> tuple[int, bytes]:
         try:
@@ -68,6 +81,23 @@ class Inbox:
             return marks
         marks.frombytes(raw[: len(raw) - len(raw) % marks.itemsize])
         return marks
+
+    def _stop_journaling(self, err: OSError) -> None:
+        log.warning(
+            "cannot keep the inbox in %s (%s): going on without it; a front crash from "
+            "now on loses the requests it had read but not answered",
+            os.path.dirname(self.path),
+            err,
+        )
+        self.journaling = False
+        for fd in (self._fd, self._afd):
+            if fd >= 0:
+                os.close(fd)
+        for path in (self.path, self.marks_path):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
 
     def _reopen(self) -> None:
         for fd in (self._fd, self._afd):
@@ -94,7 +124,11 @@ class Inbox:
 
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
         """Journal a chunk read from stdin; return its complete lines, now open."""
-        os.write(self._fd, chunk)
+        if self.journaling:
+            try:
+                write_all(self._fd, chunk)
+            except OSError as err:
+                self._stop_journaling(err)
         lines = self._split(chunk)
         for start, _ in lines:
             self.open[start] = None
@@ -118,11 +152,17 @@ class Inbox:
 
     def sync_marks(self) -> None:
         """Record the lines answered since the last call; before their replies print."""
-        if self._marks:
-            os.write(self._afd, self._marks.tobytes())
+        if not self.journaling:
             self._marks = array("Q")
-        if os.fstat(self._fd).st_size > COMPACT_BYTES:
-            self._compact()
+            return
+        try:
+            if self._marks:
+                write_all(self._afd, self._marks.tobytes())
+                self._marks = array("Q")
+            if os.fstat(self._fd).st_size > COMPACT_BYTES:
+                self._compact()
+        except OSError as err:
+            self._stop_journaling(err)
 
     def _compact(self) -> None:
         low = next(iter(self.open), self._pos)

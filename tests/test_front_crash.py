@@ -7,6 +7,7 @@ front, which answers reads normally and state changes with error 13.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -46,6 +47,21 @@ def test_inbox_compaction_keeps_exactly_the_open_lines(tmp_path, monkeypatch):
     assert os.path.getsize(box.path) < 8 * 40
     box.feed(b"tail")
     assert Inbox(str(tmp_path)).unanswered == [(starts[5], b"line005"), (starts[30], b"line030")]
+
+
+def test_inbox_steps_aside_when_its_disk_is_full(tmp_path, monkeypatch):
+    box = Inbox(str(tmp_path))
+    box.feed(b"one\n")
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    assert box.feed(b"two\nthree\n") == [(4, b"two"), (8, b"three")]
+    box.answered(4)
+    box.sync_marks()
+    assert not box.journaling
+    assert not os.path.exists(box.path), "a successor must not replay a journal with holes"
 
 
 @pytest.mark.timeout(60)

@@ -55,24 +55,37 @@ class BadRequest(Exception):
 # -- validation: one function per forwarded type, returning the op argument
 
 
+MAX_INT = 2**63 - 1  # offsets and sizes travel as msgpack integers
+
+
 def _int(body: dict, name: str, *, default: int | None = None, minimum: int = 0) -> int:
     value = body.get(name, default)
     if value is None:
         raise BadRequest(12, f"missing field {name!r}: give an integer >= {minimum}")
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadRequest(12, f"{name} must be an integer, got {json.dumps(value)}")
-    if value < minimum:
-        raise BadRequest(12, f"{name} must be >= {minimum}, got {value}")
+    if not minimum <= value <= MAX_INT:
+        raise BadRequest(12, f"{name} must be between {minimum} and {MAX_INT}, got {value}")
     return value
 
 
-def _str(body: dict, name: str) -> str:
+def _str(body: dict, name: str, *, surrogates: bool = False) -> str:
+    """A string field; lone surrogates only where the caller encodes them itself."""
     value = body.get(name)
     if value is None:
         raise BadRequest(12, f"missing field {name!r}: give a string")
     if not isinstance(value, str):
         raise BadRequest(12, f"{name} must be a string, got {json.dumps(value)}")
+    try:
+        if not surrogates:
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(12, f"{name} must be Unicode text; it holds a lone surrogate") from None
     return value
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 class Validators:
@@ -87,7 +100,7 @@ class Validators:
         return node_id
 
     def wal_append(self, body: dict) -> bytes:
-        payload = _str(body, "payload").encode("utf-8", "surrogatepass")
+        payload = _str(body, "payload", surrogates=True).encode("utf-8", "surrogatepass")
         if len(payload) > self.max_payload_bytes:
             raise BadRequest(
                 12,
@@ -298,7 +311,18 @@ class Front:
         if self.init_pending:  # answer nothing before we know whether init took
             self.after_init.append((line, start, inherited))
             return
-        if not self.handle_line(line, start, inherited):
+        try:
+            forwarded = self.handle_line(line, start, inherited)
+        except Exception:  # a bug must cost one request, never the front (or a replay loop)
+            log.exception("could not handle line %r", line[:200])
+            forwarded = False
+            try:
+                body = json.loads(line)["body"]
+                text = "walnode failed to handle this request (a bug, logged); it was not applied"
+                self.emit_error(self.node_id, None, body.get("msg_id"), 12, {"text": text})
+            except Exception:
+                pass
+        if not forwarded:
             self.inbox.answered(start)
 
     def handle_line(self, line: bytes, start: int, inherited: bool) -> bool:
@@ -306,7 +330,7 @@ class Front:
         if not line.strip():
             return False
         try:
-            msg = json.loads(line)
+            msg = json.loads(line, parse_constant=_not_json)  # no NaN/Infinity
         except ValueError:
             if not inherited:  # its predecessor logged it
                 log.warning("skipping a line that is not JSON: %r", line[:200])

@@ -32,6 +32,14 @@ def append_many(node: Node, payloads: list[str]) -> list[dict]:
     return [node.reply_to(i)["body"] for i in ids]
 
 
+def faulty_node(node_factory, data_dir: str, fault: str, switch, *flags: str) -> Node:
+    """An initialised node whose `fault` (call:ERRNO) strikes while `switch` exists."""
+    env = {"WALNODE_FAULT_IO": f"{fault}:{switch}"}
+    node = node_factory(f"--data-dir={data_dir}", *flags, env=env)
+    node.init()
+    return node
+
+
 def assert_log_holds(node: Node, expected: list[str]) -> None:
     got = node.call_ok({"type": "wal_scan", "from_offset": 0, "max_entries": 10_000})
     assert [e["payload"] for e in got["entries"]] == expected
@@ -40,9 +48,7 @@ def assert_log_holds(node: Node, expected: list[str]) -> None:
 
 def test_disk_full_fails_appends_definitely_and_appends_resume(node_factory, data_dir, tmp_path):
     full = tmp_path / "disk-is-full"
-    env = {"WALNODE_FAULT_IO": f"write:ENOSPC:{full}"}
-    node = node_factory(f"--data-dir={data_dir}", "--max-segment-bytes=600", env=env)
-    node.init()
+    node = faulty_node(node_factory, data_dir, "write:ENOSPC", full, "--max-segment-bytes=600")
     before = [f"set a{i}={i}" for i in range(20)]
     assert [r["offset"] for r in append_many(node, before)] == list(range(20))
     writer_pid = node.pids()["writer"]
@@ -78,9 +84,7 @@ def test_disk_full_fails_appends_definitely_and_appends_resume(node_factory, dat
 
 def test_disk_full_then_killed_brings_back_nothing_it_refused(node_factory, data_dir, tmp_path):
     full = tmp_path / "disk-is-full"
-    env = {"WALNODE_FAULT_IO": f"write:ENOSPC:{full}"}
-    node = node_factory(f"--data-dir={data_dir}", env=env)
-    node.init()
+    node = faulty_node(node_factory, data_dir, "write:ENOSPC", full)
     before = [f"set a{i}={i}" for i in range(5)]
     append_many(node, before)
     full.touch()
@@ -128,9 +132,7 @@ def test_writer_fails_the_rest_of_a_batch_after_a_full_disk(tmp_path, monkeypatc
 
 def test_fsync_failure_is_never_retried_the_writer_restarts(node_factory, data_dir, tmp_path):
     broken = tmp_path / "disk-is-broken"
-    env = {"WALNODE_FAULT_IO": f"fdatasync:EIO:{broken}"}
-    node = node_factory(f"--data-dir={data_dir}", env=env)
-    node.init()
+    node = faulty_node(node_factory, data_dir, "fdatasync:EIO", broken)
     acked = [f"set a{i}={i}" for i in range(10)]
     append_many(node, acked)
     writer_pid = node.pids()["writer"]
@@ -151,9 +153,7 @@ def test_fsync_failure_is_never_retried_the_writer_restarts(node_factory, data_d
 
 def test_write_failure_leaves_a_tail_that_recovery_cuts(node_factory, data_dir, tmp_path):
     broken = tmp_path / "disk-is-broken"
-    env = {"WALNODE_FAULT_IO": f"write:EIO:{broken}"}
-    node = node_factory(f"--data-dir={data_dir}", env=env)
-    node.init()
+    node = faulty_node(node_factory, data_dir, "write:EIO", broken)
     acked = [f"set a{i}={i}" for i in range(10)]
     append_many(node, acked)
 

@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import zmq
@@ -69,6 +70,36 @@ class FsyncPolicy:
         raise ValueError(f"--fsync must be always, never or interval:MSms (got {text!r})")
 
 
+class GroupCommitStats:
+    """How well appends share fsyncs: for wal_info, since the writer started."""
+
+    SAMPLES = 4096  # recent fsyncs kept for the latency percentiles
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.entries = 0
+        self.fsync_s: deque[float] = deque(maxlen=self.SAMPLES)
+
+    def batch(self, entries: int, fsync_s: float) -> None:
+        self.batches += 1
+        self.entries += entries
+        self.fsync_s.append(fsync_s)
+
+    def as_dict(self) -> dict:
+        lat = sorted(self.fsync_s)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1e6, 1) if lat else None
+
+        return {
+            "batches": self.batches,
+            "entries": self.entries,
+            "mean_batch": round(self.entries / self.batches, 2) if self.batches else None,
+            "fsync_p50_us": pct(0.50),
+            "fsync_p99_us": pct(0.99),
+        }
+
+
 class Writer:
     def __init__(self, datadir: DataDir, wal: Log, policy: FsyncPolicy) -> None:
         self.datadir = datadir
@@ -87,6 +118,7 @@ class Writer:
             m.OP_TRUNCATE: self.op_truncate,
         }
         self._sync_requested = False
+        self.stats = GroupCommitStats()
         # The first offset a full disk dropped in this batch: appends at or
         # after it are not written, whatever was decided for them before.
         self.disk_full_at: int | None = None
@@ -139,6 +171,7 @@ class Writer:
                     snapshot.list_offsets(self.datadir.snapshot_dir), default=None
                 ),
                 "fsync_policy": self.policy.name,
+                "group_commit": self.stats.as_dict(),
             }
 
         return answer
@@ -248,14 +281,20 @@ class Writer:
     def _commit(self) -> None:
         policy = self.policy.name
         if policy == "always" or self._sync_requested:
-            self.log.sync()
-            self.last_sync = time.monotonic()
+            self._sync()
             self._sync_requested = False
         else:
             self.log.flush()
             if policy != "never" and self.sync_due() == 0:
-                self.log.sync()
-                self.last_sync = time.monotonic()
+                self._sync()
+
+    def _sync(self) -> None:
+        before = self.log.durable_offset
+        t0 = time.perf_counter()
+        self.log.sync()
+        self.last_sync = time.monotonic()
+        if self.log.durable_offset != before:
+            self.stats.batch(self.log.durable_offset - before, time.perf_counter() - t0)
 
     def sync_due(self) -> float | None:
         """Seconds until the interval policy owes an fsync; None if nothing owed."""

@@ -80,6 +80,23 @@ def test_never_policy(node_factory):
     assert node.call({"type": "wal_sync"})["durable_offset"] == 1
 
 
+def test_wal_info_reports_how_appends_shared_fsyncs(node_factory):
+    node = node_factory()
+    node.init()
+    ids = [node.send({"type": "wal_append", "payload": f"set k{i}={i}"}) for i in range(500)]
+    for msg_id in ids:
+        assert node.reply_to(msg_id)["body"]["type"] == "wal_append_ok"
+    stats = node.call_ok({"type": "wal_info"})["group_commit"]
+    assert stats["entries"] == 500
+    assert 1 <= stats["batches"] < 500, "pipelined appends must share fsyncs"
+    assert stats["mean_batch"] == round(500 / stats["batches"], 2)
+    assert 0 < stats["fsync_p50_us"] <= stats["fsync_p99_us"]
+    never = node_factory("--fsync=never")
+    never.init()
+    never.call_ok({"type": "wal_append", "payload": "x"})
+    assert never.call_ok({"type": "wal_info"})["group_commit"]["batches"] == 0
+
+
 def test_bad_fsync_flag_is_refused_before_starting(node_factory):
     node = node_factory("--fsync", "sometimes")
     assert node.proc.wait(10) == 2

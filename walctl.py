@@ -4,10 +4,13 @@
     walctl dump DIR [--from N]      print entries as JSON lines (read-only)
     walctl verify DIR               check every record, report every bad one
     walctl repair DIR [--yes]       keep the longest valid prefix
+    walctl crashtest [--kills N]    kill a live walnode's processes under load;
+                                    check nothing acknowledged is lost
 
 info, dump and verify open the log read-only: nothing is cut, created or
 changed, so they are safe beside a running walnode. repair takes the
 directory's lock, so it refuses to run while walnode uses the directory.
+crashtest starts a walnode of its own (docs/CRASHTEST.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import sys
 
+import crashtest
 from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex, repair
 
 
@@ -142,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     fix.add_argument("dir")
     fix.add_argument("--yes", action="store_true", help="really remove what is listed")
     fix.set_defaults(func=cmd_repair)
+    crash = sub.add_parser(
+        "crashtest",
+        help="kill a live walnode's processes under load; check nothing acknowledged is lost",
+        description=crashtest.__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    crashtest.add_arguments(crash)
+    crash.set_defaults(func=crashtest.run)
     args = p.parse_args(argv)
     try:
         return args.func(args)

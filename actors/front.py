@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import mmap
 import os
+import re
 import signal
 import struct
 import sys
 import time
 from typing import Any
 
+import orjson
 import zmq
 
 from actors import messages as m
@@ -64,8 +67,10 @@ def _int(body: dict, name: str, *, default: int | None = None, minimum: int = 0)
         raise BadRequest(12, f"missing field {name!r}: give an integer >= {minimum}")
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadRequest(12, f"{name} must be an integer, got {json.dumps(value)}")
-    if not minimum <= value <= MAX_INT:
-        raise BadRequest(12, f"{name} must be between {minimum} and {MAX_INT}, got {value}")
+    if value < minimum:
+        raise BadRequest(12, f"{name} must be >= {minimum}, got {value}")
+    if value > MAX_INT:
+        raise BadRequest(12, f"{name} must be at most {MAX_INT}, got {value}")
     return value
 
 
@@ -86,6 +91,38 @@ def _str(body: dict, name: str, *, surrogates: bool = False) -> str:
 
 def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} overflows a double")
+    return value
+
+
+# json without NaN/Infinity, also not as overflowing numbers (1e400)
+_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite_float)
+_LONG_INT = re.compile(rb"\d{20}")  # orjson reads integers past 64 bits as floats
+
+
+def parse_json(line: bytes) -> Any:
+    """One request line, as json's strict decoder reads it. orjson is ~6x
+    faster and agrees except where it refuses the line (lone surrogates,
+    1e400) or where 20+ digits in a row might be an integer it would round."""
+    if _LONG_INT.search(line) is None:
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+    return _STRICT_JSON.decode(line.decode("utf-8", "surrogatepass"))  # as json.loads does
+
+
+APPEND_OK = "wal_append_ok"
+# json.dumps's layout of a wal_append_ok reply (PROTOCOL.md), field for field
+APPEND_OK_LINE = (
+    '{{"src": {}, "dest": {}, "body": {{"type": "wal_append_ok", "in_reply_to": {}, '
+    '"offset": {}, "length": {}, "checksum": "{}", "msg_id": {}}}}}'
+)
 
 
 class Validators:
@@ -280,15 +317,40 @@ class Front:
         self.held: list[list] = []
         self.status_waiting: dict[int, list] = {}
         self.out: list[str] = []
+        self._json_strs: dict[str, str] = {}
         self.eof = False
 
     # -- replies -----------------------------------------------------------
 
     def emit(self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict) -> None:
+        msg_id = self.state.take_msg_id()
+        if typ == APPEND_OK and type(in_reply_to) is int and type(src) is type(dest) is str:
+            # The hot path, formatted directly: json.dumps costs ~5 us a reply.
+            self.out.append(
+                APPEND_OK_LINE.format(
+                    self.json_str(src),
+                    self.json_str(dest),
+                    in_reply_to,
+                    fields["offset"],
+                    fields["length"],
+                    fields["checksum"],
+                    msg_id,
+                )
+            )
+            return
         body = {"type": typ, "in_reply_to": in_reply_to}
         body.update(fields)
-        body["msg_id"] = self.state.take_msg_id()
+        body["msg_id"] = msg_id
         self.out.append(json.dumps({"src": src, "dest": dest, "body": body}))
+
+    def json_str(self, text: str) -> str:
+        """json.dumps(text), remembered: node and client ids repeat on every reply."""
+        encoded = self._json_strs.get(text)
+        if encoded is None:
+            if len(self._json_strs) > 10_000:
+                self._json_strs.clear()
+            encoded = self._json_strs[text] = json.dumps(text)
+        return encoded
 
     def emit_error(self, src: Any, dest: Any, in_reply_to: Any, code: int, fields: dict) -> None:
         if in_reply_to is None:
@@ -330,7 +392,7 @@ class Front:
         if not line.strip():
             return False
         try:
-            msg = json.loads(line, parse_constant=_not_json)  # no NaN/Infinity
+            msg = parse_json(line)
         except ValueError:
             if not inherited:  # its predecessor logged it
                 log.warning("skipping a line that is not JSON: %r", line[:200])

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
+from actors.front import APPEND_OK, APPEND_OK_LINE, parse_json
 from tests.nodeproc import Node
 from wal import CorruptionError, Entry, Log, crc_hex, record
 from wal.record import HEADER_SIZE, Damage, Decoded
@@ -780,3 +781,50 @@ def test_front_never_prints_nan_or_infinity(node_factory: Callable[..., Node]) -
         assert others <= 1
 
     run()
+
+
+# -- 4. the front's fast paths agree with json ---------------------------------
+
+json_docs = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        any_text,
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(any_text, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(FAST, max_examples=400)
+@given(json_docs, st.booleans())
+def test_parse_json_reads_what_json_reads(doc: Any, ascii_only: bool) -> None:
+    line = json.dumps(doc, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    expected = json.loads(line)
+    got = parse_json(line)
+    assert got == expected and json.dumps(got) == json.dumps(expected)
+
+
+def test_parse_json_refuses_what_is_not_json() -> None:
+    for line in [b"NaN", b'{"a": Infinity}', b'{"msg_id": 1e400}', b"-1e999", b"{"]:
+        with pytest.raises(ValueError):
+            parse_json(line)
+    assert parse_json(b"123456789012345678901234567") == 123456789012345678901234567
+
+
+@settings(FAST, max_examples=300)
+@given(any_text, any_text, st.integers(0, 2**63), st.integers(0, 2**63), st.integers(0, 2**20))
+def test_fast_append_reply_is_json_dumps_layout(
+    src: str, dest: str, in_reply_to: int, offset: int, length: int
+) -> None:
+    fields = {"offset": offset, "length": length, "checksum": "0a1b2c3d"}
+    body = {"type": APPEND_OK, "in_reply_to": in_reply_to, **fields, "msg_id": 7}
+    expected = json.dumps({"src": src, "dest": dest, "body": body})
+    got = APPEND_OK_LINE.format(
+        json.dumps(src), json.dumps(dest), in_reply_to, offset, length, "0a1b2c3d", 7
+    )
+    assert got == expected

@@ -359,11 +359,14 @@ class Front:
         self.emit(src, dest, in_reply_to, "error", {"code": code, **fields})
 
     def flush_output(self) -> None:
-        self.inbox.sync_marks()  # first: a crash in between loses a reply, never doubles one
-        if self.out:
-            data = ("\n".join(self.out) + "\n").encode()
-            self.out.clear()
+        data = ("\n".join(self.out) + "\n").encode() if self.out else b""
+        self.out.clear()
+        # Marks first: a crash between these two writes loses those replies,
+        # never doubles them; nothing else runs between them.
+        self.inbox.sync_marks()
+        if data:
             write_all(1, data)
+        self.inbox.tidy()
 
     # -- requests ----------------------------------------------------------
 
@@ -578,6 +581,12 @@ class Front:
                 self.emit_error(src, dest, msg_id, 0, {"text": "the supervisor did not answer"})
                 self.inbox.answered(start)
 
+    def send_outboxes(self) -> None:
+        for peer in self.peers.values():
+            if peer.outbox:
+                peer.sock.send(m.pack([m.REQUESTS, peer.outbox]))
+                peer.outbox = []
+
     def idle(self) -> bool:
         return not (self.pending or self.held or self.status_waiting or self.after_init)
 
@@ -596,6 +605,8 @@ class Front:
             )
         for start, line in self.inbox.unanswered:
             self.on_line(line, start, inherited=True)
+        self.send_outboxes()
+        self.flush_output()  # what a predecessor left is answered before the first poll
         stdin_registered = False
         while True:
             backlog = len(self.pending) + len(self.held) + len(self.after_init)
@@ -618,16 +629,13 @@ class Front:
                     for data in sockets.drain(peer.sock):
                         self.on_replies(m.unpack(data))
             if 0 in events:
-                chunk = os.read(0, READ_CHUNK)
+                chunk = self.inbox.take(0, READ_CHUNK)
                 if not chunk:
                     self.eof = True
                 lines = self.inbox.feed(chunk) if chunk else self.inbox.finish()
                 for start, line in lines:
                     self.on_line(line, start)
-            for peer in self.peers.values():
-                if peer.outbox:
-                    peer.sock.send(m.pack([m.REQUESTS, peer.outbox]))
-                    peer.outbox = []
+            self.send_outboxes()
             self.expire(time.monotonic())
             self.flush_output()
 

@@ -1,13 +1,16 @@
 """The front's inbox: stdin lines read but not yet answered, kept across a front crash.
 
-stdin is a pipe: what a front has read is gone from it. So each chunk is
-appended to `front.inbox` in the run directory before its lines are handled,
-and the start of each answered line (its byte position in the stream) is
-appended to `front.answered` before the reply is printed. A restarted front
-reads both and gets back every line its predecessor read but did not
-answer (front.py decides what to answer). Both files live in the page
-cache, which outlives the process. They are not meant to outlive the
-machine, and neither is the pipe.
+stdin is a pipe: what a front has read is gone from it. So stdin is not
+read into the process at all. `take` splices each chunk from the pipe into
+`front.inbox` in the run directory, in one syscall: the bytes are in the
+pipe or in the file, never only in a process that can die. It then reads
+the chunk back from the file before its lines are handled. The start of
+each answered line (its byte position in the stream) is appended to
+`front.answered` before the reply is printed. A restarted front reads both
+and gets back every line its predecessor read but did not answer
+(front.py decides what to answer). Both files live in the page cache,
+which outlives the process. They are not meant to outlive the machine,
+and neither is the pipe.
 
 Marking a line answered before printing its reply means a front killed
 between the two leaves that one request without a reply, never with two.
@@ -26,6 +29,7 @@ only a front crash after that point loses the lines it had read.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -46,6 +50,8 @@ class Inbox:
         base, data = self._read_inbox()
         answered = set(self._read_marks())
         self.open: dict[int, None] = {}  # starts of lines not yet answered, oldest first
+        self._end = BASE.size + len(data)  # the inbox file's size: where the next chunk goes
+        self._splice = hasattr(os, "splice")  # off for a stdin that is not a pipe
         self._marks = array("Q")  # answered since the last sync_marks
         self._partial = b""
         self._pos = base  # stream position after the last byte split into lines
@@ -57,8 +63,9 @@ class Inbox:
         self.journaling = True
         try:
             self._reopen()
-            if not data and os.fstat(self._fd).st_size == 0:
-                os.write(self._fd, BASE.pack(base))
+            if os.fstat(self._fd).st_size < BASE.size:
+                os.pwrite(self._fd, BASE.pack(base), 0)
+                self._end = BASE.size
         except OSError as err:
             self._stop_journaling(err)
 
@@ -103,9 +110,9 @@ class Inbox:
         for fd in (self._fd, self._afd):
             if fd >= 0:
                 os.close(fd)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        self._fd = os.open(self.path, flags, 0o600)
-        self._afd = os.open(self.marks_path, flags, 0o600)
+        # not O_APPEND for the inbox: splice refuses such files; _end says where
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._afd = os.open(self.marks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def _split(self, data: bytes) -> list[tuple[int, bytes]]:
         """Split into complete lines (start, bytes without the newline); keep the rest."""
@@ -122,13 +129,32 @@ class Inbox:
 
     # -- the front's calls ---------------------------------------------------
 
-    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
-        """Journal a chunk read from stdin; return its complete lines, now open."""
-        if self.journaling:
+    def take(self, fd: int, limit: int) -> bytes:
+        """Up to `limit` bytes from `fd` (stdin), journaled; b"" at its end."""
+        if self.journaling and self._splice:
             try:
-                write_all(self._fd, chunk)
+                n = os.splice(fd, self._fd, limit, offset_dst=self._end)
+            except OSError as err:
+                if err.errno != errno.EINVAL:  # EINVAL: stdin is not a pipe
+                    self._stop_journaling(err)
+                self._splice = False
+            else:
+                chunk = os.pread(self._fd, n, self._end)
+                self._end += n
+                return chunk
+        chunk = os.read(fd, limit)
+        if self.journaling and chunk:
+            try:
+                # a window between read and write here; the splice path has none
+                if os.pwrite(self._fd, chunk, self._end) != len(chunk):
+                    raise OSError(errno.EIO, "short write to the inbox")
+                self._end += len(chunk)
             except OSError as err:
                 self._stop_journaling(err)
+        return chunk
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        """Split a chunk `take` returned into lines; returns the complete ones, now open."""
         lines = self._split(chunk)
         for start, _ in lines:
             self.open[start] = None
@@ -155,14 +181,20 @@ class Inbox:
         if not self.journaling:
             self._marks = array("Q")
             return
-        try:
-            if self._marks:
+        if self._marks:
+            try:
                 write_all(self._afd, self._marks.tobytes())
-                self._marks = array("Q")
-            if os.fstat(self._fd).st_size > COMPACT_BYTES:
+            except OSError as err:
+                self._stop_journaling(err)
+            self._marks = array("Q")
+
+    def tidy(self) -> None:
+        """Rewrite the inbox from its oldest open line once it is large."""
+        if self.journaling and self._end > COMPACT_BYTES:
+            try:
                 self._compact()
-        except OSError as err:
-            self._stop_journaling(err)
+            except OSError as err:
+                self._stop_journaling(err)
 
     def _compact(self) -> None:
         low = next(iter(self.open), self._pos)
@@ -179,3 +211,4 @@ class Inbox:
                 f.write(content)
             os.replace(path + ".tmp", path)  # inbox first: stale marks are harmless
         self._reopen()
+        self._end = BASE.size + len(keep)

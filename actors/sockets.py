@@ -29,6 +29,9 @@ def _common(sock: zmq.Socket) -> zmq.Socket:
     # zmq's default high-water mark of 1000 messages would drop on ROUTER.
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
+    # A restarted peer is back in ~150 ms; zmq's default 100 ms between
+    # reconnect attempts would add up to that again (ipc: attempts are cheap).
+    sock.setsockopt(zmq.RECONNECT_IVL, 5)
     return sock
 
 

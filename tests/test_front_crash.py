@@ -20,16 +20,27 @@ from actors.inbox import Inbox
 from tests.nodeproc import wait_until
 
 
+def feed(box: Inbox, data: bytes) -> list[tuple[int, bytes]]:
+    """What the front does with stdin: take a chunk from a pipe, then split it."""
+    r, w = os.pipe()
+    try:
+        os.write(w, data)
+        return box.feed(box.take(r, 1 << 20))
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_inbox_returns_what_was_read_and_not_answered(tmp_path):
     box = Inbox(str(tmp_path))
-    lines = box.feed(b"one\ntwo\nthr")
+    lines = feed(box, b"one\ntwo\nthr")
     assert lines == [(0, b"one"), (4, b"two")]
-    assert box.feed(b"ee\nfour") == [(8, b"three")]
+    assert feed(box, b"ee\nfour") == [(8, b"three")]
     box.answered(4)
     box.sync_marks()
     again = Inbox(str(tmp_path))  # as a restarted front finds it
     assert again.unanswered == [(0, b"one"), (8, b"three")]
-    assert again.feed(b"!\n") == [(14, b"four!")]  # the half line read before is completed
+    assert feed(again, b"!\n") == [(14, b"four!")]  # the half line read before is completed
     again.answered(0)
     again.answered(8)
     again.sync_marks()
@@ -39,29 +50,44 @@ def test_inbox_returns_what_was_read_and_not_answered(tmp_path):
 def test_inbox_compaction_keeps_exactly_the_open_lines(tmp_path, monkeypatch):
     monkeypatch.setattr(inbox_module, "COMPACT_BYTES", 64)
     box = Inbox(str(tmp_path))
-    starts = [s for s, _ in box.feed(b"".join(b"line%03d\n" % i for i in range(40)))]
+    starts = [s for s, _ in feed(box, b"".join(b"line%03d\n" % i for i in range(40)))]
     for s in starts:
         if s not in (starts[5], starts[30]):
             box.answered(s)
-    box.sync_marks()  # compacts: the inbox now starts at the oldest open line
+    box.sync_marks()
+    box.tidy()  # compacts: the inbox now starts at the oldest open line
     assert os.path.getsize(box.path) < 8 * 40
-    box.feed(b"tail")
+    feed(box, b"tail")
     assert Inbox(str(tmp_path)).unanswered == [(starts[5], b"line005"), (starts[30], b"line030")]
 
 
 def test_inbox_steps_aside_when_its_disk_is_full(tmp_path, monkeypatch):
     box = Inbox(str(tmp_path))
-    box.feed(b"one\n")
+    feed(box, b"one\n")
 
-    def full(fd: int, data: bytes) -> int:
+    def full(*args: object, **kw: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full)
-    assert box.feed(b"two\nthree\n") == [(4, b"two"), (8, b"three")]
+    monkeypatch.setattr(os, "splice", full)
+    assert feed(box, b"two\nthree\n") == [(4, b"two"), (8, b"three")]  # read all the same
     box.answered(4)
     box.sync_marks()
     assert not box.journaling
     assert not os.path.exists(box.path), "a successor must not replay a journal with holes"
+
+
+def test_inbox_works_without_splice_for_a_stdin_that_is_a_file(tmp_path):
+    box = Inbox(str(tmp_path))
+    stdin = tmp_path / "input"
+    stdin.write_bytes(b"one\ntwo\n")
+    fd = os.open(stdin, os.O_RDONLY)
+    try:
+        assert box.feed(box.take(fd, 1 << 20)) == [(0, b"one"), (4, b"two")]
+    finally:
+        os.close(fd)
+    box.answered(0)
+    box.sync_marks()
+    assert Inbox(str(tmp_path)).unanswered == [(4, b"two")]
 
 
 @pytest.mark.timeout(60)

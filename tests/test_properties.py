@@ -63,7 +63,12 @@ def valid_prefix(buf: bytes) -> tuple[int, int]:
 
 
 def write_log(directory: str, payloads: list[bytes], max_segment_bytes: int) -> list[str]:
-    """Write `payloads` with the real Log; returns the segment paths, oldest first."""
+    """Write `payloads` with the real Log; returns the segment paths, oldest first.
+
+    The sealed segments' index files are removed: these properties are about
+    the check of every record at start, which a valid index skips for a
+    sealed segment (tests/test_segment_index.py holds what indexes do).
+    """
     log, _ = Log.open(directory, max_segment_bytes=max_segment_bytes)
     try:
         for p in payloads:
@@ -71,6 +76,9 @@ def write_log(directory: str, payloads: list[bytes], max_segment_bytes: int) -> 
         log.sync()
     finally:
         log.close()
+    for name in os.listdir(directory):
+        if name.endswith(".idx"):
+            os.remove(os.path.join(directory, name))
     return [os.path.join(directory, n) for n in sorted(os.listdir(directory))]
 
 

@@ -37,6 +37,15 @@ def seg_path(path, base: int = 0) -> str:
     return os.path.join(os.fspath(path), segment_name(base))
 
 
+def drop_indexes(path) -> None:
+    """Remove the sealed segments' index files, so that the next open checks
+    every record (with an index it trusts a sealed segment unread:
+    tests/test_segment_index.py)."""
+    for name in os.listdir(path):
+        if name.endswith(".idx"):
+            os.remove(os.path.join(path, name))
+
+
 def record_positions(n: int) -> list[int]:
     size = HEADER_SIZE + len(payload_of(0))
     return [i * size for i in range(n)]
@@ -233,6 +242,7 @@ def test_corruption_in_middle_record_of_last_segment(tmp_path):
 
 def test_corruption_in_sealed_segment(tmp_path):
     write_log(tmp_path, 10, max_segment_bytes=64)  # 18-byte records: 3 per segment
+    drop_indexes(tmp_path)
     names = sorted(os.listdir(tmp_path))
     assert len(names) == 4
     first = seg_path(tmp_path, 0)
@@ -248,6 +258,7 @@ def test_corruption_in_last_record_of_sealed_segment(tmp_path):
     # the same damage that is cut as a torn tail in the last segment must be
     # refused in a sealed one
     write_log(tmp_path, 10, max_segment_bytes=64)
+    drop_indexes(tmp_path)
     first = seg_path(tmp_path, 0)
     size = os.path.getsize(first)
     flip_byte(first, size - 1)
@@ -299,7 +310,9 @@ def test_segment_roll(tmp_path):
         log.sync()
 
         expect_bases = [0, 5, 10, 15, 20, 23, 24]
-        assert sorted(os.listdir(tmp_path)) == [segment_name(b) for b in expect_bases]
+        sealed_indexes = [segment_name(b).replace(".log", ".idx") for b in expect_bases[:-1]]
+        expect_files = sorted([segment_name(b) for b in expect_bases] + sealed_indexes)
+        assert sorted(os.listdir(tmp_path)) == expect_files
         infos = log.segments()
         assert [s.file for s in infos] == [segment_name(b) for b in expect_bases]
         assert [s.start_offset for s in infos] == expect_bases

@@ -4,7 +4,9 @@ Appends are staged, written together by `flush` (one write per batch) and
 made durable by `sync` (one fdatasync per batch): the group commit of the
 writer process is built from these three calls. Opening a log checks it: a
 torn tail of the newest segment is cut (and reported), damage anywhere else
-raises CorruptionError naming the file and byte.
+raises CorruptionError naming the file and byte. A sealed segment with a
+valid index file is trusted without reading its records (wal/index.py), so
+opening costs about the newest segment's size, not the whole log's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from wal import faults, record
+from wal import faults, index, record
 from wal.errors import CorruptionError, DiskFull, WalError
 from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
 from wal.segment import Segment, parse_name, segment_name
@@ -48,6 +50,7 @@ class RecoveryReport:
     """What opening the log found; the writer logs it and `status` shows it."""
 
     segments: int = 0
+    segments_indexed: int = 0  # sealed segments opened through their index, not read
     entries_recovered: int = 0
     first_offset: int = 0
     next_offset: int = 0
@@ -108,10 +111,16 @@ class Log:
             make_dirs(directory)
         names = _settle_compaction(directory, readonly, report.notes)
         segments: list[Segment] = []
+        unindexed: list[Segment] = []  # sealed, checked by a scan: their index is written
         try:
             for i, (base, path) in enumerate(names):
                 last = i == len(names) - 1
-                seg, scan = Segment.open_checked(path, base, last=last, writable=not readonly)
+                seg = None if last else Segment.open_indexed(path, base, writable=not readonly)
+                scan = None
+                if seg is not None:
+                    report.segments_indexed += 1
+                else:
+                    seg, scan = Segment.open_checked(path, base, last=last, writable=not readonly)
                 if segments and segments[-1].next_offset != base:
                     seg.close()
                     raise CorruptionError(
@@ -121,6 +130,10 @@ class Log:
                         f"ends before offset {segments[-1].next_offset} (a gap or overlap)",
                     )
                 segments.append(seg)
+                if scan is None:
+                    continue
+                if not last:
+                    unindexed.append(seg)
                 if scan.damage is not None:  # a torn tail of the last segment
                     report.truncated_file = os.path.basename(path)
                     report.truncated_at = scan.valid_end
@@ -139,6 +152,11 @@ class Log:
             # A killed writer may have left written but unsynced records: make
             # them durable before this log calls them so (or snapshots them).
             segments[-1].sync()
+        if not readonly:
+            # Only now that every segment passed: a refused open changes nothing.
+            for seg in unindexed:
+                seg.write_index()  # it was missing, damaged or stale; the next open trusts it
+            _remove_stale_indexes(directory, [s.base_offset for s in segments], report.notes)
         log = cls(directory, segments, max_segment_bytes)
         report.segments = len(segments)
         report.first_offset = log.first_offset
@@ -251,6 +269,8 @@ class Log:
         fsync_dir(self.directory)
         self._segments.append(new)
         self._bases.append(new.base_offset)
+        faults.point("roll.before_index")
+        old.write_index()  # derived data: without it the next open scans this segment
 
     # -- compaction ----------------------------------------------------------
 
@@ -296,9 +316,12 @@ class Log:
         for old in doomed:
             old.close()
             os.remove(old.path)
+            index.remove(old.path)
             faults.point("compact.deleting")
         fsync_dir(self.directory)
         self._bases = [s.base_offset for s in self._segments]
+        if rewritten is not None and rewritten.sealed:
+            rewritten.write_index()
         return entries_before, self.entries, bytes_before - self.total_bytes
 
     def _rewrite_tail(self, seg: Segment, offset: int) -> Segment:
@@ -420,3 +443,21 @@ def _settle_compaction(directory: str, readonly: bool, notes: list[str]) -> list
     if changed:
         fsync_dir(directory)
     return sorted(bases.items())
+
+
+def _remove_stale_indexes(directory: str, bases: list[int], notes: list[str]) -> None:
+    """Remove index files no sealed segment owns: the index of a deleted
+    segment, of the newest one (it grows again, after a repair cut it), and
+    temp files of an index write that was cut short."""
+    sealed = set(bases[:-1])
+    removed = False
+    for name in os.listdir(directory):
+        base = index.parse_name(name)
+        if (base is not None and base not in sealed) or name.endswith(
+            index.SUFFIX + index.TMP_SUFFIX
+        ):
+            os.remove(os.path.join(directory, name))
+            notes.append(f"removed {name}, a stale or unfinished segment index")
+            removed = True
+    if removed:
+        fsync_dir(directory)  # or a removed index could come back, for a segment reusing its name

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from wal import index
 from wal.fsutil import fsync_dir
 from wal.segment import next_valid_record, parse_name, scan_bytes
 
@@ -107,7 +108,15 @@ def plan(wal_dir: str) -> Cut | None:
 
 
 def apply(cut: Cut) -> None:
-    """Carry out a planned cut: truncate, delete the later segments, fsync."""
+    """Carry out a planned cut: truncate, delete the later segments, fsync.
+
+    Their index files go too: the cut segment becomes the newest, which has
+    no index, and a segment created later under a deleted one's name must
+    not meet an index that is not its own.
+    """
+    index.remove(cut.file)
+    for path in cut.remove_files:
+        index.remove(path)
     if cut.keep_bytes == 0 and cut.file != _first_segment(os.path.dirname(cut.file)):
         os.remove(cut.file)
     else:

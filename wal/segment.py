@@ -1,9 +1,11 @@
 """A segment: one file of consecutive records, named by its first offset.
 
 Only the newest segment (the active one) takes writes; older ones are
-sealed: fsynced and never written again. Each segment keeps an offset index
-in memory, a flat array of record positions (8 bytes per entry, not one
-Python object each), so reading an entry is one pread.
+sealed: fsynced and never written again. Each segment has an offset index,
+a flat run of record positions (not one Python object per entry), so
+reading an entry is one pread. The active segment keeps it in memory
+(`array('Q')`, 8 bytes per entry); a sealed one stores it in an index file
+(wal/index.py) and reads it from there, mmapped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from array import array
 from typing import NamedTuple
 
-from wal import record
+from wal import index, record
 from wal.errors import CorruptionError, DiskFull, WalError
 from wal.fsutil import DISK_FULL_ERRNOS, write_all
 from wal.record import HEADER_SIZE, Damage
@@ -49,20 +51,17 @@ def scan_bytes(buf: bytes | memoryview | mmap.mmap) -> ScanResult:
     """Decode records from the start of `buf` until the end or the first damage."""
     positions = array("Q")
     size = len(buf)
-    pos = 0
-    decode_at = record.decode_at
-    while pos < size:
-        got = decode_at(buf, pos)
-        if isinstance(got, Damage):
-            tail_shaped = not any(buf[pos:size]) or next_valid_record(buf, pos) is None
-            if got is Damage.BAD_CRC and tail_shaped:
-                # a whole record with a bad CRC is a tear only at the very end
-                length = int.from_bytes(buf[pos : pos + 4], "little")
-                tail_shaped = pos + HEADER_SIZE + length >= size or not any(buf[pos:size])
-            return ScanResult(positions, pos, size, got, tail_shaped)
-        positions.append(pos)
-        pos = got.end
-    return ScanResult(positions, pos, size, None, False)
+    pos = record.valid_run(buf, 0, positions)
+    if pos == size:
+        return ScanResult(positions, pos, size, None, False)
+    got = record.decode_at(buf, pos)
+    assert isinstance(got, Damage), "valid_run stops only at a record that does not decode"
+    tail_shaped = not any(buf[pos:size]) or next_valid_record(buf, pos) is None
+    if got is Damage.BAD_CRC and tail_shaped:
+        # a whole record with a bad CRC is a tear only at the very end
+        length = int.from_bytes(buf[pos : pos + 4], "little")
+        tail_shaped = pos + HEADER_SIZE + length >= size or not any(buf[pos:size])
+    return ScanResult(positions, pos, size, got, tail_shaped)
 
 
 def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | None:
@@ -94,13 +93,21 @@ class Segment:
     """One open segment file and its offset index."""
 
     def __init__(
-        self, path: str, base_offset: int, fd: int, positions: array, size: int, sealed: bool
+        self,
+        path: str,
+        base_offset: int,
+        fd: int,
+        positions: array | memoryview,
+        size: int,
+        sealed: bool,
+        mapping: mmap.mmap | None = None,
     ) -> None:
         self.path = path
         self.name = os.path.basename(path)
         self.base_offset = base_offset
         self._fd = fd
-        self._positions = positions
+        self._positions = positions  # array('Q'), or a view of the mmapped index file
+        self._mapping = mapping
         self._written = size  # bytes in the file
         self._staged: list[bytes] = []
         self._staged_bytes = 0
@@ -132,6 +139,37 @@ class Segment:
         size = scan.valid_end if scan.damage is not None else scan.file_size
         seg = cls(path, base_offset, fd, scan.positions, size, sealed=not last)
         return seg, scan
+
+    @classmethod
+    def open_indexed(cls, path: str, base_offset: int, *, writable: bool) -> Segment | None:
+        """Open a sealed segment through its index file, reading none of its records.
+
+        None if the index is missing, damaged, or records another size than
+        the segment has: the caller then checks the segment with open_checked.
+        """
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        size = os.fstat(fd).st_size
+        loaded = index.load(index.index_path(path), base_offset, size)
+        if loaded is None:
+            os.close(fd)
+            return None
+        return cls(path, base_offset, fd, loaded.positions, size, True, loaded.mapping)
+
+    def write_index(self) -> bool:
+        """Store this sealed segment's offset index in its index file, then read
+        positions from there instead of memory. False if it could not be
+        written (a full disk, say): nothing is lost but the next open's time."""
+        if not self.sealed:
+            raise WalError(f"segment {self.name} is active: its index still grows")
+        self.sync()  # the index must never be durable before the records it points at
+        path = index.index_path(self.path)
+        if not index.write(path, self.base_offset, self._positions, self.size):
+            return False
+        loaded = index.load(path, self.base_offset, self.size)
+        if loaded is not None:
+            self._release_positions()
+            self._positions, self._mapping = loaded
+        return True
 
     def cut_tail(self, file_size: int) -> int:
         """Cut the file back to the last valid record; returns bytes removed."""
@@ -203,6 +241,13 @@ class Segment:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._release_positions()
+
+    def _release_positions(self) -> None:
+        if self._mapping is not None:
+            self._positions.release()  # the mapping cannot close while viewed
+            self._mapping.close()
+            self._mapping = None
 
     # -- reading ---------------------------------------------------------
 

@@ -49,7 +49,7 @@ CHILD_ENV = {
     "PYTHONPATH": os.pathsep.join(filter(None, [_HERE, os.environ.get("PYTHONPATH")])),
 }
 
-RESTART_BACKOFF_MIN = 0.02
+RESTART_BACKOFF_MIN = 0.02  # the second restart in a row waits this long (the first: none)
 RESTART_BACKOFF_MAX = 1.0
 RESTART_INTENSITY = 10  # default --max-restarts of one role ...
 RESTART_WINDOW = 10.0  # ... within --restart-window seconds: stop everything
@@ -66,7 +66,7 @@ class Child:
     state: str = "stopped"  # starting, ready, down, stopped
     restart_times: deque = field(default_factory=deque)
     restart_at: float | None = None
-    backoff: float = RESTART_BACKOFF_MIN
+    backoff: float = 0.0  # before the next restart
     last_exit: str | None = None
 
     @property
@@ -160,7 +160,7 @@ class Supervisor:
             if child is None or child.pid != pid:
                 return  # a message from a process that is already gone
             child.state = "ready"
-            child.backoff = RESTART_BACKOFF_MIN  # it recovered: the next crash starts over
+            child.backoff = 0.0  # it recovered: the next crash is restarted at once
             if recovery is not None:
                 self.last_recovery = {"role": role, **recovery}
                 self.recoveries[role] = self.last_recovery
@@ -216,7 +216,7 @@ class Supervisor:
             )
             return
         child.restart_at = now + child.backoff
-        child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX)
+        child.backoff = min(max(child.backoff * 2, RESTART_BACKOFF_MIN), RESTART_BACKOFF_MAX)
 
     def fail(self, why: str) -> None:
         log.critical("%s", why)
@@ -224,6 +224,15 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
+        # SIGCHLD wakes the loop at once: a dead writer's successor starts
+        # without waiting out a poll interval.
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w)
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
         self.children["writer"].start()
         while True:
             for child in self.children.values():
@@ -235,8 +244,14 @@ class Supervisor:
                     child.restarts += 1
                     child.start()
             if self.stopping:
+                signal.set_wakeup_fd(-1)
                 return self.shutdown()
-            if self.control.poll(20):
+            due = [c.restart_at for c in self.children.values() if c.restart_at is not None]
+            wait = 1.0 if not due else max(0.0, min(due) - time.monotonic())
+            events = dict(poller.poll(wait * 1000))
+            if wake_r in events:
+                os.read(wake_r, 4096)
+            if self.control in events:
                 for ident, data in sockets.drain(self.control, multipart=True):
                     self.on_message(ident, m.unpack(data))
 

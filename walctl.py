@@ -6,6 +6,7 @@
     walctl repair DIR [--yes]       keep the longest valid prefix
     walctl crashtest [--kills N]    kill a live walnode's processes under load;
                                     check nothing acknowledged is lost
+    walctl bench [--quick]          appends/s and latency of a live walnode and its peers
 
 info, dump and verify open the log read-only: nothing is cut, created or
 changed, so they are safe beside a running walnode. repair takes the
@@ -21,6 +22,7 @@ import os
 import sys
 
 import crashtest
+from bench import cli as bench_cli
 from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex, repair
 
 
@@ -153,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     crashtest.add_arguments(crash)
     crash.set_defaults(func=crashtest.run)
+    bench = sub.add_parser(
+        "bench",
+        help="durable appends/s and latency of a live walnode beside sqlite3, lmdb, fsync...",
+        description=bench_cli.__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    bench_cli.add_arguments(bench)
+    bench.set_defaults(func=bench_cli.run)
     args = p.parse_args(argv)
     try:
         return args.func(args)

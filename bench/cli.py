@@ -1,0 +1,283 @@
+"""walctl bench: durable appends/s and latency of a real walnode, beside its peers.
+
+A fresh walnode (started as `python node.py --data-dir DIR`, driven over
+its stdin and stdout) takes 100-byte wal_append requests with N always in
+flight, for each N in --levels; then the same appends go to sqlite3,
+rocksdict, lmdb, a raw write+fdatasync loop and the disk's ceiling, all on
+the same file system. One table, the ratios and the issue's targets are
+printed; --json and --png save them. docs/BENCHMARKS.md has the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+DEFAULT_LEVELS = "1,8,64,256,1000"
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"levels must be integers like 1,8,64 (got {text!r})"
+        ) from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("levels must be positive integers")
+    return sorted(set(levels))
+
+
+def _peers(text: str) -> list[str]:
+    from bench.peers import PEERS
+
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in PEERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {bad}; choose from {','.join(PEERS)}")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--levels", type=_levels, default=None, help=f"requests in flight ({DEFAULT_LEVELS})"
+    )
+    p.add_argument(
+        "--seconds", type=float, default=None, help="measured seconds per level and peer (3)"
+    )
+    p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up before each (1)")
+    p.add_argument(
+        "--peers",
+        type=_peers,
+        default=None,
+        help="sqlite,rocksdict,lmdb,raw,ceiling (all); '' for none",
+    )
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    p.add_argument("--png", metavar="FILE", help="write the chart to FILE (needs matplotlib)")
+    p.add_argument("--markdown", metavar="FILE", help="write the tables as markdown to FILE")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="put the files in a new directory under DIR (default: under $TMPDIR or /tmp)",
+    )
+    p.add_argument(
+        "--snapshot-level",
+        type=int,
+        default=None,
+        help="in-flight level of the snapshot+compaction comparison (64; 0 skips it)",
+    )
+    p.add_argument(
+        "--snapshot-every",
+        type=float,
+        default=None,
+        help="seconds between the end of one snapshot+compact cycle and the next (0.5)",
+    )
+    p.add_argument(
+        "--node-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra walnode flag, repeatable (e.g. --node-arg=--no-auto-compact)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="also run the top level once under py-spy; stacks and a summary go to DIR",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the benchmark's files")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: levels 1,8, 0.3 s each, 0.1 s warm-up (for tests)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    quick = args.quick
+    levels = args.levels or ([1, 8] if quick else _levels(DEFAULT_LEVELS))
+    snapshot_level = args.snapshot_level
+    if snapshot_level is None:
+        snapshot_level = max(levels) if quick else 64
+    return {
+        "levels": levels,
+        "seconds": args.seconds if args.seconds is not None else (0.3 if quick else 3.0),
+        "warmup": args.warmup if args.warmup is not None else (0.1 if quick else 1.0),
+        "peers": args.peers
+        if args.peers is not None
+        else ["sqlite", "rocksdict", "lmdb", "raw", "ceiling"],
+        "snapshot_level": snapshot_level,
+        "snapshot_every": args.snapshot_every
+        if args.snapshot_every is not None
+        else (0.05 if quick else 0.5),
+        "node_args": list(args.node_arg),
+        "payload_bytes": 100,
+    }
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench import appends
+
+    try:
+        return _run(args)
+    except appends.NodeFailed as err:
+        say(f"walctl bench: {err}")
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench import appends, peers, report
+
+    s = _settings(args)
+    if args.png:  # before minutes of measuring, not after
+        from bench import chart
+
+        try:
+            chart.require()
+        except chart.ChartUnavailable as err:
+            say(f"walctl bench: {err}")
+            return 2
+    sampler = None
+    if args.profile:
+        from bench import profile
+
+        try:
+            sampler = profile.Sampler(args.profile, s["seconds"])
+        except profile.ProfilerUnavailable as err:
+            say(f"walctl bench: {err}")
+            return 2
+    parent = args.data_dir or None
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="walnode-bench-", dir=parent)
+    results: dict = {
+        "command": " ".join(["walctl", *sys.argv[1:]])
+        if os.path.basename(sys.argv[0]).startswith("walctl")
+        else "walctl bench",
+        "date": report.now_text(),
+        "commit": report.git_commit(),
+        "machine": report.machine(directory),
+        "settings": s,
+    }
+    load = results["machine"]["loadavg_at_start"]
+    say(f"walctl bench: files in {directory}; load average {load}")
+    if load[0] > 0.5:
+        say("walctl bench: the machine is busy (load > 0.5): the numbers will be noisy")
+    try:
+        level_results = []
+        for n in s["levels"]:
+            r = appends.run_walnode_level(directory, n, s["seconds"], s["warmup"], s["node_args"])
+            level_results.append(r)
+            row = report.walnode_row(r)
+            say(
+                f"  walnode {n:>5} in flight: {row['appends_per_sec']:>10,.0f}/s  "
+                f"p50 {row['p50_us']} µs  p99 {row['p99_us']} µs  "
+                f"{'verified' if r.verified else 'NOT VERIFIED: ' + r.verify_note}"
+            )
+        peer_results = []
+        for name in s["peers"]:
+            batches = s["levels"] if name == "ceiling" else [1]
+            for batch in batches:
+                try:
+                    p = peers.run_peer(name, directory, s["seconds"], s["warmup"] / 2, batch)
+                except Exception as err:  # a peer's failure is a row, not a crash
+                    p = peers.missing(name, batch)
+                    p["note"] = f"failed: {type(err).__name__}: {err}"
+                peer_results.append(p)
+                rate = p["appends_per_sec"]
+                say(f"  {name:<9} {batch:>5}: " + (f"{rate:>10,.0f}/s" if rate else p["note"]))
+        snapshot = None
+        if s["snapshot_level"]:
+            n = s["snapshot_level"]
+            base_args = [*s["node_args"], "--no-auto-compact"]
+            base = appends.run_walnode_level(
+                directory, n, s["seconds"], s["warmup"], base_args, tag="-nosnap"
+            )
+            loaded = appends.run_walnode_level(
+                directory,
+                n,
+                s["seconds"],
+                s["warmup"],
+                base_args,
+                snapshot_every=s["snapshot_every"],
+                tag="-snap",
+            )
+            snapshot = report.snapshot_section(base, loaded)
+            say(
+                f"  snapshot+compact at {n}: p99 {snapshot['without']['p99_us']} -> "
+                f"{snapshot['with']['p99_us']} µs ({snapshot['cycles']} cycles)"
+            )
+        if sampler is not None:
+            from bench import profile
+
+            n = max(s["levels"])
+            say(f"  profiling walnode at {n} in flight with py-spy (not in the table)")
+            r = appends.run_walnode_level(
+                directory,
+                n,
+                s["seconds"],
+                s["warmup"],
+                s["node_args"],
+                on_window=sampler.start,
+                tag="-prof",
+            )
+            results["profile"] = {
+                "in_flight": n,
+                "appends_per_sec_while_sampled": round(r.window_acks / r.seconds, 1),
+                "cpu": r.cpu,
+                "stacks_dir": os.path.abspath(args.profile),
+                **sampler.finish(),
+            }
+    finally:
+        if args.keep:
+            say(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    results["walnode"] = [report.walnode_row(r) for r in level_results]
+    results["peers"] = [report.peer_row(p) for p in peer_results]
+    results["snapshot"] = snapshot
+    results["ratios"] = report.ratios(results["walnode"], results["peers"])
+    results["targets"] = report.targets(results["walnode"], results["peers"], snapshot)
+    if args.json:  # files first: a closed stdout must not cost them
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.table(results, markdown=True) + "\n")
+    if args.png:
+        from bench import chart
+
+        chart.write_png(results, args.png)
+    print(f"walctl bench, {results['date']}, {_machine_line(results['machine'])}")
+    print(report.table(results))
+    if "profile" in results:
+        from bench import profile
+
+        print()
+        print(
+            f"profile at {results['profile']['in_flight']} in flight (CPU share of a core: "
+            f"{results['profile']['cpu']}):"
+        )
+        print(profile.text(results["profile"]))
+    verified = all(w["verified"] for w in results["walnode"]) and (
+        snapshot is None or snapshot["verified"]
+    )
+    return 0 if verified else 1
+
+
+def _machine_line(m: dict) -> str:
+    fs = m.get("filesystem") or {}
+    return (
+        f"{m.get('cpus')} cpus ({m.get('cpu_model', '?')}), {m.get('memory_gib')} GiB, "
+        f"{fs.get('type', '?')} on {fs.get('device', '?')}, kernel {m.get('kernel')}, "
+        f"python {m.get('python')}"
+    )

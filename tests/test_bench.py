@@ -1,0 +1,85 @@
+"""`walctl bench --quick`: a smoke run of the benchmark, end to end.
+
+It drives a real walnode at 1 and 8 in flight and every peer, briefly. The
+numbers are not judged here (a loaded CI machine makes them anything);
+what is checked is that every level and peer is there with a positive rate
+and ordered percentiles, and that the benchmark cannot claim acks it did
+not get: each level's acknowledged appends equal what the node's log holds
+afterwards, read back offline from the kept data directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+
+from tests.nodeproc import walctl
+
+PEERS = ("sqlite", "rocksdict", "lmdb", "raw", "ceiling")
+
+
+def _ordered(row: dict) -> None:
+    assert row["appends_per_sec"] > 0, row
+    assert 0 < row["p50_us"] <= row["p99_us"] <= row["p999_us"], row
+
+
+def test_quick_bench_reports_every_level_and_peer_and_only_real_acks(tmp_path):
+    out = tmp_path / "bench.json"
+    png = tmp_path / "bench.png"
+    run = walctl(
+        "bench",
+        "--quick",
+        "--keep",
+        "--data-dir",
+        str(tmp_path),
+        "--json",
+        str(out),
+        "--png",
+        str(png),
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(out.read_text())
+    assert "walnode" in run.stdout and "sqlite3" in run.stdout  # the table was printed
+
+    levels = [w["in_flight"] for w in results["walnode"]]
+    assert levels == [1, 8]
+    bench_dir = glob.glob(str(tmp_path / "walnode-bench-*"))
+    assert len(bench_dir) == 1
+    for w in results["walnode"]:
+        _ordered(w)
+        assert w["verified"], w["verify_note"]
+        assert w["errors"] == 0 and w["acked_total"] == w["sent_total"] > 0
+        info = w["wal_info"]
+        assert info["next_offset"] == w["acked_total"]
+        assert info["first_offset"] + info["entries"] == info["next_offset"]
+        # the same, from the files: the node's data directory read offline
+        on_disk = walctl("info", os.path.join(bench_dir[0], f"walnode-{w['in_flight']}"))
+        assert on_disk.returncode == 0, on_disk.stderr
+        assert json.loads(on_disk.stdout)["next_offset"] == w["acked_total"]
+
+    by_peer: dict[str, list[dict]] = {}
+    for p in results["peers"]:
+        by_peer.setdefault(p["system"], []).append(p)
+    assert set(by_peer) == set(PEERS)
+    assert sorted(p["in_flight"] for p in by_peer["ceiling"]) == levels
+    for name, rows in by_peer.items():
+        for row in rows:
+            library = {"rocksdict": "rocksdict", "lmdb": "lmdb"}.get(name)
+            if library and importlib.util.find_spec(library) is None:
+                assert row["note"].startswith("not installed"), row
+                assert row["appends_per_sec"] is None
+            else:
+                _ordered(row)
+
+    assert [r["in_flight"] for r in results["ratios"]] == levels
+    snap = results["snapshot"]
+    assert snap["cycles"] >= 1 and snap["verified"], snap
+    for key in ("without", "with"):
+        assert 0 < snap[key]["p50_us"] <= snap[key]["p99_us"], snap
+    assert {t["target"].split(" (")[0] for t in results["targets"]} >= {
+        "durable acked appends/s at 1000 in flight",
+        "one-at-a-time p50 / raw write+fdatasync p50",
+    }
+    assert png.stat().st_size > 1000

@@ -304,8 +304,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--snapshot-every",
         type=int,
-        default=10_000,
-        help="take a snapshot automatically every N entries (10000)",
+        default=100_000,
+        help="take a snapshot automatically every N entries (100000, etcd's default)",
     )
     p.add_argument(
         "--snapshot-every-bytes",

@@ -226,7 +226,8 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                         # offset at or below its first one (nothing to remove:
                         # zeros); above it, it returns our refusal.
                         refusal = comp.compact_check(arg)
-                        ask_writer(m.OP_TRUNCATE, [arg, refusal], ("compact", ident, rid, arg))
+                        op_arg = [arg, refusal, False]
+                        ask_writer(m.OP_TRUNCATE, op_arg, ("compact", ident, rid, arg))
                     else:
                         replies.append([rid, 10, {"text": f"the compactor does not serve {op!r}"}])
                 except DiskFull as err:
@@ -253,7 +254,8 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                     comp.auto_busy = False
                     if code == m.OK:
                         log.info(
-                            "auto-compacted below offset %d: %d entries kept, %d bytes freed",
+                            "auto-compacted toward offset %d (whole segments): "
+                            "%d entries kept, %d bytes freed",
                             then[1],
                             fields["entries_after"],
                             fields["bytes_freed"],
@@ -274,7 +276,7 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
             target = max(0, snap["snapshot_offset"] - comp.keep_entries)
             log.info("automatic snapshot at offset %d", snap["snapshot_offset"])
             if target > 0:
-                ask_writer(m.OP_TRUNCATE, [target, None], ("auto", target))
+                ask_writer(m.OP_TRUNCATE, [target, None, True], ("auto", target))
             else:
                 comp.auto_busy = False
 
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--parent-pid", type=int, default=None)
-    p.add_argument("--snapshot-every", type=int, default=10_000)
+    p.add_argument("--snapshot-every", type=int, default=100_000)
     p.add_argument("--snapshot-every-bytes", type=int, default=64 << 20)
     p.add_argument("--keep-entries", type=int, default=5_000)
     p.add_argument("--keep-snapshots", type=int, default=3)

@@ -57,7 +57,8 @@ OP_SYNC = "wal_sync"
 OP_SEGMENT_CONFIG = "wal_segment_config"
 OP_SEGMENT_INFO = "wal_segment_info"
 OP_FSYNC_BENCHMARK = "fsync_benchmark"
-OP_TRUNCATE = "truncate_before"  # internal: compactor -> writer
+# internal, compactor -> writer: [offset, refusal or None, whole segments only]
+OP_TRUNCATE = "truncate_before"
 OP_KV_GET = "kv_get"
 OP_SNAPSHOT = "wal_snapshot"
 OP_COMPACT = "wal_compact"

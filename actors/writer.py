@@ -200,8 +200,13 @@ class Writer:
     def op_truncate(self, arg: list) -> tuple[int, dict]:
         """Drop every entry below `offset`. The compactor sends a refusal
         along when no durable snapshot covers it: that holds unless there is
-        nothing to remove (an offset at or below the first one)."""
-        offset, refusal = arg
+        nothing to remove (an offset at or below the first one). With
+        `whole_segments` (automatic retention) the offset moves down to the
+        start of its segment: whole files are deleted and nothing is copied,
+        so appends never wait for a segment rewrite."""
+        offset, refusal, whole_segments = arg
+        if whole_segments and offset <= self.log.next_offset:
+            offset = self.log.segment_start(offset)
         if refusal is not None and offset > self.log.first_offset:
             return refusal[0], refusal[1]
         if offset > self.log.next_offset:

@@ -274,6 +274,12 @@ class Log:
 
     # -- compaction ----------------------------------------------------------
 
+    def segment_start(self, offset: int) -> int:
+        """The first offset of the segment holding `offset` (at most next_offset)."""
+        if offset <= self.first_offset:
+            return offset
+        return self._bases[bisect.bisect_right(self._bases, offset) - 1]
+
     def truncate_before(self, offset: int) -> tuple[int, int, int]:
         """Remove every entry below `offset` from the directory.
 

@@ -91,7 +91,9 @@ def describe_exit(code: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, args: argparse.Namespace, data_dir: str, run_dir: str, lock_fd: int) -> None:
+    def __init__(
+        self, args: argparse.Namespace, data_dir: str | None, run_dir: str, lock_fd: int | None
+    ) -> None:
         self.run_dir = run_dir
         self.max_restarts, self.restart_window = args.max_restarts, args.restart_window
         self.ctx = zmq.Context()
@@ -100,11 +102,12 @@ class Supervisor:
         )
         py = sys.executable
         common = ["--run-dir", run_dir, "--parent-pid", str(os.getpid())]
-        writer_argv = [py, "-m", "actors.writer", *common]
+        listen = args.remote.argv("--listen") if args.listen else []
+        writer_argv = [py, "-m", "actors.writer", *common, *listen]
         writer_argv += ["--data-dir", data_dir, "--fsync", args.fsync, "--lock-fd", str(lock_fd)]
         if args.max_segment_bytes is not None:
             writer_argv += ["--max-segment-bytes", str(args.max_segment_bytes)]
-        compactor_argv = [py, "-m", "actors.compactor", *common, "--data-dir", data_dir]
+        compactor_argv = [py, "-m", "actors.compactor", *common, *listen, "--data-dir", data_dir]
         compactor_argv += [
             "--snapshot-every",
             str(args.snapshot_every),
@@ -117,7 +120,8 @@ class Supervisor:
         ]
         if args.no_auto_compact:
             compactor_argv.append("--no-auto-compact")
-        front_argv = [py, "-m", "actors.front", *common]
+        connect = args.remote.argv("--connect") if args.connect else []
+        front_argv = [py, "-m", "actors.front", *common, *connect]
         front_argv += [
             "--max-payload-bytes",
             str(args.max_payload_bytes),
@@ -126,12 +130,13 @@ class Supervisor:
             "--unavailable-wait",
             str(args.unavailable_wait),
         ]
-        self.children = {
-            "writer": Child("writer", writer_argv, pass_fds=(lock_fd,)),
+        every = {
+            "writer": Child("writer", writer_argv, pass_fds=(lock_fd,) if lock_fd else ()),
             "compactor": Child("compactor", compactor_argv),
             "front": Child("front", front_argv, inherit_stdio=True),
         }
-        self.start_order = ["writer", "compactor", "front"]
+        self.start_order = [role for role in every if role in args.roles]
+        self.children = {role: every[role] for role in self.start_order}
         self.last_recovery: dict | None = None
         self.recoveries: dict[str, dict] = {}  # each role's latest
         self.stopping = False
@@ -166,10 +171,11 @@ class Supervisor:
                 self.recoveries[role] = self.last_recovery
             for other in DEPENDENTS[role]:
                 self.tell(other, [m.PEER, role, "ready"])
-            if role == "front":  # a (re)started front learns who is up
+            if role == "front":  # a (re)started front learns who is up (if they are here)
                 for peer in ("writer", "compactor"):
-                    state = "ready" if self.children[peer].state == "ready" else "down"
-                    self.tell("front", [m.PEER, peer, state])
+                    if peer in self.children:
+                        state = "ready" if self.children[peer].state == "ready" else "down"
+                        self.tell("front", [m.PEER, peer, state])
             following = self.start_order[self.start_order.index(role) + 1 :]
             if following and self.children[following[0]].proc is None:
                 nxt = self.children[following[0]]
@@ -179,7 +185,7 @@ class Supervisor:
             self.control.send_multipart([ident, m.pack([m.STATUS, msg[1], self.status()])])
 
     def tell(self, role: str, msg: list) -> None:
-        if self.children[role].state in ("starting", "ready"):
+        if role in self.children and self.children[role].state in ("starting", "ready"):
             try:
                 self.control.send_multipart([role.encode(), m.pack(msg)], zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -233,7 +239,7 @@ class Supervisor:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
-        self.children["writer"].start()
+        self.children[self.start_order[0]].start()
         while True:
             for child in self.children.values():
                 if child.proc is not None:
@@ -257,7 +263,7 @@ class Supervisor:
 
     def shutdown(self) -> int:
         """Stop the front, the compactor, then the writer (which syncs and exits)."""
-        for role in ("front", "compactor", "writer"):
+        for role in reversed(self.start_order):
             child = self.children[role]
             if child.proc is None:
                 continue
@@ -332,6 +338,27 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         help="seconds a request waits for a restarting writer before error 11",
     )
     p.add_argument(
+        "--roles",
+        default=None,
+        help="the processes this host runs: writer,compactor,front (default), writer,compactor "
+        "(the log side, with --listen) or front (with --connect)",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="tcp://HOST:PORT",
+        help="log side: serve remote fronts here (writer at PORT, compactor at PORT+1)",
+    )
+    p.add_argument(
+        "--connect",
+        metavar="tcp://HOST:PORT",
+        help="a front only: reach the log side's --listen endpoint (implies --roles front)",
+    )
+    p.add_argument("--keys", metavar="KEYDIR", help="CURVE keys for tcp (walctl keygen KEYDIR)")
+    p.add_argument("--key-name", default="client", help="this front's key pair in KEYDIR (client)")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain tcp without CURVE (a warning is logged)"
+    )
+    p.add_argument(
         "--max-restarts",
         type=int,
         default=RESTART_INTENSITY,
@@ -345,6 +372,53 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_topology(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Settle --roles, --listen and --connect, or exit 2 saying what to pass."""
+    if args.roles is None:
+        args.roles = "front" if args.connect else "writer,compactor,front"
+    roles = set(args.roles.split(","))
+    if not roles or not roles <= {"writer", "compactor", "front"}:
+        p.error(f"--roles is a comma-separated subset of writer,compactor,front, got {args.roles}")
+    if roles not in ({"writer", "compactor", "front"}, {"writer", "compactor"}, {"front"}):
+        p.error(
+            "--roles must be writer,compactor,front (one host), writer,compactor (the log "
+            "side) or front (with --connect)"
+        )
+    if roles == {"front"} and not args.connect:
+        p.error("--roles front needs --connect tcp://HOST:PORT (the log side's --listen)")
+    if args.connect and "writer" in roles:
+        p.error("--connect is for a front without a local writer: --roles front")
+    if args.listen and "writer" not in roles:
+        p.error("--listen is for the log side: --roles writer,compactor")
+    args.roles = roles
+    endpoint = args.listen or args.connect
+    args.remote = None
+    if endpoint is None:
+        return
+    try:
+        sockets.parse_tcp(endpoint)
+    except ValueError as err:
+        p.error(str(err))
+    if args.keys is None and not args.insecure:
+        p.error(
+            "tcp needs CURVE keys: --keys KEYDIR (make them with `walctl keygen "
+            "KEYDIR`), or --insecure for plain tcp that anyone on the network can use"
+        )
+    if args.insecure:
+        log.warning("--insecure: %s is plain tcp, unauthenticated and unencrypted", endpoint)
+    args.remote = sockets.remote_from(endpoint, args)
+    if args.keys is not None and not args.insecure:
+        name = sockets.SERVER_KEY if args.listen else args.key_name
+        try:
+            sockets.key_pair(args.keys, name)
+            sockets.public_key(args.keys, sockets.SERVER_KEY)
+        except (OSError, ValueError) as err:
+            p.error(
+                f"cannot read the keys in {args.keys} ({err}); make them with "
+                f"`walctl keygen {args.keys}`"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walnode", description="a durable write-ahead log node")
     add_flags(p)
@@ -355,22 +429,25 @@ def main(argv: list[str] | None = None) -> int:
         FsyncPolicy.parse(args.fsync)
     except ValueError as err:
         p.error(str(err))
-    if args.data_dir is None:
-        data_dir = tempfile.mkdtemp(prefix="walnode-data-")
-        log.info("no --data-dir given: this run keeps its log in %s", data_dir)
-    else:
-        data_dir = args.data_dir
+    check_topology(p, args)
     run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect
     try:
-        try:
-            datadir = DataDir(data_dir)
-            lock_fd = datadir.lock(f"walnode supervisor pid {os.getpid()}")
-        except DirectoryLocked as err:
-            log.error("%s", err)
-            return 2
-        except (WalError, OSError) as err:
-            log.error("cannot use data directory %s: %s", data_dir, err)
-            return 2
+        data_dir = lock_fd = None
+        if "writer" in args.roles:
+            if args.data_dir is None:
+                data_dir = tempfile.mkdtemp(prefix="walnode-data-")
+                log.info("no --data-dir given: this run keeps its log in %s", data_dir)
+            else:
+                data_dir = args.data_dir
+            try:
+                datadir = DataDir(data_dir)
+                lock_fd = datadir.lock(f"walnode supervisor pid {os.getpid()}")
+            except DirectoryLocked as err:
+                log.error("%s", err)
+                return 2
+            except (WalError, OSError) as err:
+                log.error("cannot use data directory %s: %s", data_dir, err)
+                return 2
         sup = Supervisor(args, data_dir, run_dir, lock_fd)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: setattr(sup, "stopping", True))

@@ -4,6 +4,7 @@
     walctl dump DIR [--from N]      print entries as JSON lines (read-only)
     walctl verify DIR               check every record, report every bad one
     walctl repair DIR [--yes]       keep the longest valid prefix
+    walctl keygen KEYDIR            CURVE keys for tcp deployments (docs/DEPLOY.md)
     walctl crashtest [--kills N]    kill a live walnode's processes under load;
                                     check nothing acknowledged is lost
     walctl bench [--quick]          appends/s and latency of a live walnode and its peers
@@ -106,6 +107,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """CURVE key pairs for tcp (docs/DEPLOY.md): the log side's, a front's,
+    and the allowed set. Existing keys are kept, never overwritten."""
+    import shutil
+
+    import zmq.auth
+
+    from actors import sockets
+
+    keys = os.path.abspath(args.keydir)
+    allowed = os.path.join(keys, sockets.CLIENTS_DIR)
+    os.makedirs(allowed, mode=0o700, exist_ok=True)
+    os.chmod(keys, 0o700)
+    made = []
+    for name in (sockets.SERVER_KEY, args.client):
+        if not os.path.exists(os.path.join(keys, name + ".key_secret")):
+            zmq.auth.create_certificates(keys, name)
+            os.chmod(os.path.join(keys, name + ".key_secret"), 0o600)
+            made.append(name)
+    if not args.no_allow:
+        shutil.copy(os.path.join(keys, args.client + ".key"), allowed)
+    print(f"keys in {keys} ({'made: ' + ', '.join(made) if made else 'all there already'})")
+    print("  log side:  server.key_secret, server.key, clients/ (fronts it lets in)")
+    print(f"  front:     {args.client}.key_secret, {args.client}.key, server.key")
+    print(f"  {args.client} is {'NOT ' if args.no_allow else ''}in clients/")
+    return 0
+
+
 def cmd_repair(args: argparse.Namespace) -> int:
     datadir = DataDir(args.dir, create=False)
     if not os.path.isdir(datadir.wal_dir):
@@ -148,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     fix.add_argument("dir")
     fix.add_argument("--yes", action="store_true", help="really remove what is listed")
     fix.set_defaults(func=cmd_repair)
+    keygen = sub.add_parser("keygen", help="make CURVE keys for tcp deployments (DEPLOY.md)")
+    keygen.add_argument("keydir")
+    keygen.add_argument("--client", default="client", help="the front key pair's name (client)")
+    keygen.add_argument(
+        "--no-allow", action="store_true", help="do not add it to KEYDIR/clients (the allowed set)"
+    )
+    keygen.set_defaults(func=cmd_keygen)
     crash = sub.add_parser(
         "crashtest",
         help="kill a live walnode's processes under load; check nothing acknowledged is lost",

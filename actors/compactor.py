@@ -166,11 +166,14 @@ class Compactor:
         return None
 
 
-def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.Socket) -> None:
-    """Requests come from fronts (and notices from the writer) on `router`;
-    compactions and barriers go to the writer over `writer`."""
+def serve(
+    comp: Compactor, routers: list[zmq.Socket], writer: zmq.Socket, control: zmq.Socket
+) -> None:
+    """Requests come from fronts (and notices from the writer) on `routers`
+    (the local ipc one, and a tcp one for remote fronts if any); compactions
+    and barriers go to the writer over `writer`."""
     poller = zmq.Poller()
-    for sock in (router, writer, control):
+    for sock in (*routers, writer, control):
         poller.register(sock, zmq.POLLIN)
     waiting: dict[int, tuple] = {}  # our rid at the writer -> what to do with its answer
     next_rid = 0
@@ -191,7 +194,7 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                 # what the dead writer held is lost; a compaction may or may not have happened
                 for then in waiting.values():
                     if then[0] == "compact":
-                        _, ident, front_rid, _offset = then
+                        _, router, ident, front_rid, _offset = then
                         text = (
                             "the writer died during this compaction: it may or may not "
                             "have happened; check wal_info.first_offset"
@@ -201,7 +204,13 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                         )
                 waiting.clear()
                 comp.auto_busy = False
-        for ident, data in sockets.drain(router, multipart=True) if router in events else ():
+        arrived = [
+            (router, ident, data)
+            for router in routers
+            if router in events
+            for ident, data in sockets.drain(router, multipart=True)
+        ]
+        for router, ident, data in arrived:
             msg = m.unpack(data)
             if msg[0] == m.NOTICE:
                 comp.on_notice(*msg[1:])
@@ -227,7 +236,7 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                         # zeros); above it, it returns our refusal.
                         refusal = comp.compact_check(arg)
                         op_arg = [arg, refusal, False]
-                        ask_writer(m.OP_TRUNCATE, op_arg, ("compact", ident, rid, arg))
+                        ask_writer(m.OP_TRUNCATE, op_arg, ("compact", router, ident, rid, arg))
                     else:
                         replies.append([rid, 10, {"text": f"the compactor does not serve {op!r}"}])
                 except DiskFull as err:
@@ -246,7 +255,7 @@ def serve(comp: Compactor, router: zmq.Socket, writer: zmq.Socket, control: zmq.
                 if then is None:
                     continue
                 if then[0] == "compact":
-                    _, ident, front_rid, offset = then
+                    _, router, ident, front_rid, offset = then
                     if code == m.OK:
                         fields = {"snapshot_offset": offset, **fields}
                     router.send_multipart([ident, m.pack([m.REPLIES, [[front_rid, code, fields]]])])
@@ -286,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--parent-pid", type=int, default=None)
+    sockets.add_remote_flags(p, "--listen")
     p.add_argument("--snapshot-every", type=int, default=100_000)
     p.add_argument("--snapshot-every-bytes", type=int, default=64 << 20)
     p.add_argument("--keep-entries", type=int, default=5_000)
@@ -304,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         auto=not args.no_auto_compact,
     )
     ctx = zmq.Context()
-    router = sockets.bind_router(ctx, sockets.compactor_endpoint(args.run_dir))
+    routers = [sockets.bind_router(ctx, sockets.compactor_endpoint(args.run_dir))]
     writer = sockets.connect_dealer(ctx, sockets.writer_endpoint(args.run_dir))
     control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(args.run_dir), "compactor")
     # Replay only what is durable: ask the writer for a sync barrier first.
@@ -326,7 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         comp.sm.applied_offset,
     )
     control.send(m.pack([m.READY, "compactor", os.getpid(), recovery]))
-    serve(comp, router, writer, control)
+    remote = sockets.remote_from(args.listen, args)
+    if remote is not None:
+        if remote.keys_dir:
+            sockets.start_authenticator(ctx, remote.keys_dir)
+        routers.append(sockets.bind_remote_router(ctx, remote, remote.compactor))
+    serve(comp, routers, writer, control)
     return 0
 
 

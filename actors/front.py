@@ -23,11 +23,13 @@ from typing import Any
 
 import orjson
 import zmq
+import zmq.utils.monitor
 
 from actors import messages as m
 from actors import sockets
 from actors.inbox import Inbox
 from actors.runtime import die_with_parent, setup_logging
+from actors.sockets import Remote
 from wal.fsutil import write_all
 from wal.statemachine import replay
 
@@ -137,12 +139,14 @@ class Validators:
     def __init__(self, max_payload_bytes: int) -> None:
         self.max_payload_bytes = max_payload_bytes
 
-    def init(self, body: dict) -> str:
+    def init(self, body: dict) -> list:
         node_id = _str(body, "node_id")
         ids = body.get("node_ids", [node_id])
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise BadRequest(12, "node_ids must be a list of strings")
-        return node_id
+        for i in range(len(ids)):
+            _str({"id": ids[i]}, "id")  # text that travels: no lone surrogates
+        return [node_id, ids]
 
     def wal_append(self, body: dict) -> bytes:
         payload = _str(body, "payload", surrogates=True).encode("utf-8", "surrogatepass")
@@ -269,23 +273,47 @@ SRC, DEST, MSG_ID, TYPE, DEADLINE, INIT_ARG, PEER, LINE = range(8)
 
 
 class Peer:
-    """A process the front forwards to, and whether it is up."""
+    """A process the front forwards to, and whether it is up.
 
-    def __init__(self, name: str, ctx: zmq.Context, run_dir: str) -> None:
+    A local peer's ups and downs come from the supervisor. A remote one
+    (another host, `--connect`) has a monitor socket instead: it is up once
+    the (CURVE) handshake succeeds and down when the connection drops."""
+
+    def __init__(self, name: str, ctx: zmq.Context, run_dir: str, remote: Remote | None) -> None:
         self.name = name
-        self.endpoint = ENDPOINTS[name](run_dir)
-        self.sock = sockets.connect_dealer(ctx, self.endpoint)
-        self.up = True
+        self.ctx = ctx
+        self.remote = remote
+        self.endpoint = ENDPOINTS[name](run_dir) if remote is None else getattr(remote, name)
+        self.monitor: zmq.Socket | None = None
+        self.sock = self._connect()
+        self.up = remote is None
+        self.refused = False  # a handshake failure was logged
         self.outbox: list[list] = []
 
-    def reconnect(self, ctx: zmq.Context, poller: zmq.Poller) -> None:
+    def _connect(self) -> zmq.Socket:
+        if self.remote is None:
+            return sockets.connect_dealer(self.ctx, self.endpoint)
+        sock, self.monitor = sockets.connect_remote_dealer(self.ctx, self.remote, self.endpoint)
+        return sock
+
+    def register(self, poller: zmq.Poller) -> None:
+        for sock in (self.sock, self.monitor):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
+
+    def reconnect(self, poller: zmq.Poller) -> None:
         """Drop everything queued for a dead peer so it never reaches its
         successor after we answered 13: a client that reads back, finds
         nothing and retries would otherwise get a duplicate."""
-        poller.unregister(self.sock)
+        for sock in (self.sock, self.monitor):
+            if sock is not None:
+                poller.unregister(sock)
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
         self.sock.close(linger=0)
-        self.sock = sockets.connect_dealer(ctx, self.endpoint)
-        poller.register(self.sock, zmq.POLLIN)
+        self.sock = self._connect()
+        self.register(poller)
         self.outbox = []
 
 
@@ -298,11 +326,12 @@ class Front:
         max_payload_bytes: int,
         request_timeout: float,
         unavailable_wait: float,
+        remote: Remote | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.ctx = ctx
         self.poller = zmq.Poller()
-        self.peers = {name: Peer(name, ctx, run_dir) for name in ENDPOINTS}
+        self.peers = {name: Peer(name, ctx, run_dir, remote) for name in ENDPOINTS}
         self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
         self.validators = Validators(max_payload_bytes)
         self.forwarded = {name: getattr(self.validators, name) for name in ROUTES}
@@ -498,8 +527,8 @@ class Front:
                 self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], meta)
                 continue
             if typ == m.OP_INIT and code == m.OK:
-                self.set_node_id(meta[INIT_ARG])
-                meta[SRC] = meta[INIT_ARG]
+                self.set_node_id(meta[INIT_ARG][0])
+                meta[SRC] = meta[INIT_ARG][0]
             if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:
                 # stored before the ack is printed, and before any kv_get below
                 self.state.store_acked_next(fields["offset"] + 1)
@@ -526,11 +555,7 @@ class Front:
             if msg[2] == "down":
                 self.on_peer_down(peer)
             else:
-                peer.up = True
-                mine = [item for item in self.held if item[3][PEER] == peer.name]
-                self.held = [item for item in self.held if item[3][PEER] != peer.name]
-                for rid, op, arg, meta in mine:
-                    self.forward(rid, op, arg, meta)
+                self.on_peer_up(peer)
         elif kind == m.STATUS:
             waiting = self.status_waiting.pop(msg[1], None)
             if waiting is not None:
@@ -540,12 +565,39 @@ class Front:
                     self.emit(src, dest, msg_id, "status_ok", fields)
                 self.inbox.answered(start)
 
+    def on_peer_up(self, peer: Peer) -> None:
+        peer.up = True
+        mine = [item for item in self.held if item[3][PEER] == peer.name]
+        self.held = [item for item in self.held if item[3][PEER] != peer.name]
+        for rid, op, arg, meta in mine:
+            self.forward(rid, op, arg, meta)
+
+    def on_monitor(self, peer: Peer) -> None:
+        """A remote peer's connection changed (see Peer)."""
+        event = zmq.utils.monitor.recv_monitor_message(peer.monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            log.info("connected to the %s at %s", peer.name, peer.endpoint)
+            peer.refused = False
+            self.on_peer_up(peer)
+        elif event == zmq.EVENT_DISCONNECTED:
+            if peer.up:  # else zmq is retrying a connection that never came up
+                self.on_peer_down(peer)
+        elif not peer.refused:
+            peer.refused = True
+            log.error(
+                "the %s at %s refused the handshake: is this front's public key in its "
+                "KEYDIR/clients, and KEYDIR/server.key its key? (zmq event %d)",
+                peer.name,
+                peer.endpoint,
+                event,
+            )
+
     def on_peer_down(self, peer: Peer) -> None:
         lost = {rid: meta for rid, meta in self.pending.items() if meta[PEER] == peer.name}
         if peer.up:
             log.warning("%s is down; failing %d requests it held", peer.name, len(lost))
         peer.up = False
-        peer.reconnect(self.ctx, self.poller)
+        peer.reconnect(self.poller)
         for rid, meta in lost.items():
             del self.pending[rid]
             self.fail(
@@ -604,7 +656,7 @@ class Front:
         self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
         poller = self.poller
         for peer in self.peers.values():
-            poller.register(peer.sock, zmq.POLLIN)
+            peer.register(poller)
         poller.register(self.control, zmq.POLLIN)
         if self.inbox.unanswered:
             log.warning(
@@ -636,6 +688,8 @@ class Front:
                 if peer.sock in events:
                     for data in sockets.drain(peer.sock):
                         self.on_replies(m.unpack(data))
+                if peer.monitor is not None and peer.monitor in events:
+                    self.on_monitor(peer)
             if 0 in events:
                 chunk = self.inbox.take(0, READ_CHUNK)
                 if not chunk:
@@ -655,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--request-timeout", type=float, default=10.0)
     p.add_argument("--unavailable-wait", type=float, default=2.0)
     p.add_argument("--parent-pid", type=int, default=None)
+    sockets.add_remote_flags(p, "--connect")
     args = p.parse_args(argv)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
@@ -666,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         max_payload_bytes=args.max_payload_bytes,
         request_timeout=args.request_timeout,
         unavailable_wait=args.unavailable_wait,
+        remote=sockets.remote_from(args.connect, args),
     )
     return front.run()
 

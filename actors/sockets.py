@@ -1,14 +1,133 @@
-"""Endpoints and socket options, in one place.
+"""Endpoints, socket options and keys, in one place.
 
 By default every endpoint is an ipc:// socket in the run directory, a
-private (0700) directory the supervisor makes for one run.
+private (0700) directory the supervisor makes for one run. Across hosts
+(docs/DEPLOY.md) the writer and the compactor also listen on tcp, the
+writer at the given port and the compactor at the next one, with CURVE:
+the key files are zmq.auth's, made by `walctl keygen KEYDIR`:
+
+    KEYDIR/server.key, server.key_secret   the log side's key pair
+    KEYDIR/<name>.key, <name>.key_secret   a front's key pair ("client")
+    KEYDIR/clients/*.key                   the fronts the log side lets in
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+from dataclasses import dataclass
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+SERVER_KEY = "server"
+CLIENTS_DIR = "clients"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """How a process reaches across hosts: the writer's tcp endpoint (the
+    compactor's is the next port) and CURVE keys, or None under --insecure."""
+
+    endpoint: str
+    keys_dir: str | None
+    key_name: str = "client"
+
+    @property
+    def writer(self) -> str:
+        return self.endpoint
+
+    @property
+    def compactor(self) -> str:
+        host, port = parse_tcp(self.endpoint)
+        return f"tcp://{host}:{port + 1}"
+
+    def argv(self, flag: str) -> list[str]:
+        """The child-process flags that recreate this (flag: --listen or --connect)."""
+        if self.keys_dir is None:
+            return [flag, self.endpoint, "--insecure"]
+        return [flag, self.endpoint, "--keys", self.keys_dir, "--key-name", self.key_name]
+
+
+def add_remote_flags(p: argparse.ArgumentParser, flag: str) -> None:
+    p.add_argument(flag, default=None, metavar="tcp://HOST:PORT")
+    p.add_argument("--keys", default=None)
+    p.add_argument("--key-name", default="client")
+    p.add_argument("--insecure", action="store_true")
+
+
+def remote_from(endpoint: str | None, args: argparse.Namespace) -> Remote | None:
+    if endpoint is None:
+        return None
+    return Remote(endpoint, None if args.insecure else args.keys, args.key_name)
+
+
+def parse_tcp(endpoint: str) -> tuple[str, int]:
+    """("HOST", PORT) of tcp://HOST:PORT; ValueError with what to write otherwise."""
+    m = re.fullmatch(r"tcp://(.+):(\d+)", endpoint)
+    if not m or not 0 < int(m.group(2)) < 65535:
+        raise ValueError(f"expected tcp://HOST:PORT (PORT and PORT+1 are used), got {endpoint!r}")
+    return m.group(1), int(m.group(2))
+
+
+def key_pair(keys_dir: str, name: str) -> tuple[bytes, bytes]:
+    """(public, secret) from KEYDIR/<name>.key_secret."""
+    public, secret = zmq.auth.load_certificate(os.path.join(keys_dir, name + ".key_secret"))
+    if secret is None:
+        raise ValueError(f"{keys_dir}/{name}.key_secret holds no secret key")
+    return public, secret
+
+
+def public_key(keys_dir: str, name: str) -> bytes:
+    return zmq.auth.load_certificate(os.path.join(keys_dir, name + ".key"))[0]
+
+
+def start_authenticator(ctx: zmq.Context, keys_dir: str) -> ThreadAuthenticator:
+    """Let in only the fronts whose public keys are in KEYDIR/clients."""
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=os.path.join(keys_dir, CLIENTS_DIR))
+    return auth
+
+
+def bind_remote_router(ctx: zmq.Context, remote: Remote, endpoint: str) -> zmq.Socket:
+    """The tcp ROUTER a writer or compactor serves remote fronts on."""
+    sock = _common(ctx.socket(zmq.ROUTER))
+    if remote.keys_dir:
+        public, secret = key_pair(remote.keys_dir, SERVER_KEY)
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+        sock.curve_server = True
+    sock.bind(endpoint)
+    return sock
+
+
+PEER_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def connect_remote_dealer(
+    ctx: zmq.Context, remote: Remote, endpoint: str
+) -> tuple[zmq.Socket, zmq.Socket]:
+    """A front's tcp DEALER to a writer or compactor on another host, and a
+    monitor socket that reports PEER_EVENTS: with no supervisor on that host
+    to say so, the connection itself tells when the peer is up (it binds
+    only once recovered) and when it went away."""
+    sock = _common(ctx.socket(zmq.DEALER))
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # back off toward a host that is away
+    if remote.keys_dir:
+        public, secret = key_pair(remote.keys_dir, remote.key_name)
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+        sock.curve_serverkey = public_key(remote.keys_dir, SERVER_KEY)
+    monitor = sock.get_monitor_socket(PEER_EVENTS)
+    sock.connect(endpoint)
+    return sock, monitor
 
 
 def writer_endpoint(run_dir: str) -> str:

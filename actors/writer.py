@@ -224,14 +224,20 @@ class Writer:
             )
         return m.OK, {"entries_before": before, "entries_after": after, "bytes_freed": freed}
 
-    def op_init(self, node_id: str) -> tuple[int, dict]:
-        recorded = self.datadir.read_meta().get("node_id")
+    def op_init(self, arg: list) -> tuple[int, dict]:
+        """The first init records the node id and its cluster's node ids; a
+        later one may be any of those ids (one front per id, docs/DEPLOY.md)."""
+        node_id, node_ids = arg
+        meta = self.datadir.read_meta()
+        recorded = meta.get("node_id")
+        members = meta.get("node_ids") or [recorded]
         if recorded is None:
-            self.datadir.update_meta(node_id=node_id)
-        elif recorded != node_id:
+            self.datadir.update_meta(node_id=node_id, node_ids=sorted(set(node_ids) | {node_id}))
+        elif node_id not in members:
             return 22, {
-                "text": f"data directory {self.datadir.path} belongs to node {recorded!r}, "
-                f"not {node_id!r}: init with node_id {recorded!r} or use another --data-dir"
+                "text": f"data directory {self.datadir.path} belongs to node {recorded!r} "
+                f"(cluster {members}), not {node_id!r}: init with one of those ids or use "
+                f"another --data-dir"
             }
         return m.OK, {}
 
@@ -327,10 +333,17 @@ def _out_of_range(err: OffsetOutOfRange) -> tuple[int, dict]:
     }
 
 
-def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket, notices: zmq.Socket) -> None:
+def serve(
+    writer: Writer,
+    routers: list[zmq.Socket],
+    control: zmq.Socket,
+    notices: zmq.Socket,
+) -> None:
+    """`routers`: the local ipc one, and a tcp one for remote fronts if any."""
     last_notice = None
     poller = zmq.Poller()
-    poller.register(router, zmq.POLLIN)
+    for router in routers:
+        poller.register(router, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
     stopping = False
     while not stopping:
@@ -340,13 +353,15 @@ def serve(writer: Writer, router: zmq.Socket, control: zmq.Socket, notices: zmq.
             msg = m.unpack(control.recv())
             stopping = msg[0] == m.STOP
         batches = []
-        if router in events:
+        for router in routers:
+            if router not in events:
+                continue
             for ident, data in sockets.drain(router, MAX_DRAIN_MESSAGES, multipart=True):
                 msg = m.unpack(data)
                 if msg[0] == m.REQUESTS:
-                    batches.append((ident, writer.handle(msg[1])))
+                    batches.append((router, ident, writer.handle(msg[1])))
         writer.commit()  # raises on I/O failure: no reply leaves for this batch
-        for ident, replies in batches:
+        for router, ident, replies in batches:
             out = [[rid, *writer.answer(op, result)] for rid, op, result in replies]
             router.send_multipart([ident, m.pack([m.REPLIES, out])])
         writer.disk_full_at = None
@@ -368,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-segment-bytes", type=int, default=None)
     p.add_argument("--lock-fd", type=int, default=None)
     p.add_argument("--parent-pid", type=int, default=None)
+    sockets.add_remote_flags(p, "--listen")
     args = p.parse_args(argv)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
@@ -412,13 +428,18 @@ def main(argv: list[str] | None = None) -> int:
         report.duration_ms,
     )
     ctx = zmq.Context()
-    router = sockets.bind_router(ctx, sockets.writer_endpoint(args.run_dir))
+    routers = [sockets.bind_router(ctx, sockets.writer_endpoint(args.run_dir))]
+    remote = sockets.remote_from(args.listen, args)
+    if remote is not None:  # bound only now, after recovery: a connection means ready
+        if remote.keys_dir:
+            sockets.start_authenticator(ctx, remote.keys_dir)
+        routers.append(sockets.bind_remote_router(ctx, remote, remote.writer))
     control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(args.run_dir), "writer")
     notices = sockets.connect_dealer(ctx, sockets.compactor_endpoint(args.run_dir), lossy=True)
     control.send(m.pack([m.READY, "writer", os.getpid(), report.as_dict()]))
     writer = Writer(datadir, wal, policy)
     try:
-        serve(writer, router, control, notices)
+        serve(writer, routers, control, notices)
     except OSError as err:
         # Never retried: what is on disk is whatever recovery will find.
         log.critical("I/O failure, exiting without acknowledging the batch: %s", err)

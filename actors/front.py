@@ -629,11 +629,17 @@ class Front:
             )
         while self.held and self.held[0][3][DEADLINE] <= now:
             _rid, _op, _arg, meta = self.held.pop(0)
+            peer = self.peers[meta[PEER]]
+            why = (
+                f"refused this front's key (see {peer.endpoint} and KEYDIR/clients there)"
+                if peer.refused
+                else "is unavailable (restarting or unreachable)"
+            )
             self.fail(
                 meta,
                 11,
-                f"the {meta[PEER]} is unavailable (restarting); this {meta[TYPE]} was not "
-                f"sent to it, so retry it",
+                f"the {peer.name} {why}; this {meta[TYPE]} was not sent to it"
+                f"{'' if peer.refused else ', so retry it'}",
             )
         for rid, (src, dest, msg_id, deadline, start) in list(self.status_waiting.items()):
             if deadline <= now:

@@ -184,20 +184,24 @@ def main(argv: list[str] | None = None) -> int:
         "--no-allow", action="store_true", help="do not add it to KEYDIR/clients (the allowed set)"
     )
     keygen.set_defaults(func=cmd_keygen)
-    crash = sub.add_parser(
-        "crashtest",
-        help="kill a live walnode's processes under load; check nothing acknowledged is lost",
-        description=crashtest.__doc__.split("\n\n")[1].replace("\n", " "),
-    )
-    crashtest.add_arguments(crash)
-    crash.set_defaults(func=crashtest.run)
-    bench = sub.add_parser(
-        "bench",
-        help="durable appends/s and latency of a live walnode beside sqlite3, lmdb, fsync...",
-        description=bench_cli.__doc__.split("\n\n")[1].replace("\n", " "),
-    )
-    bench_cli.add_arguments(bench)
-    bench.set_defaults(func=bench_cli.run)
+    tools = [
+        (
+            "crashtest",
+            crashtest,
+            "kill a live walnode's processes under load; check nothing acknowledged is lost",
+        ),
+        (
+            "bench",
+            bench_cli,
+            "durable appends/s and latency of a live walnode beside sqlite3, lmdb, fsync...",
+        ),
+    ]
+    for name, tool, summary in tools:  # each tool's module holds its flags and its run
+        tool_parser = sub.add_parser(
+            name, help=summary, description=tool.__doc__.split("\n\n")[1].replace("\n", " ")
+        )
+        tool.add_arguments(tool_parser)
+        tool_parser.set_defaults(func=tool.run)
     args = p.parse_args(argv)
     try:
         return args.func(args)

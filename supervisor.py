@@ -35,8 +35,15 @@ log = setup_logging("supervisor")
 EXIT_CORRUPT = 3  # exit codes that restarting cannot fix
 EXIT_LOCKED = 4
 FATAL_EXITS = {
-    "writer": {EXIT_CORRUPT: "the log is corrupt", EXIT_LOCKED: "the data directory is locked"},
-    "compactor": {EXIT_CORRUPT: "no snapshot and log from which to rebuild the state"},
+    "writer": {
+        EXIT_CORRUPT: "the log is corrupt",
+        EXIT_LOCKED: "the data directory is locked",
+        sockets.EXIT_CANNOT_LISTEN: "it cannot listen on --listen's address",
+    },
+    "compactor": {
+        EXIT_CORRUPT: "no snapshot and log from which to rebuild the state",
+        sockets.EXIT_CANNOT_LISTEN: "it cannot listen on --listen's port + 1",
+    },
 }
 # who is told when a role goes down or comes back
 DEPENDENTS = {"writer": ("front", "compactor"), "compactor": ("front",), "front": ()}

@@ -14,6 +14,7 @@ the key files are zmq.auth's, made by `walctl keygen KEYDIR`:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -92,14 +93,22 @@ def start_authenticator(ctx: zmq.Context, keys_dir: str) -> ThreadAuthenticator:
     return auth
 
 
+EXIT_CANNOT_LISTEN = 6  # a restart would not help: the supervisor stops instead
+
+
 def bind_remote_router(ctx: zmq.Context, remote: Remote, endpoint: str) -> zmq.Socket:
-    """The tcp ROUTER a writer or compactor serves remote fronts on."""
+    """The tcp ROUTER a writer or compactor serves remote fronts on; on a bind
+    error (address in use, not this host's) the process exits EXIT_CANNOT_LISTEN."""
     sock = _common(ctx.socket(zmq.ROUTER))
     if remote.keys_dir:
         public, secret = key_pair(remote.keys_dir, SERVER_KEY)
         sock.curve_publickey, sock.curve_secretkey = public, secret
         sock.curve_server = True
-    sock.bind(endpoint)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as err:
+        logging.getLogger("sockets").error("cannot listen on %s: %s", endpoint, err)
+        raise SystemExit(EXIT_CANNOT_LISTEN) from None
     return sock
 
 

@@ -598,12 +598,13 @@ class Front:
             log.warning("%s is down; failing %d requests it held", peer.name, len(lost))
         peer.up = False
         peer.reconnect(self.poller)
+        how = "died" if peer.remote is None else "was lost (its connection dropped)"
         for rid, meta in lost.items():
             del self.pending[rid]
             self.fail(
                 meta,
                 13,
-                f"the {peer.name} died while it held this {meta[TYPE]}: it may or may not "
+                f"the {peer.name} {how} while it held this {meta[TYPE]}: it may or may not "
                 f"have been applied; read the log (wal_read/wal_scan/wal_info) to find out",
             )
 

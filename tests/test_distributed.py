@@ -420,3 +420,37 @@ def test_a_front_crashing_does_not_disturb_another(node_factory, log_side_factor
             if body["in_reply_to"] in b_ids:  # not the warm-up append, counted above
                 acked[body["offset"]] = b_ids[body["in_reply_to"]]
     check_log(a, "n1", acked, {"b-warm", *b_ids.values(), *a_payloads, *more})
+
+
+def test_a_silent_writer_is_noticed_by_heartbeats(node_factory, log_side_factory, keys):
+    """A writer that stops answering without closing its connection (here:
+    SIGSTOP, as a frozen host or a pulled cable would) is taken for lost after
+    the heartbeat timeout: error 13 in seconds, not error 0 after
+    --request-timeout, then 11 for new requests until it is back."""
+    side = log_side_factory("--keys", keys)
+    node = front(node_factory, side, "n1", "--keys", keys, "--request-timeout", "30")
+    assert node.call({"type": "wal_append", "payload": "a"}, dest="n1")["offset"] == 0
+    writer = side.pid_of("writer")
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        held = node.call({"type": "wal_append", "payload": "b"}, timeout=20, dest="n1")
+        waited = time.monotonic() - t0
+        assert held["code"] == 13 and "connection dropped" in held["text"], held
+        assert waited < 10, f"noticed only after {waited:.1f} s"
+        assert (
+            node.call({"type": "wal_append", "payload": "c"}, timeout=20, dest="n1")["code"] == 11
+        )
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    assert wait_for_ack(node)
+
+
+def wait_for_ack(node: Node, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.call({"type": "wal_append", "payload": "d"}, timeout=15, dest="n1")["type"] == (
+            "wal_append_ok"
+        ):
+            return True
+    return False

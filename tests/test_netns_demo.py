@@ -1,0 +1,96 @@
+"""The demo across hosts (docs/DEPLOY.md): `scripts/netns_demo.py` end to end.
+
+It needs root and network namespaces; where it cannot make them the test
+is skipped with the demo's own reason (`netns_demo.py --check`). The demo
+cleans up after itself; if it is stopped here (a timeout), this test still
+stops whatever it left, by pid, and deletes its namespaces by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.nodeproc import REPO
+
+DEMO = os.path.join(REPO, "scripts", "netns_demo.py")
+
+
+def can_run() -> str | None:
+    """None if the demo can run here, else why not."""
+    if os.geteuid() != 0:
+        return "not root: network namespaces need root"
+    try:
+        probe = subprocess.run(
+            [sys.executable, DEMO, "--check"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"netns_demo.py --check did not run: {err}"
+    if probe.returncode != 0:
+        return (probe.stdout + probe.stderr).strip() or f"--check exited {probe.returncode}"
+    return None
+
+
+def remove_leftovers(demo_pid: int) -> list[str]:
+    """Stop the processes inside, and delete, the namespaces a demo run left (wn<pid>-*)."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    names = [
+        line.split()[0]
+        for line in listing.stdout.splitlines()
+        if line.split() and line.split()[0].startswith(f"wn{demo_pid}-")
+    ]
+    for name in names:
+        pids = subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+    return names
+
+
+@pytest.mark.timeout(60, method="signal")
+def test_netns_demo_end_to_end(tmp_path):
+    reason = can_run()
+    if reason:
+        pytest.skip(f"network namespaces unavailable: {reason}")
+    proc = subprocess.Popen(
+        [sys.executable, DEMO, "--appends", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    out = ""
+    try:
+        out, _ = proc.communicate(timeout=45)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the demo stops its processes and namespaces
+            try:
+                out += proc.communicate(timeout=10)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out += proc.communicate(timeout=5)[0]
+        left = remove_leftovers(proc.pid)
+    assert proc.returncode == 0, out
+    assert not left, f"the demo left namespaces behind: {left}\n{out}"
+    assert "RESULT: PASS" in out, out
+    assert "FAIL" not in out, out
+    for node in ("n1", "n2"):
+        assert re.search(rf"{node} init_ok \(node_ids \['n1', 'n2'\]\)", out), out
+        assert re.search(rf"{node}: the first append sent after the kill is acknowledged", out)
+    assert re.search(r"kill -9 writer pid \d+", out), out
+    assert re.search(r"ok    the log-side supervisor restarted the writer", out), out
+    assert re.search(r"ok    the log's offsets are dense: 0\.\.\d+", out), out
+    assert "ok    n1 reads n2's entries" in out and "ok    n2 reads n1's entries" in out, out
+    assert "ok    walctl verify" in out, out

@@ -332,8 +332,8 @@ class Log:
 
     def _rewrite_tail(self, seg: Segment, offset: int) -> Segment:
         """Copy `seg`'s records from `offset` on into a fsynced temp file."""
-        index = offset - seg.base_offset
-        start = seg.bytes_before(index)
+        first = offset - seg.base_offset  # not `index`: that names the module here
+        start = seg.bytes_before(first)
         data = seg.read_bytes(start, seg.size - start)
         path = os.path.join(self.directory, segment_name(offset))
         with disk_full_undone(path + TMP_SUFFIX):
@@ -346,7 +346,7 @@ class Log:
             except BaseException:
                 os.close(fd)
                 raise
-        return Segment(path, offset, fd, seg.positions_from(index, start), len(data), seg.sealed)
+        return Segment(path, offset, fd, seg.positions_from(first, start), len(data), seg.sealed)
 
     # -- reading -----------------------------------------------------------
 

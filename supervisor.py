@@ -27,22 +27,22 @@ import zmq
 
 from actors import messages as m
 from actors import sockets
+from actors.codes import Exit
 from actors.runtime import setup_logging
 from wal import DataDir, DirectoryLocked, WalError
 
 log = setup_logging("supervisor")
 
-EXIT_CORRUPT = 3  # exit codes that restarting cannot fix
-EXIT_LOCKED = 4
+# exit codes that restarting cannot fix, and what each means for the node
 FATAL_EXITS = {
     "writer": {
-        EXIT_CORRUPT: "the log is corrupt",
-        EXIT_LOCKED: "the data directory is locked",
-        sockets.EXIT_CANNOT_LISTEN: "it cannot listen on --listen's address",
+        Exit.CORRUPT: "the log is corrupt",
+        Exit.LOCKED: "the data directory is locked",
+        Exit.CANNOT_LISTEN: "it cannot listen on --listen's address",
     },
     "compactor": {
-        EXIT_CORRUPT: "no snapshot and log from which to rebuild the state",
-        sockets.EXIT_CANNOT_LISTEN: "it cannot listen on --listen's port + 1",
+        Exit.CORRUPT: "no snapshot and log from which to rebuild the state",
+        Exit.CANNOT_LISTEN: "it cannot listen on --listen's port + 1",
     },
 }
 # who is told when a role goes down or comes back

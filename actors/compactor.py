@@ -23,6 +23,7 @@ import zmq
 
 from actors import messages as m
 from actors import sockets
+from actors.codes import Code, Exit
 from actors.runtime import die_with_parent, setup_logging
 from wal import CorruptionError, DiskFull, WalError, fsyncbench, snapshot
 from wal.datadir import DataDir
@@ -31,7 +32,6 @@ from wal.tail import LogTail
 
 log = setup_logging("compactor")
 
-EXIT_NO_STATE = 3  # the log was compacted past every loadable snapshot
 AUTO_RETRY_DELAY = 5.0  # seconds between tries of a failing automatic snapshot
 
 
@@ -119,7 +119,7 @@ class Compactor:
     def kv_get(self, key: str, min_offset: int) -> tuple[int, dict]:
         self.catch_up(min_offset)
         if key not in self.sm.state:
-            return 20, {
+            return Code.KEY_DOES_NOT_EXIST, {
                 "text": f"key {key!r} does not exist (as of offset {self.sm.applied_offset})",
                 "applied_offset": self.sm.applied_offset,
             }
@@ -135,7 +135,7 @@ class Compactor:
         if self.sm.applied_offset > durable_next:
             # Under a relaxed --fsync the state may hold entries not yet
             # durable; a snapshot of them could outlive the log after power loss.
-            return 11, {
+            return Code.TEMPORARILY_UNAVAILABLE, {
                 "text": f"the state holds entries past the durable offset {durable_next}; "
                 f"retry (wal_sync first under --fsync never)"
             }
@@ -156,7 +156,7 @@ class Compactor:
                 else (f"the latest snapshot is at offset {latest}")
             )
             return [
-                22,
+                Code.PRECONDITION_FAILED,
                 {
                     "text": f"no durable snapshot covers offset {offset}: {where}; "
                     f"send wal_snapshot first, then compact at or below its snapshot_offset",
@@ -200,7 +200,7 @@ def serve(
                             "have happened; check wal_info.first_offset"
                         )
                         router.send_multipart(
-                            [ident, m.pack([m.REPLIES, [[front_rid, 13, {"text": text}]]])]
+                            [ident, m.pack([m.REPLIES, [[front_rid, Code.CRASH, {"text": text}]]])]
                         )
                 waiting.clear()
                 comp.auto_busy = False
@@ -238,14 +238,22 @@ def serve(
                         op_arg = [arg, refusal, False]
                         ask_writer(m.OP_TRUNCATE, op_arg, ("compact", router, ident, rid, arg))
                     else:
-                        replies.append([rid, 10, {"text": f"the compactor does not serve {op!r}"}])
+                        replies.append(
+                            [
+                                rid,
+                                Code.NOT_SUPPORTED,
+                                {"text": f"the compactor does not serve {op!r}"},
+                            ]
+                        )
                 except DiskFull as err:
                     log.warning("%s failed: %s", op, err)
                     text = f"{err}; nothing was changed: free space, then retry"
-                    replies.append([rid, 11, {"text": text}])
+                    replies.append([rid, Code.TEMPORARILY_UNAVAILABLE, {"text": text}])
                 except (WalError, OSError) as err:
                     log.error("%s failed: %s", op, err)
-                    replies.append([rid, 13, {"text": f"{op} failed in the compactor: {err}"}])
+                    replies.append(
+                        [rid, Code.CRASH, {"text": f"{op} failed in the compactor: {err}"}]
+                    )
             if replies:
                 router.send_multipart([ident, m.pack([m.REPLIES, replies])])
         for data in sockets.drain(writer) if writer in events else ():
@@ -276,7 +284,7 @@ def serve(
             try:
                 code, snap = comp.take_snapshot(comp.durable_next)
             except (WalError, OSError) as err:
-                code, snap = 13, {"text": str(err)}
+                code, snap = Code.CRASH, {"text": str(err)}
             if code != m.OK:
                 comp.auto_busy = False
                 comp.auto_retry_at = time.monotonic() + AUTO_RETRY_DELAY
@@ -327,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         recovery = comp.recover(fields["durable_offset"])
     except (CorruptionError, WalError) as err:
         log.error("refusing to start: %s", err)
-        return EXIT_NO_STATE
+        return Exit.CORRUPT  # the log was compacted past every loadable snapshot
     log.info(
         "recovered: snapshot at %s, replayed %d entries, %d keys, applied through offset %d",
         recovery["snapshot_offset"],

@@ -23,6 +23,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from actors.codes import Exit
+
 SERVER_KEY = "server"
 CLIENTS_DIR = "clients"
 
@@ -93,12 +95,9 @@ def start_authenticator(ctx: zmq.Context, keys_dir: str) -> ThreadAuthenticator:
     return auth
 
 
-EXIT_CANNOT_LISTEN = 6  # a restart would not help: the supervisor stops instead
-
-
 def bind_remote_router(ctx: zmq.Context, remote: Remote, endpoint: str) -> zmq.Socket:
     """The tcp ROUTER a writer or compactor serves remote fronts on; on a bind
-    error (address in use, not this host's) the process exits EXIT_CANNOT_LISTEN."""
+    error (address in use, not this host's) the process exits Exit.CANNOT_LISTEN."""
     sock = _common(ctx.socket(zmq.ROUTER))
     if remote.keys_dir:
         public, secret = key_pair(remote.keys_dir, SERVER_KEY)
@@ -109,7 +108,7 @@ def bind_remote_router(ctx: zmq.Context, remote: Remote, endpoint: str) -> zmq.S
         sock.bind(endpoint)
     except zmq.ZMQError as err:
         logging.getLogger("sockets").error("cannot listen on %s: %s", endpoint, err)
-        raise SystemExit(EXIT_CANNOT_LISTEN) from None
+        raise SystemExit(Exit.CANNOT_LISTEN) from None
     return sock
 
 

@@ -28,6 +28,7 @@ import zmq
 
 from actors import messages as m
 from actors import sockets
+from actors.codes import Code, Exit
 from actors.runtime import die_with_parent, setup_logging
 from wal import (
     CorruptionError,
@@ -43,9 +44,6 @@ from wal.log import DEFAULT_MAX_SEGMENT_BYTES, OffsetOutOfRange
 
 log = setup_logging("writer")
 
-EXIT_CORRUPT = 3  # the supervisor must not restart into the same corruption
-EXIT_LOCKED = 4
-EXIT_IO = 5
 
 MIN_SEGMENT_BYTES = 64
 MAX_SEGMENT_BYTES = 1 << 30
@@ -182,7 +180,7 @@ class Writer:
 
     def op_segment_config(self, size: int) -> tuple[int, dict]:
         if not MIN_SEGMENT_BYTES <= size <= MAX_SEGMENT_BYTES:
-            return 12, {
+            return Code.MALFORMED_REQUEST, {
                 "text": f"max_segment_bytes must be between {MIN_SEGMENT_BYTES} and "
                 f"{MAX_SEGMENT_BYTES} (got {size})"
             }
@@ -210,7 +208,7 @@ class Writer:
         if refusal is not None and offset > self.log.first_offset:
             return refusal[0], refusal[1]
         if offset > self.log.next_offset:
-            return 22, {
+            return Code.PRECONDITION_FAILED, {
                 "text": f"cannot compact at {offset}: the log ends at {self.log.next_offset}"
             }
         before, after, freed = self.log.truncate_before(offset)
@@ -234,7 +232,7 @@ class Writer:
         if recorded is None:
             self.datadir.update_meta(node_id=node_id, node_ids=sorted(set(node_ids) | {node_id}))
         elif node_id not in members:
-            return 22, {
+            return Code.PRECONDITION_FAILED, {
                 "text": f"data directory {self.datadir.path} belongs to node {recorded!r} "
                 f"(cluster {members}), not {node_id!r}: init with one of those ids or use "
                 f"another --data-dir"
@@ -250,15 +248,21 @@ class Writer:
         for rid, op, arg in requests:
             handler = ops.get(op)
             if handler is None:
-                replies.append([rid, op, (10, {"text": f"the writer does not serve {op!r}"})])
+                replies.append(
+                    [rid, op, (Code.NOT_SUPPORTED, {"text": f"the writer does not serve {op!r}"})]
+                )
                 continue
             try:
                 result = handler(arg)
             except DiskFull as err:
                 self.disk_full(err)
-                result = DISK_FULL_REPLY if op == m.OP_APPEND else (11, {"text": f"{err}"})
+                result = (
+                    DISK_FULL_REPLY
+                    if op == m.OP_APPEND
+                    else (Code.TEMPORARILY_UNAVAILABLE, {"text": f"{err}"})
+                )
             except (WalError, ValueError, TypeError) as err:
-                result = (13, {"text": f"{op} failed in the writer: {err}"})
+                result = (Code.CRASH, {"text": f"{op} failed in the writer: {err}"})
             replies.append([rid, op, result])
         return replies
 
@@ -315,7 +319,7 @@ class Writer:
 
 
 DISK_FULL_REPLY = (
-    11,
+    Code.TEMPORARILY_UNAVAILABLE,
     {
         "text": "disk full: this append was not written (nothing of it is in the log); "
         "free space on the data directory's file system, then retry"
@@ -324,7 +328,7 @@ DISK_FULL_REPLY = (
 
 
 def _out_of_range(err: OffsetOutOfRange) -> tuple[int, dict]:
-    return 20, {
+    return Code.KEY_DOES_NOT_EXIST, {
         "text": f"{err}; valid offsets are {err.first_offset} to {err.next_offset - 1}"
         if err.next_offset > err.first_offset
         else f"{err}; the log holds no entries yet",
@@ -397,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         datadir.lock(f"walnode writer pid {os.getpid()}", args.lock_fd)
     except DirectoryLocked as err:
         log.error("%s", err)
-        return EXIT_LOCKED
+        return Exit.LOCKED
     try:
         meta = datadir.read_meta()
         seg_bytes = args.max_segment_bytes or meta.get("max_segment_bytes")
@@ -408,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except CorruptionError as err:
         log.error("refusing to start: %s", err)
-        return EXIT_CORRUPT
+        return Exit.CORRUPT
     except (WalError, OSError) as err:
         log.error("refusing to start: %s", err)
-        return EXIT_IO
+        return Exit.IO
     if report.bytes_truncated:
         log.warning(
             "cut a torn tail: %d bytes at byte %d of %s (%s); they were never acknowledged",
@@ -443,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         # Never retried: what is on disk is whatever recovery will find.
         log.critical("I/O failure, exiting without acknowledging the batch: %s", err)
-        os._exit(EXIT_IO)
+        os._exit(Exit.IO)
     writer.log.sync()
     writer.log.close()
     log.info("stopped; every entry below offset %d is durable", writer.log.durable_offset)

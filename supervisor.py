@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import messages as m
-from actors import sockets
+from actors import metrics, sockets
 from actors.codes import Exit
 from actors.runtime import setup_logging
 from wal import DataDir, DirectoryLocked, WalError
@@ -103,6 +103,7 @@ class Supervisor:
     ) -> None:
         self.run_dir = run_dir
         self.max_restarts, self.restart_window = args.max_restarts, args.restart_window
+        self.metrics = metrics.serve(args.metrics_listen, run_dir, args.roles, CHILD_ENV)
         self.ctx = zmq.Context()
         self.control = sockets.bind_router(
             self.ctx, sockets.supervisor_endpoint(run_dir), handover=True
@@ -176,6 +177,8 @@ class Supervisor:
             if recovery is not None:
                 self.last_recovery = {"role": role, **recovery}
                 self.recoveries[role] = self.last_recovery
+                if self.metrics is not None:
+                    self.metrics.recovered(role, recovery["duration_ms"])
             for other in DEPENDENTS[role]:
                 self.tell(other, [m.PEER, role, "ready"])
             if role == "front":  # a (re)started front learns who is up (if they are here)
@@ -255,6 +258,8 @@ class Supervisor:
                         self.on_exit(child, code)
                 elif child.restart_at is not None and time.monotonic() >= child.restart_at:
                     child.restarts += 1
+                    if self.metrics is not None:
+                        self.metrics.restarted(child.role)
                     child.start()
             if self.stopping:
                 signal.set_wakeup_fd(-1)
@@ -376,6 +381,13 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=RESTART_WINDOW,
         help="seconds over which --max-restarts is counted (10)",
+    )
+    p.add_argument(
+        metrics.FLAG,
+        type=metrics.listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/METRICS.md); "
+        "default: none, nothing listens",
     )
 
 

@@ -22,7 +22,7 @@ import time
 import zmq
 
 from actors import messages as m
-from actors import sockets
+from actors import metrics, sockets
 from actors.codes import Code, Exit
 from actors.runtime import die_with_parent, setup_logging
 from wal import CorruptionError, DiskFull, WalError, fsyncbench, snapshot
@@ -60,6 +60,7 @@ class Compactor:
         self._bytes_mark: int | None = None
         self.auto_busy = False
         self.auto_retry_at = 0.0  # after a failed automatic snapshot, wait before the next
+        self.metrics = metrics.for_compactor()  # None without --metrics-listen
 
     # -- recovery ----------------------------------------------------------
 
@@ -139,7 +140,10 @@ class Compactor:
                 "text": f"the state holds entries past the durable offset {durable_next}; "
                 f"retry (wal_sync first under --fsync never)"
             }
+        t0 = time.perf_counter()
         snap = snapshot.write(self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state)
+        if self.metrics is not None:
+            self.metrics.snapshot_written(time.perf_counter() - t0)
         self.snapshot_offset = max(self.snapshot_offset or 0, snap.offset)
         self.bytes_since_snapshot = 0
         for name in snapshot.prune(self.datadir.snapshot_dir, self.keep_snapshots):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import zmq
 
 from actors import messages as m
-from actors import sockets
+from actors import metrics, sockets
 from actors.codes import Code, Exit
 from actors.runtime import die_with_parent, setup_logging
 from wal import (
@@ -120,6 +120,7 @@ class Writer:
         # The first offset a full disk dropped in this batch: appends at or
         # after it are not written, whatever was decided for them before.
         self.disk_full_at: int | None = None
+        self.metrics = metrics.for_writer(wal)  # None without --metrics-listen
 
     # -- request handlers: return (code, fields) or a callable giving them
     # after the commit (for answers that must describe the committed state).
@@ -211,7 +212,10 @@ class Writer:
             return Code.PRECONDITION_FAILED, {
                 "text": f"cannot compact at {offset}: the log ends at {self.log.next_offset}"
             }
+        t0 = time.perf_counter()
         before, after, freed = self.log.truncate_before(offset)
+        if self.metrics is not None:
+            self.metrics.compacted(whole_segments, time.perf_counter() - t0)
         if freed:
             log.info(
                 "compacted below offset %d: %d -> %d entries, %d bytes freed",
@@ -309,7 +313,10 @@ class Writer:
         self.log.sync()
         self.last_sync = time.monotonic()
         if self.log.durable_offset != before:
-            self.stats.batch(self.log.durable_offset - before, time.perf_counter() - t0)
+            entries, seconds = self.log.durable_offset - before, time.perf_counter() - t0
+            self.stats.batch(entries, seconds)
+            if self.metrics is not None:
+                self.metrics.fsynced(entries, seconds)
 
     def sync_due(self) -> float | None:
         """Seconds until the interval policy owes an fsync; None if nothing owed."""
@@ -369,6 +376,8 @@ def serve(
             out = [[rid, *writer.answer(op, result)] for rid, op, result in replies]
             router.send_multipart([ident, m.pack([m.REPLIES, out])])
         writer.disk_full_at = None
+        if writer.metrics is not None:
+            writer.metrics.committed(writer.log)  # after the replies: counts only what was acked
         lg = writer.log
         notice = (lg.durable_offset, lg.bytes_appended)
         if notice != last_notice:

@@ -114,18 +114,23 @@ def test_without_the_flag_nothing_listens(node_factory):
     assert node.close() == 0
 
 
-@pytest.mark.parametrize(
-    "value", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":9464", "127.0.0.1:http"]
-)
-def test_a_bad_metrics_address_stops_walnode_at_start(value):
-    r = subprocess.run(
-        [sys.executable, NODE, "--metrics-listen", value],
+def run_walnode(*args: str) -> subprocess.CompletedProcess:
+    """A walnode expected to stop at start: no input, its output captured."""
+    return subprocess.run(
+        [sys.executable, NODE, *args],
         capture_output=True,
         text=True,
         timeout=20,
         cwd=REPO,
         stdin=subprocess.DEVNULL,
     )
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":9464", "127.0.0.1:http"]
+)
+def test_a_bad_metrics_address_stops_walnode_at_start(value):
+    r = run_walnode("--metrics-listen", value)
     assert r.returncode == 2, r.stderr
     assert r.stdout == ""
     assert "--metrics-listen" in r.stderr and "PORT 1 to 65535" in r.stderr
@@ -136,15 +141,7 @@ def test_a_metrics_port_in_use_stops_walnode_at_start(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = subprocess.run(
-            [sys.executable, NODE, "--data-dir", str(tmp_path / "d")]
-            + ["--metrics-listen", f"127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-        )
+        r = run_walnode("--data-dir", str(tmp_path / "d"), "--metrics-listen", f"127.0.0.1:{port}")
     assert r.returncode == 2, r.stderr
     assert r.stdout == ""
     assert f"--metrics-listen 127.0.0.1:{port}: cannot listen there" in r.stderr

@@ -56,14 +56,15 @@ class ListenAddress:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 def listen_address(text: str) -> ListenAddress:
     """argparse type for --metrics-listen: HOST:PORT, PORT 1 to 65535 ([::1]:PORT for IPv6)."""
     host, sep, port = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    digits = port.isascii() and port.isdigit()
+    if not sep or not host or not digits or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT with PORT 1 to 65535 (e.g. 127.0.0.1:9464), got {text!r}"
         )

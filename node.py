@@ -6,7 +6,7 @@ rest. See README.md for the flags and docs/PROTOCOL.md for the messages.
 
 import sys
 
-from supervisor import main
+from actors.supervisor import main
 
 if __name__ == "__main__":
     sys.exit(main())

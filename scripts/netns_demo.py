@@ -6,7 +6,7 @@
 It builds four network namespaces: three "hosts" and a "switch" that holds
 a bridge, each host joined to the bridge by a veth pair:
 
-    wn<pid>-log  10.77.0.1  supervisor.py --roles writer,compactor
+    wn<pid>-log  10.77.0.1  node.py --roles writer,compactor
                             --listen tcp://10.77.0.1:7000 (compactor :7001)
     wn<pid>-a    10.77.0.2  node.py --connect tcp://10.77.0.1:7000   (node n1)
     wn<pid>-b    10.77.0.3  node.py --connect tcp://10.77.0.1:7000   (node n2)
@@ -49,6 +49,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from walnode import procfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBNET = "10.77.0"  # inside the namespaces only: it cannot clash with the host's network
@@ -144,27 +146,8 @@ def _die_with_demo() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def proc_children(pid: int) -> list[tuple[int, list[str]]]:
-    """(pid, argv) of every process whose parent is pid."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != pid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except (OSError, ValueError, IndexError):
-            continue
-        out.append((int(entry), argv))
-    return out
-
-
 def writer_pid(supervisor_pid: int) -> int | None:
-    for pid, argv in proc_children(supervisor_pid):
+    for pid, argv in procfs.children(supervisor_pid).items():
         if any("actors.writer" in a for a in argv):
             return pid
     return None
@@ -185,14 +168,6 @@ def listening(pid: int, address: str, port: int) -> bool:
         if state == "0A" and int(port_hex, 16) == port and host in (address, "0.0.0.0"):
             return True
     return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class Front:
@@ -348,7 +323,7 @@ class Demo:
         master = os.path.join(self.work, "keys")
         for node_id in FRONTS.values():
             run = subprocess.run(
-                [self.py, os.path.join(REPO, "walctl.py"), "keygen", master, "--client", node_id],
+                [self.py, "-m", "walctl", "keygen", master, "--client", node_id],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -379,7 +354,7 @@ class Demo:
         self.data_dir = data
         self.log_stderr = os.path.join(self.work, "log", "stderr.log")
         argv = [
-            "ip", "netns", "exec", self.ns("log"), self.py, os.path.join(REPO, "supervisor.py"),
+            "ip", "netns", "exec", self.ns("log"), self.py, os.path.join(REPO, "node.py"),
             "--roles", "writer,compactor", "--listen", self.endpoint,
             "--data-dir", data, "--keys", keys,
         ]  # fmt: skip
@@ -479,7 +454,7 @@ class Demo:
         a = self.args
         say(f"walnode across hosts: network namespaces on one machine (work dir {self.work})")
         say(
-            f"  {self.ns('log'):<14} {self.addr('log'):<10} log host: supervisor.py --roles "
+            f"  {self.ns('log'):<14} {self.addr('log'):<10} log host: node.py --roles "
             f"writer,compactor --listen {self.endpoint} (compactor on :{PORT + 1})"
         )
         for host, node_id in FRONTS.items():
@@ -811,7 +786,7 @@ class Demo:
             code = "still running after 20 s"
         self.check(code == 0, f"log side exits 0 on SIGTERM ({code})")
         verify = subprocess.run(
-            [self.py, os.path.join(REPO, "walctl.py"), "verify", self.data_dir],
+            [self.py, "-m", "walctl", "verify", self.data_dir],
             capture_output=True,
             text=True,
             timeout=60,

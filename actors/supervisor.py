@@ -50,7 +50,7 @@ DEPENDENTS = {"writer": ("front", "compactor"), "compactor": ("front",), "front"
 
 # Children run as `python -m actors.<role>`: make the package importable
 # whether walnode is installed or run from a checkout.
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = {
     **os.environ,
     "PYTHONPATH": os.pathsep.join(filter(None, [_HERE, os.environ.get("PYTHONPATH")])),

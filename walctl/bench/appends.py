@@ -23,12 +23,11 @@ import os
 import re
 import select
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NODE_PY = os.path.join(REPO, "node.py")
+from walnode import node_command, procfs
+
 PAYLOAD_BYTES = 100
 KEYS = 10_000  # payloads are `set kNNNNN=vvv...`: a state machine of at most 10,000 keys
 CONTROL_BASE = 10**12  # msg_ids of non-append requests (info, status, snapshot, compact)
@@ -51,13 +50,9 @@ SUFFIX = [f', "payload": "{payload(k)}"}}}}\n'.encode() for k in range(KEYS)]
 
 
 def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, from /proc (None if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process (None if it is gone)."""
+    st = procfs.stat(pid)
+    return None if st is None else st.cpu_seconds
 
 
 @dataclass
@@ -89,17 +84,13 @@ class WalnodeDriver:
     def __init__(self, data_dir: str, node_args: list[str], stderr_path: str) -> None:
         self.data_dir = data_dir
         self.stderr_path = stderr_path
-        cmd = (
-            [sys.executable, NODE_PY] if os.path.exists(NODE_PY) else [sys.executable, "-m", "node"]
-        )
         self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [*cmd, "--data-dir", data_dir, *node_args],
+            [*node_command(), "--data-dir", data_dir, *node_args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             bufsize=0,
-            cwd=REPO if os.path.exists(NODE_PY) else None,
         )
         self.wfd = self.proc.stdin.fileno()
         self.rfd = self.proc.stdout.fileno()

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -49,14 +48,18 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 
-from walnode import procfs
+from walnode import Client, procfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBNET = "10.77.0"  # inside the namespaces only: it cannot clash with the host's network
 PORT = 7000
 HOSTS = {"log": 1, "a": 2, "b": 3}  # host -> last octet
 FRONTS = {"a": "n1", "b": "n2"}  # front host -> Maelstrom node id
+# A request's deadline in the client: long, since the demo waits with its own
+# limits and records a reply that comes late all the same.
+LOAD_TIMEOUT = 120.0
 NODE_IDS = ["n1", "n2"]
 EXIT_FAIL, EXIT_UNSUPPORTED = 1, 2
 
@@ -171,7 +174,8 @@ def listening(pid: int, address: str, port: int) -> bool:
 
 
 class Front:
-    """One `node.py --connect ...` in a front namespace, driven over pipes."""
+    """One `node.py --connect ...` in a front namespace, driven over its pipes
+    by a walnode.Client; every request's send and reply times are kept."""
 
     def __init__(self, host: str, node_id: str, argv: list[str], stderr_path: str) -> None:
         self.host, self.node_id = host, node_id
@@ -187,53 +191,64 @@ class Front:
                 start_new_session=True,  # a Ctrl-C reaches the demo only: it stops them in order
             )
         self.cond = threading.Condition()
-        self.write_lock = threading.Lock()
-        self.next_id = 1
         self.sent: dict[int, tuple[float, dict]] = {}  # msg_id -> (time, body)
         self.replies: dict[int, tuple[float, dict]] = {}  # in_reply_to -> (time, body)
         self.duplicates: list[dict] = []
         self.pending_appends: set[int] = set()
         self.acked = 0  # wal_append_ok so far
         self.eof = False
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.client = Client(
+            self.proc,
+            src=f"c-{node_id}",
+            dest=node_id,
+            timeout=LOAD_TIMEOUT,
+            on_unmatched=self._unmatched,
+            on_eof=self._eof,
+        )
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            t = now()
-            try:
-                body = json.loads(line)["body"]
-            except (ValueError, KeyError, TypeError):
-                body = {"type": "unparseable", "line": line.decode(errors="replace")}
-            irt = body.get("in_reply_to")
+    def _replied(self, mid: int, body: dict) -> None:
+        t = now()
+        with self.cond:
+            if mid in self.replies:
+                self.duplicates.append(body)
+            else:
+                self.replies[mid] = (t, body)
+                if mid in self.pending_appends:
+                    self.pending_appends.discard(mid)
+                    if body.get("type") == "wal_append_ok":
+                        self.acked += 1
+            self.cond.notify_all()
+
+    def _unmatched(self, message: dict, raw: bytes, t: float) -> None:
+        body = message.get("body") or {"type": "unparseable", "line": raw.decode(errors="replace")}
+        irt = body.get("in_reply_to")
+        if isinstance(irt, int) and irt in self.sent:
+            self._replied(irt, body)  # a second reply, or one after the client's deadline
+        else:
             with self.cond:
-                if irt in self.replies:
-                    self.duplicates.append(body)
-                else:
-                    self.replies[irt] = (t, body)
-                    if irt in self.pending_appends:
-                        self.pending_appends.discard(irt)
-                        if body.get("type") == "wal_append_ok":
-                            self.acked += 1
-                self.cond.notify_all()
+                self.duplicates.append(body)
+
+    def _eof(self) -> None:
         with self.cond:
             self.eof = True
             self.cond.notify_all()
 
+    def _done(self, future: Future) -> None:
+        if future.exception() is None:  # else: no reply yet (deadline) or stdout closed
+            self._replied(future.msg_id, future.result())
+
     def send(self, body: dict) -> int:
-        with self.write_lock:
-            with self.cond:
-                mid = self.next_id
-                self.next_id += 1
-                self.sent[mid] = (now(), body)
-                if body["type"] == "wal_append":
-                    self.pending_appends.add(mid)
-            body = {**body, "msg_id": mid}
-            msg = {"src": f"c-{self.node_id}", "dest": self.node_id, "body": body}
-            try:
-                self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-                self.proc.stdin.flush()
-            except (OSError, ValueError) as err:  # ValueError: we closed it (cleanup)
-                raise DemoError(f"front {self.node_id}: cannot write its stdin: {err}") from None
+        t = now()
+        try:
+            future = self.client.request_async(body)
+        except (OSError, ValueError) as err:  # ValueError: we closed it (cleanup)
+            raise DemoError(f"front {self.node_id}: cannot write its stdin: {err}") from None
+        mid = future.msg_id
+        with self.cond:  # before its reply is recorded: _done is added below
+            self.sent[mid] = (t, body)
+            if body["type"] == "wal_append":
+                self.pending_appends.add(mid)
+        future.add_done_callback(self._done)
         return mid
 
     def wait(self, mid: int, timeout: float = 15) -> dict:
@@ -480,8 +495,6 @@ class Demo:
         self.start_log_side(keys["log"])
         for host in FRONTS:
             self.start_front(host, keys[host])
-        for front in self.fronts.values():
-            front.reader.start()
         t_listen = self.wait_listening()
         wpid = writer_pid(self.log_proc.pid)
         say(
@@ -836,7 +849,7 @@ class Demo:
                 p.kill()
                 p.wait(5)
         for f in self.fronts.values():
-            f.reader.join(2)
+            f.client.kill()  # reaped above; this joins its reader threads
         for name in reversed(self.namespaces):
             # anything still running inside (a child that outlived its parent), by pid
             pids = ip("netns", "pids", name, check=False).stdout.split()

@@ -76,3 +76,18 @@ def test_offline_commands_do_not_load_the_tools():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert run.stdout.strip() == "['walctl.cli']", run.stdout + run.stderr
+
+
+def test_crashtest_without_tqdm_says_what_to_install():
+    """tqdm is optional (extra `tools`): without it the progress bar is
+    refused with what to do, not a traceback."""
+    code = (
+        "import sys; sys.modules['tqdm'] = None; "  # import tqdm fails, as if not installed
+        "from walctl.cli import main; sys.exit(main(['crashtest', '--kills', '1']))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 2, run.stderr
+    assert "pip install 'walnode[tools]'" in run.stderr and "--no-progress" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -334,7 +334,7 @@ class Client:
         src: str | None = None,
         convert: Callable[[dict], Any] | None = None,
     ) -> Future:
-        """Send one request (its msg_id is assigned here). The future's
+        """Send one request (its msg_id is assigned here: `future.msg_id`). The future's
         result is the reply body, an error reply included; with `convert`,
         an error reply raises WalnodeError and an _ok becomes convert(body).
         A reply that does not come within `timeout` raises WalnodeError 0."""
@@ -356,6 +356,7 @@ class Client:
                 for body in bodies:
                     msg_id, self._next_id = self._next_id, self._next_id + 1
                     future: Future = Future()
+                    future.msg_id = msg_id  # type: ignore[attr-defined]  # for harnesses
                     self._pending[msg_id] = _Pending(future, convert, timeout)
                     heapq.heappush(self._deadlines, (deadline, msg_id))
                     futures.append(future)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Self, TypeVar
 
 import orjson
 
@@ -179,95 +179,40 @@ class _Pending:
     timeout: float
 
 
-class Client:
-    """A walnode child process and the requests in flight to it.
+def start_walnode(
+    data_dir: str | os.PathLike | None = None,
+    args: Sequence[str] = (),
+    *,
+    command: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stderr: IO[bytes] | None = None,
+) -> subprocess.Popen:
+    """walnode as a child with pipes on stdin and stdout (and stderr, unless
+    a file is given for it)."""
+    argv = [*(command or node_command())]
+    if data_dir is not None:
+        argv += ["--data-dir", os.fspath(data_dir)]
+    return subprocess.Popen(
+        [*argv, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr if stderr is not None else subprocess.PIPE,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
-    Use as a context manager (`with Client.spawn(...) as c:`): at the end
-    stdin is closed, walnode answers what it read and exits, and the child
-    is reaped (killed if it does not exit in time)."""
 
-    def __init__(
-        self,
-        proc: subprocess.Popen,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        src: str = "c1",
-        dest: str = "n1",
-        first_msg_id: int = 1,
-        on_unmatched: Callable[[dict, bytes, float], None] | None = None,
-        on_stderr: Callable[[str], None] | None = None,
-        on_eof: Callable[[], None] | None = None,
-    ) -> None:
+class Child:
+    """A walnode child's lifecycle: end of input, kill, reap."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
-        self.timeout = timeout
-        self.src, self.dest = src, dest
-        self.on_unmatched = on_unmatched
-        self.on_stderr = on_stderr
-        self.on_eof = on_eof
-        self.unmatched: list[dict] = []  # replies to no request of ours (without on_unmatched)
-        self.stderr_lines: list[str] = []  # walnode's log (without on_stderr)
-        self.closed = threading.Event()  # stdout ended
-        self._lock = threading.Lock()  # _pending, _deadlines, _next_id
-        self._write_lock = threading.Lock()  # one writer of stdin at a time: whole lines
-        self._pending: dict[int, _Pending] = {}
-        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, msg_id)
-        self._next_id = first_msg_id
-        self._threads = [threading.Thread(target=self._read_stdout, daemon=True)]
-        if proc.stderr is not None:
-            self._threads.append(threading.Thread(target=self._read_stderr, daemon=True))
-        for t in self._threads:
-            t.start()
-
-    @classmethod
-    def spawn(
-        cls,
-        data_dir: str | os.PathLike | None = None,
-        args: Sequence[str] = (),
-        *,
-        init: bool = True,
-        node_id: str = "n1",
-        node_ids: Sequence[str] | None = None,
-        command: Sequence[str] | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        stderr: IO[bytes] | None = None,
-        **options: Any,
-    ) -> Client:
-        """Start walnode with `--data-dir data_dir` (if given) and `args`, and
-        (with `init`) send `init` as `node_id`. `stderr`: a file for walnode's
-        log instead of `stderr_lines`. `options` go to `Client(...)`."""
-        argv = [*(command or node_command())]
-        if data_dir is not None:
-            argv += ["--data-dir", os.fspath(data_dir)]
-        proc = subprocess.Popen(
-            [*argv, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr if stderr is not None else subprocess.PIPE,
-            cwd=cwd,
-            env={**os.environ, **(env or {})},
-        )
-        client = cls(proc, dest=node_id, **options)
-        if init:
-            try:
-                client.init(node_id, node_ids)
-            except BaseException:
-                client.kill()
-                raise
-        return client
-
-    # -- the process -------------------------------------------------------
+        self._threads: list[threading.Thread] = []
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None and not self.closed.is_set()
-
-    def stderr_text(self) -> str:
-        return "".join(self.stderr_lines)
 
     def close(self, timeout: float = 30.0) -> int:
         """End of input: walnode answers what it read and exits; its exit
@@ -304,7 +249,7 @@ class Client:
             except OSError:
                 pass
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
@@ -312,6 +257,81 @@ class Client:
             self.close()
         else:
             self.kill()
+
+
+class Client(Child):
+    """A walnode child process and the requests in flight to it.
+
+    Use as a context manager (`with Client.spawn(...) as c:`): at the end
+    stdin is closed, walnode answers what it read and exits, and the child
+    is reaped (killed if it does not exit in time)."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        src: str = "c1",
+        dest: str = "n1",
+        first_msg_id: int = 1,
+        on_unmatched: Callable[[dict, bytes, float], None] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
+        on_eof: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(proc)
+        self.timeout = timeout
+        self.src, self.dest = src, dest
+        self.on_unmatched = on_unmatched
+        self.on_stderr = on_stderr
+        self.on_eof = on_eof
+        self.unmatched: list[dict] = []  # replies to no request of ours (without on_unmatched)
+        self.stderr_lines: list[str] = []  # walnode's log (without on_stderr)
+        self.closed = threading.Event()  # stdout ended
+        self._lock = threading.Lock()  # _pending, _deadlines, _next_id
+        self._write_lock = threading.Lock()  # one writer of stdin at a time: whole lines
+        self._pending: dict[int, _Pending] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, msg_id)
+        self._next_id = first_msg_id
+        self._threads.append(threading.Thread(target=self._read_stdout, daemon=True))
+        if proc.stderr is not None:
+            self._threads.append(threading.Thread(target=self._read_stderr, daemon=True))
+        for t in self._threads:
+            t.start()
+
+    @classmethod
+    def spawn(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        args: Sequence[str] = (),
+        *,
+        init: bool = True,
+        node_id: str = "n1",
+        node_ids: Sequence[str] | None = None,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stderr: IO[bytes] | None = None,
+        **options: Any,
+    ) -> Client:
+        """Start walnode with `--data-dir data_dir` (if given) and `args`, and
+        (with `init`) send `init` as `node_id`. `stderr`: a file for walnode's
+        log instead of `stderr_lines`. `options` go to `Client(...)`."""
+        proc = start_walnode(data_dir, args, command=command, env=env, cwd=cwd, stderr=stderr)
+        client = cls(proc, dest=node_id, **options)
+        if init:
+            try:
+                client.init(node_id, node_ids)
+            except BaseException:
+                client.kill()
+                raise
+        return client
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None and not self.closed.is_set()
+
+    def stderr_text(self) -> str:
+        return "".join(self.stderr_lines)
 
     # -- sending -----------------------------------------------------------
 
@@ -544,3 +564,70 @@ def wait(future: Future) -> Any:
     """The future's result. Its deadline is the client's: a reply that does
     not come raises WalnodeError 0 from the reader, so no timeout here."""
     return future.result()
+
+
+class LeanPipes(Child):
+    """walnode over its pipes with no threads: the caller writes and reads
+    the non-blocking fds (`wfd`, `rfd`) itself, as `walctl bench`'s closed
+    loop does, where a reader thread would add its own time to every
+    latency measured. `call` sends one request while nothing else is in
+    flight; other replies read meanwhile collect in `unmatched`."""
+
+    def __init__(self, proc: subprocess.Popen, src: str = "c0", dest: str = "n1") -> None:
+        super().__init__(proc)
+        assert proc.stdin is not None and proc.stdout is not None
+        self.src, self.dest = src, dest
+        self.wfd, self.rfd = proc.stdin.fileno(), proc.stdout.fileno()
+        for fd in (self.wfd, self.rfd):
+            os.set_blocking(fd, False)
+        self.leftover = b""  # the start of a line whose end is not read yet
+        self.unmatched: list[bytes] = []
+
+    @classmethod
+    def spawn(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        args: Sequence[str] = (),
+        **how: Any,
+    ) -> LeanPipes:
+        """walnode started as `start_walnode(data_dir, args, **how)` starts it."""
+        return cls(start_walnode(data_dir, args, **how))
+
+    def write_all(self, data: bytes, timeout: float = 30) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout
+        while view:
+            try:
+                view = view[os.write(self.wfd, view) :]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise WalnodeError(Code.TIMEOUT, "walnode stopped reading stdin") from None
+                select.select([], [self.wfd], [], 0.1)
+            except BrokenPipeError:
+                raise WalnodeError(Code.CRASH, "walnode closed stdin") from None
+
+    def read_chunk(self) -> bytes:
+        """What stdout holds now (b"" if nothing); WalnodeError 13 once it is closed."""
+        try:
+            chunk = os.read(self.rfd, READ_CHUNK)
+        except BlockingIOError:
+            return b""
+        if not chunk:
+            status = self.proc.poll()
+            raise WalnodeError(Code.CRASH, f"walnode closed stdout (exit status {status})")
+        return chunk
+
+    def call(self, body: Mapping[str, Any], msg_id: int, timeout: float = 30) -> dict:
+        """Send one request with this msg_id; its reply body (error or not)."""
+        message = {"src": self.src, "dest": self.dest, "body": {**body, "msg_id": msg_id}}
+        self.write_all(orjson.dumps(message) + b"\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            select.select([self.rfd], [], [], 0.2)
+            *lines, self.leftover = (self.leftover + self.read_chunk()).split(b"\n")
+            for raw in lines:
+                reply = orjson.loads(raw)["body"]
+                if reply.get("in_reply_to") == msg_id:
+                    return reply
+                self.unmatched.append(raw)
+        raise WalnodeError(Code.TIMEOUT, f"no reply to {body.get('type')} within {timeout} s")

@@ -50,6 +50,7 @@ import threading
 import time
 from concurrent.futures import Future
 
+from actors.codes import Code
 from walnode import Client, procfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -650,9 +651,9 @@ class Demo:
                         after += 1
                         if t_sent >= t_kill and (first_back is None or t_rep < first_back):
                             first_back = t_rep
-                elif rep["type"] == "error" and rep.get("code") == 13:
+                elif rep["type"] == "error" and rep.get("code") == Code.CRASH:
                     indefinite[f.node_id].append(body["payload"])
-                elif rep["type"] == "error" and rep.get("code") == 11:
+                elif rep["type"] == "error" and rep.get("code") == Code.TEMPORARILY_UNAVAILABLE:
                     unavailable[f.node_id].append(body["payload"])
                 else:
                     other += 1

@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.codes import Code
 from walnode import Client, WalnodeError, node_command, procfs
 
 ROLES = ("writer", "compactor", "front")
@@ -45,7 +46,11 @@ VIOLATIONS = ("lost", "duplicated", "phantoms", "misordered", "state_mismatches"
 
 # what became of an append (Ledger.outcome)
 PENDING, ACKED, CRASHED, TIMED_OUT, UNAVAILABLE, REJECTED = range(6)
-OUTCOME_OF_ERROR = {13: CRASHED, 0: TIMED_OUT, 11: UNAVAILABLE}  # other codes: REJECTED
+OUTCOME_OF_ERROR = {
+    Code.CRASH: CRASHED,
+    Code.TIMEOUT: TIMED_OUT,
+    Code.TEMPORARILY_UNAVAILABLE: UNAVAILABLE,
+}  # other codes: REJECTED
 INDEFINITE = (PENDING, CRASHED, TIMED_OUT)  # may or may not be in the log
 
 # what was read at an offset (History.at), when it is not one of our requests
@@ -354,11 +359,14 @@ class Tail:
                 self.history.entry(e["offset"], e["payload"])
             self.cursor = r["next_offset"]
             return bool(r["entries"])
-        if r.get("code") == 20 and r.get("first_offset", 0) > self.cursor:
+        if r.get("code") == Code.KEY_DOES_NOT_EXIST and r.get("first_offset", 0) > self.cursor:
             self.gaps.append((self.cursor, r["first_offset"]))
             self.cursor = r["first_offset"]
             return True
-        if r.get("code") == 20 and r.get("next_offset", self.cursor) < self.cursor:
+        if (
+            r.get("code") == Code.KEY_DOES_NOT_EXIST
+            and r.get("next_offset", self.cursor) < self.cursor
+        ):
             self.end_moved_back.append((self.cursor, r["next_offset"]))
             self.cursor = r["next_offset"]
             return True
@@ -650,7 +658,9 @@ class Campaign:
                 self.back.wait(0.01)
                 continue
             w = self.node.call_many([{"type": "kv_get", "key": "k0"}], timeout=1.0)[0]
-            if w.body is not None and (w.body["type"] == "kv_get_ok" or w.body.get("code") == 20):
+            if w.body is not None and (
+                w.body["type"] == "kv_get_ok" or w.body.get("code") == Code.KEY_DOES_NOT_EXIST
+            ):
                 kill.back_at, kill.measured_by = w.at, "kv_get answered"
             else:
                 time.sleep(0.002)

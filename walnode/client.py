@@ -469,6 +469,15 @@ class Client(Child):
     # -- receiving -----------------------------------------------------------
 
     def _read_stdout(self) -> None:
+        try:
+            self._pump_stdout()
+        finally:  # also if a hook raised: nothing waits forever
+            self.closed.set()
+            self._fail_all(f"walnode closed its stdout (exit status {self.proc.poll()})")
+            if self.on_eof is not None:
+                self.on_eof()
+
+    def _pump_stdout(self) -> None:
         assert self.proc.stdout is not None
         fd, rest = self.proc.stdout.fileno(), b""
         while True:
@@ -487,10 +496,6 @@ class Client(Child):
             self._expire()
         if rest:  # a last line without its newline: still shown, never dropped
             self._dispatch(rest, time.monotonic())
-        self.closed.set()
-        self._fail_all(f"walnode closed its stdout (exit status {self.proc.poll()})")
-        if self.on_eof is not None:
-            self.on_eof()
 
     def _dispatch(self, raw: bytes, t: float) -> None:
         try:

@@ -1,7 +1,8 @@
 """The public client, `from walnode import Client`, against a real walnode.
 
-The issue's snippet runs as written on a fresh data directory: offsets
-dense, kv_get right, a read past the end raises code 20. Errors are one
+The first-use example (append, read, append_async, kv_get, scan, info) runs
+on a fresh data directory: offsets dense, kv_get right, a read past the end
+raises code 20. Errors are one
 exception type with the protocol's code, text and definiteness; a timeout
 is an error too (a real one: the writer stopped with SIGSTOP); a walnode
 killed under requests fails them with 13; the context manager reaps the
@@ -21,7 +22,7 @@ from walnode import Appended, Client, WalnodeError
 from walnode.procfs import pid_alive
 
 
-def test_the_issue_snippet_on_a_fresh_directory(tmp_path):
+def test_first_use_on_a_fresh_directory(tmp_path):
     with Client.spawn(data_dir=tmp_path / "data") as c:
         a = c.append("set x=1")
         assert isinstance(a, Appended) and a.offset == 0 and a.length == 7

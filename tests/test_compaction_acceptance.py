@@ -1,4 +1,4 @@
-"""Issue 3's acceptance: 1000 appends, snapshot, compact at 500."""
+"""Compaction end to end: 1000 appends, a snapshot, a compaction at 500."""
 
 from __future__ import annotations
 

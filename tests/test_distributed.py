@@ -1,4 +1,4 @@
-"""Distributed deployment (issue #6): fronts on other hosts reach one writer over tcp.
+"""Distributed deployment: fronts on other hosts reach one writer over tcp.
 
 The log side runs as `node.py --roles writer,compactor --listen tcp://...`
 (no front, no stdin); each front is `node.py --connect tcp://...`, the usual

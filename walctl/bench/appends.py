@@ -84,7 +84,7 @@ class WalnodeDriver:
     def __init__(self, data_dir: str, node_args: list[str], stderr_path: str) -> None:
         self.data_dir = data_dir
         self.stderr_path = stderr_path
-        self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in kill()
+        self._stderr = open(stderr_path, "wb")  # closed in close() and kill()
         self.pipes = LeanPipes.spawn(data_dir, node_args, stderr=self._stderr)
         self.proc = self.pipes.proc
         self.wfd, self.rfd = self.pipes.wfd, self.pipes.rfd

@@ -10,7 +10,7 @@ PEER_STYLE = {
 }
 
 
-TARGET_RATE = 150_000  # issue #5: durable acked appends/s at 1000 in flight
+TARGET_RATE = 150_000  # the throughput target: durable acked appends/s at 1000 in flight
 
 
 class ChartUnavailable(Exception):

@@ -4,7 +4,7 @@ A fresh walnode (started as `python node.py --data-dir DIR`, driven over
 its stdin and stdout) takes 100-byte wal_append requests with N always in
 flight, for each N in --levels; then the same appends go to sqlite3,
 rocksdict, lmdb, a raw write+fdatasync loop and the disk's ceiling, all on
-the same file system. One table, the ratios and the issue's targets are
+the same file system. One table, the ratios and the performance targets are
 printed; --json and --png save them. docs/BENCHMARKS.md has the method.
 """
 

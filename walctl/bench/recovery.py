@@ -1,4 +1,4 @@
-"""Writer recovery time and memory vs entries retained (issue #5).
+"""Writer recovery time and memory vs entries retained.
 
 For each size N: build a data directory holding N entries through the wal
 library (kept under --work-dir and reused by later runs), start the real

@@ -1,4 +1,4 @@
-"""Percentiles, the results table, the ratios and the targets of issue #5."""
+"""Percentiles, the results table, the ratios and the performance targets."""
 
 from __future__ import annotations
 

@@ -172,140 +172,27 @@ class WalnodeDriver:
         seconds after the previous compaction was answered. `on_window` is
         called once when the measured window starts (the profiler hooks in)."""
         info_before = self.call_ok({"type": "wal_info"})
-        first_id = self.next_id
-        sent_at = array.array("d")
-        answered = bytearray()
-        latencies = array.array("d")
-        sent_times = array.array("d")
-        out = bytearray()
-        acked = errors = duplicates = unknown = window_acks = 0
-        first_error: str | None = None
-        inflight = 0
-        control: list[dict] = []
-        ctl_pending: dict | None = None  # {"id", "type", "start", ...}
-        next_ctl = None
-        wfd, rfd = self.wfd, self.rfd
-        prefix, suffix = PREFIX, SUFFIX
-        leftover = self.pipes.leftover
-        finditer = REPLY_RE.finditer
-        perf = time.perf_counter
-
-        t_start = perf()
-        t_win = t_start + warmup
-        t_end = t_win + seconds
-        in_window = draining = False
-        cpu0: dict = {}
-        cpu1: dict = {}
-        next_id = self.next_id
-        last_reply = t_start
-
-        while True:
-            now = perf()
-            if not in_window and not draining and now >= t_win:
-                in_window = True
-                cpu0 = self.cpu_sample()
-                if snapshot_every is not None:
-                    next_ctl = now
-                if on_window is not None:
-                    on_window(self.pids)
-            if in_window and now >= t_end:
-                in_window = False
-                draining = True
-                cpu1 = self.cpu_sample()
-            if not draining and inflight < in_flight:
-                k = in_flight - inflight
-                parts = []
-                for i in range(next_id, next_id + k):
-                    parts.append(prefix)
-                    parts.append(b"%d" % i)
-                    parts.append(suffix[i % KEYS])
-                out += b"".join(parts)
-                sent_at.extend([now] * k)
-                answered.extend(bytes(k))
-                next_id += k
-                inflight += k
-            if in_window and ctl_pending is None and next_ctl is not None and now >= next_ctl:
-                ctl_pending = {"id": self.next_control, "type": "wal_snapshot", "start": now}
-                out.extend(self._control_line(ctl_pending["id"], {"type": "wal_snapshot"}))
-            if draining and inflight == 0 and ctl_pending is None:
-                break
-            if out:
-                try:
-                    n = os.write(wfd, out)
-                    del out[:n]
-                except BlockingIOError:
-                    pass
-                except BrokenPipeError:
-                    raise self._fail("walnode closed stdin") from None
-            readable, _, _ = select.select([rfd], [wfd] if out else [], [], 1.0)
-            if not readable:
-                if self.proc.poll() is not None:
-                    raise self._fail(f"walnode exited with status {self.proc.returncode}")
-                if perf() - last_reply > 60:
-                    raise self._fail(f"no reply for 60 s with {inflight} appends unanswered")
-                continue
-            chunk = self._read()
-            if not chunk:
-                continue
-            t = last_reply = perf()
-            buf = leftover + chunk
-            end = buf.rfind(b"\n") + 1
-            leftover = buf[end:]
-            for match in finditer(buf, 0, end):
-                rid = int(match.group(2))
-                if rid >= CONTROL_BASE:
-                    ctl_pending, next_ctl = self._on_control_reply(
-                        buf, match, ctl_pending, control, out, t, snapshot_every
-                    )
-                    continue
-                idx = rid - first_id
-                if idx < 0 or idx >= len(answered):
-                    unknown += 1
-                    continue
-                if answered[idx]:
-                    duplicates += 1
-                    continue
-                answered[idx] = 1
-                inflight -= 1
-                if match.group(1) != b"wal_append_ok":
-                    errors += 1
-                    if first_error is None:
-                        line_end = buf.find(b"\n", match.end())
-                        line_start = buf.rfind(b"\n", 0, match.start()) + 1
-                        first_error = buf[line_start:line_end].decode(errors="replace")
-                    continue
-                acked += 1
-                st = sent_at[idx]
-                if t_win <= st < t_end:
-                    latencies.append(t - st)
-                    sent_times.append(st)
-                if t_win <= t <= t_end:
-                    window_acks += 1
-
-        self.pipes.leftover = leftover
-        self.next_id = next_id
+        load = ClosedLoop(self, in_flight, warmup, seconds, snapshot_every, on_window)
+        load.run()
+        self.pipes.leftover = load.leftover
+        self.next_id = load.next_id
         info_after = self.call_ok({"type": "wal_info"})
-        cpu = {}
-        for role, before in cpu0.items():
-            after = cpu1.get(role)
-            if before is not None and after is not None:
-                cpu[role] = round((after - before) / seconds, 3)
         result = LevelResult(
             in_flight=in_flight,
             seconds=seconds,
-            window_acks=window_acks,
-            latencies=latencies,
-            sent_times=sent_times,
-            acked=acked,
-            sent=next_id - first_id,
-            errors=errors,
-            first_error=first_error,
-            duplicates=duplicates,
-            unknown=unknown,
-            cpu=cpu,
+            window_acks=load.window_acks,
+            latencies=load.latencies,
+            sent_times=load.sent_times,
+            acked=load.acked,
+            sent=load.next_id - load.first_id,
+            errors=load.errors,
+            first_error=load.first_error,
+            duplicates=load.duplicates,
+            unknown=load.unknown,
+            cpu=cpu_share(load.cpu0, load.cpu1, seconds),
             info_before=info_before,
             info_after=info_after,
-            control=control,
+            control=load.control,
         )
         self._verify(result)
         return result
@@ -360,6 +247,189 @@ class WalnodeDriver:
         r.verify_note = "; ".join(problems) or (
             f"wal_info.next_offset grew by exactly the {r.acked} acked appends; fsynced"
         )
+
+
+def cpu_share(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    """Each role's CPU seconds per second of the window (roles gone in either sample left out)."""
+    cpu = {}
+    for role, start in before.items():
+        end = after.get(role)
+        if start is not None and end is not None:
+            cpu[role] = round((end - start) / seconds, 3)
+    return cpu
+
+
+class ClosedLoop:
+    """One run at one in-flight level: the phases (warm-up, window, drain),
+    the appends sent and their replies matched. The loop body is split in
+    steps, but each reply is still handled inline in `absorb` (the hot path)."""
+
+    def __init__(
+        self,
+        driver: WalnodeDriver,
+        in_flight: int,
+        warmup: float,
+        seconds: float,
+        snapshot_every: float | None,
+        on_window: callable | None,
+    ) -> None:
+        self.driver = driver
+        self.in_flight = in_flight
+        self.snapshot_every = snapshot_every
+        self.on_window = on_window
+        self.first_id = self.next_id = driver.next_id
+        self.sent_at = array.array("d")
+        self.answered = bytearray()
+        self.latencies = array.array("d")
+        self.sent_times = array.array("d")
+        self.out = bytearray()
+        self.acked = self.errors = self.duplicates = self.unknown = self.window_acks = 0
+        self.first_error: str | None = None
+        self.inflight = 0
+        self.control: list[dict] = []
+        self.ctl_pending: dict | None = None  # {"id", "type", "start", ...}
+        self.next_ctl: float | None = None
+        self.leftover = driver.pipes.leftover
+        self.t_start = time.perf_counter()
+        self.t_win = self.t_start + warmup
+        self.t_end = self.t_win + seconds
+        self.in_window = self.draining = False
+        self.cpu0: dict = {}
+        self.cpu1: dict = {}
+        self.last_reply = self.t_start
+
+    def run(self) -> None:
+        perf = time.perf_counter
+        while True:
+            now = perf()
+            self.advance_phase(now)
+            if not self.draining and self.inflight < self.in_flight:
+                self.top_up(now)
+            self.maybe_snapshot(now)
+            if self.draining and self.inflight == 0 and self.ctl_pending is None:
+                return
+            self.flush()
+            chunk = self.wait_and_read()
+            if chunk:
+                self.absorb(chunk)
+
+    def advance_phase(self, now: float) -> None:
+        """Warm-up -> measured window -> drain, sampling CPU at both window edges."""
+        if not self.in_window and not self.draining and now >= self.t_win:
+            self.in_window = True
+            self.cpu0 = self.driver.cpu_sample()
+            if self.snapshot_every is not None:
+                self.next_ctl = now
+            if self.on_window is not None:
+                self.on_window(self.driver.pids)
+        if self.in_window and now >= self.t_end:
+            self.in_window = False
+            self.draining = True
+            self.cpu1 = self.driver.cpu_sample()
+
+    def top_up(self, now: float) -> None:
+        """Queue as many appends as were answered, so `in_flight` stay unanswered."""
+        k = self.in_flight - self.inflight
+        next_id, suffix = self.next_id, SUFFIX
+        parts = []
+        for i in range(next_id, next_id + k):
+            parts.append(PREFIX)
+            parts.append(b"%d" % i)
+            parts.append(suffix[i % KEYS])
+        self.out += b"".join(parts)
+        self.sent_at.extend([now] * k)
+        self.answered.extend(bytes(k))
+        self.next_id = next_id + k
+        self.inflight += k
+
+    def maybe_snapshot(self, now: float) -> None:
+        if (
+            self.in_window
+            and self.ctl_pending is None
+            and self.next_ctl is not None
+            and now >= self.next_ctl
+        ):
+            self.ctl_pending = {
+                "id": self.driver.next_control,
+                "type": "wal_snapshot",
+                "start": now,
+            }
+            line = self.driver._control_line(self.ctl_pending["id"], {"type": "wal_snapshot"})
+            self.out.extend(line)
+
+    def flush(self) -> None:
+        if not self.out:
+            return
+        try:
+            n = os.write(self.driver.wfd, self.out)
+            del self.out[:n]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:
+            raise self.driver._fail("walnode closed stdin") from None
+
+    def wait_and_read(self) -> bytes:
+        """A chunk of replies, or b"" after a second with nothing to read."""
+        driver = self.driver
+        writable = [driver.wfd] if self.out else []
+        readable, _, _ = select.select([driver.rfd], writable, [], 1.0)
+        if readable:
+            return driver._read()
+        if driver.proc.poll() is not None:
+            raise driver._fail(f"walnode exited with status {driver.proc.returncode}")
+        if time.perf_counter() - self.last_reply > 60:
+            raise driver._fail(f"no reply for 60 s with {self.inflight} appends unanswered")
+        return b""
+
+    def absorb(self, chunk: bytes) -> None:
+        """Match the whole reply lines in leftover + chunk; keep the partial last line."""
+        t = self.last_reply = time.perf_counter()
+        buf = self.leftover + chunk
+        end = buf.rfind(b"\n") + 1
+        self.leftover = buf[end:]
+        answered, sent_at = self.answered, self.sent_at
+        t_win, t_end, first_id = self.t_win, self.t_end, self.first_id
+        # Counters as locals while matching: this loop runs once per reply.
+        inflight, acked, errors = self.inflight, self.acked, self.errors
+        duplicates, unknown, window_acks = self.duplicates, self.unknown, self.window_acks
+        add_latency, add_sent_time = self.latencies.append, self.sent_times.append
+        for match in REPLY_RE.finditer(buf, 0, end):
+            rid = int(match.group(2))
+            if rid >= CONTROL_BASE:
+                self.ctl_pending, self.next_ctl = self.driver._on_control_reply(
+                    buf, match, self.ctl_pending, self.control, self.out, t, self.snapshot_every
+                )
+                continue
+            idx = rid - first_id
+            if idx < 0 or idx >= len(answered):
+                unknown += 1
+                continue
+            if answered[idx]:
+                duplicates += 1
+                continue
+            answered[idx] = 1
+            inflight -= 1
+            if match.group(1) != b"wal_append_ok":
+                errors += 1
+                if self.first_error is None:
+                    self.first_error = reply_line(buf, match)
+                continue
+            acked += 1
+            st = sent_at[idx]
+            if t_win <= st < t_end:
+                add_latency(t - st)
+                add_sent_time(st)
+            if t_win <= t <= t_end:
+                window_acks += 1
+        self.inflight, self.acked, self.errors = inflight, acked, errors
+        self.duplicates, self.unknown, self.window_acks = duplicates, unknown, window_acks
+
+
+def reply_line(buf: bytes, match: re.Match) -> str:
+    """The whole line of `buf` around a reply `match`."""
+    line_end = buf.find(b"\n", match.end())
+    line_start = buf.rfind(b"\n", 0, match.start()) + 1
+    return buf[line_start:line_end].decode(errors="replace")
 
 
 def run_walnode_level(

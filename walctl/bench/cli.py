@@ -133,30 +133,72 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from walctl.bench import appends, peers, report
+    from walctl.bench import report
 
     s = _settings(args)
-    if args.png:  # before minutes of measuring, not after
-        from walctl.bench import chart
-
-        try:
-            chart.require()
-        except chart.ChartUnavailable as err:
-            say(f"walctl bench: {err}")
-            return 2
+    if args.png and not _chart_available():  # before minutes of measuring, not after
+        return 2
     sampler = None
     if args.profile:
-        from walctl.bench import profile
-
-        try:
-            sampler = profile.Sampler(args.profile, s["seconds"])
-        except profile.ProfilerUnavailable as err:
-            say(f"walctl bench: {err}")
+        sampler = _sampler(args.profile, s["seconds"])
+        if sampler is None:
             return 2
     parent = args.data_dir or None
     if parent:
         os.makedirs(parent, exist_ok=True)
     directory = tempfile.mkdtemp(prefix="walnode-bench-", dir=parent)
+    results = _header(directory, s)
+    try:
+        level_results = _walnode_levels(directory, s)
+        peer_results = _peer_results(directory, s)
+        snapshot = _snapshot_comparison(directory, s) if s["snapshot_level"] else None
+        if sampler is not None:
+            results["profile"] = _profiled_level(directory, s, sampler, args.profile)
+    finally:
+        if args.keep:
+            say(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    results["walnode"] = [report.walnode_row(r) for r in level_results]
+    results["peers"] = [report.peer_row(p) for p in peer_results]
+    results["snapshot"] = snapshot
+    results["ratios"] = report.ratios(results["walnode"], results["peers"])
+    results["targets"] = report.targets(results["walnode"], results["peers"], snapshot)
+    _write_files(args, results)
+    _print_results(results)
+    verified = all(w["verified"] for w in results["walnode"]) and (
+        snapshot is None or snapshot["verified"]
+    )
+    return 0 if verified else 1
+
+
+def _chart_available() -> bool:
+    from walctl.bench import chart
+
+    try:
+        chart.require()
+    except chart.ChartUnavailable as err:
+        say(f"walctl bench: {err}")
+        return False
+    return True
+
+
+def _sampler(stacks_dir: str, seconds: float):  # -> profile.Sampler | None
+    from walctl.bench import profile
+
+    try:
+        return profile.Sampler(stacks_dir, seconds)
+    except profile.ProfilerUnavailable as err:
+        say(f"walctl bench: {err}")
+        return None
+
+
+def _header(directory: str, s: dict) -> dict:
+    """The results' identity (command, date, commit, machine, settings), and a
+    warning on stderr if the machine is busy."""
+    from walctl.bench import report
+
     results: dict = {
         "command": " ".join(["walctl", *sys.argv[1:]])
         if os.path.basename(sys.argv[0]).startswith("walctl")
@@ -170,83 +212,98 @@ def _run(args: argparse.Namespace) -> int:
     say(f"walctl bench: files in {directory}; load average {load}")
     if load[0] > 0.5:
         say("walctl bench: the machine is busy (load > 0.5): the numbers will be noisy")
-    try:
-        level_results = []
-        for n in s["levels"]:
-            r = appends.run_walnode_level(directory, n, s["seconds"], s["warmup"], s["node_args"])
-            level_results.append(r)
-            row = report.walnode_row(r)
-            say(
-                f"  walnode {n:>5} in flight: {row['appends_per_sec']:>10,.0f}/s  "
-                f"p50 {row['p50_us']} µs  p99 {row['p99_us']} µs  "
-                f"{'verified' if r.verified else 'NOT VERIFIED: ' + r.verify_note}"
-            )
-        peer_results = []
-        for name in s["peers"]:
-            batches = s["levels"] if name == "ceiling" else [1]
-            for batch in batches:
-                try:
-                    p = peers.run_peer(name, directory, s["seconds"], s["warmup"] / 2, batch)
-                except Exception as err:  # a peer's failure is a row, not a crash
-                    p = peers.missing(name, batch)
-                    p["note"] = f"failed: {type(err).__name__}: {err}"
-                peer_results.append(p)
-                rate = p["appends_per_sec"]
-                say(f"  {name:<9} {batch:>5}: " + (f"{rate:>10,.0f}/s" if rate else p["note"]))
-        snapshot = None
-        if s["snapshot_level"]:
-            n = s["snapshot_level"]
-            base_args = [*s["node_args"], "--no-auto-compact"]
-            base = appends.run_walnode_level(
-                directory, n, s["seconds"], s["warmup"], base_args, tag="-nosnap"
-            )
-            loaded = appends.run_walnode_level(
-                directory,
-                n,
-                s["seconds"],
-                s["warmup"],
-                base_args,
-                snapshot_every=s["snapshot_every"],
-                tag="-snap",
-            )
-            snapshot = report.snapshot_section(base, loaded)
-            say(
-                f"  snapshot+compact at {n}: p99 {snapshot['without']['p99_us']} -> "
-                f"{snapshot['with']['p99_us']} µs ({snapshot['cycles']} cycles)"
-            )
-        if sampler is not None:
-            from walctl.bench import profile
+    return results
 
-            n = max(s["levels"])
-            say(f"  profiling walnode at {n} in flight with py-spy (not in the table)")
-            r = appends.run_walnode_level(
-                directory,
-                n,
-                s["seconds"],
-                s["warmup"],
-                s["node_args"],
-                on_window=sampler.start,
-                tag="-prof",
-            )
-            results["profile"] = {
-                "in_flight": n,
-                "appends_per_sec_while_sampled": round(r.window_acks / r.seconds, 1),
-                "cpu": r.cpu,
-                "stacks_dir": os.path.abspath(args.profile),
-                **sampler.finish(),
-            }
-    finally:
-        if args.keep:
-            say(f"kept {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
 
-    results["walnode"] = [report.walnode_row(r) for r in level_results]
-    results["peers"] = [report.peer_row(p) for p in peer_results]
-    results["snapshot"] = snapshot
-    results["ratios"] = report.ratios(results["walnode"], results["peers"])
-    results["targets"] = report.targets(results["walnode"], results["peers"], snapshot)
-    if args.json:  # files first: a closed stdout must not cost them
+def _walnode_levels(directory: str, s: dict) -> list:
+    from walctl.bench import appends, report
+
+    level_results = []
+    for n in s["levels"]:
+        r = appends.run_walnode_level(directory, n, s["seconds"], s["warmup"], s["node_args"])
+        level_results.append(r)
+        row = report.walnode_row(r)
+        say(
+            f"  walnode {n:>5} in flight: {row['appends_per_sec']:>10,.0f}/s  "
+            f"p50 {row['p50_us']} µs  p99 {row['p99_us']} µs  "
+            f"{'verified' if r.verified else 'NOT VERIFIED: ' + r.verify_note}"
+        )
+    return level_results
+
+
+def _peer_results(directory: str, s: dict) -> list[dict]:
+    from walctl.bench import peers
+
+    peer_results = []
+    for name in s["peers"]:
+        batches = s["levels"] if name == "ceiling" else [1]
+        for batch in batches:
+            try:
+                p = peers.run_peer(name, directory, s["seconds"], s["warmup"] / 2, batch)
+            except Exception as err:  # a peer's failure is a row, not a crash
+                p = peers.missing(name, batch)
+                p["note"] = f"failed: {type(err).__name__}: {err}"
+            peer_results.append(p)
+            rate = p["appends_per_sec"]
+            say(f"  {name:<9} {batch:>5}: " + (f"{rate:>10,.0f}/s" if rate else p["note"]))
+    return peer_results
+
+
+def _snapshot_comparison(directory: str, s: dict) -> dict:
+    """The same level without and with snapshot+compact cycles."""
+    from walctl.bench import appends, report
+
+    n = s["snapshot_level"]
+    base_args = [*s["node_args"], "--no-auto-compact"]
+    base = appends.run_walnode_level(
+        directory, n, s["seconds"], s["warmup"], base_args, tag="-nosnap"
+    )
+    loaded = appends.run_walnode_level(
+        directory,
+        n,
+        s["seconds"],
+        s["warmup"],
+        base_args,
+        snapshot_every=s["snapshot_every"],
+        tag="-snap",
+    )
+    snapshot = report.snapshot_section(base, loaded)
+    say(
+        f"  snapshot+compact at {n}: p99 {snapshot['without']['p99_us']} -> "
+        f"{snapshot['with']['p99_us']} µs ({snapshot['cycles']} cycles)"
+    )
+    return snapshot
+
+
+def _profiled_level(directory: str, s: dict, sampler, stacks_dir: str) -> dict:
+    """The top level once more, under py-spy from the start of its window."""
+    from walctl.bench import appends
+
+    n = max(s["levels"])
+    say(f"  profiling walnode at {n} in flight with py-spy (not in the table)")
+    r = appends.run_walnode_level(
+        directory,
+        n,
+        s["seconds"],
+        s["warmup"],
+        s["node_args"],
+        on_window=sampler.start,
+        tag="-prof",
+    )
+    return {
+        "in_flight": n,
+        "appends_per_sec_while_sampled": round(r.window_acks / r.seconds, 1),
+        "cpu": r.cpu,
+        "stacks_dir": os.path.abspath(stacks_dir),
+        **sampler.finish(),
+    }
+
+
+def _write_files(args: argparse.Namespace, results: dict) -> None:
+    """--json, --markdown and --png; before stdout: a closed stdout must not cost them."""
+    from walctl.bench import report
+
+    if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
             f.write("\n")
@@ -257,6 +314,11 @@ def _run(args: argparse.Namespace) -> int:
         from walctl.bench import chart
 
         chart.write_png(results, args.png)
+
+
+def _print_results(results: dict) -> None:
+    from walctl.bench import report
+
     print(f"walctl bench, {results['date']}, {_machine_line(results['machine'])}")
     print(report.table(results))
     if "profile" in results:
@@ -268,10 +330,6 @@ def _run(args: argparse.Namespace) -> int:
             f"{results['profile']['cpu']}):"
         )
         print(profile.text(results["profile"]))
-    verified = all(w["verified"] for w in results["walnode"]) and (
-        snapshot is None or snapshot["verified"]
-    )
-    return 0 if verified else 1
 
 
 def _machine_line(m: dict) -> str:

@@ -414,13 +414,29 @@ def verify(
     at = history.at
     if len(at) < next_offset:
         at.extend([UNSEEN] * (next_offset - len(at)))
-    where: dict[int, int] = {}  # request -> its offset in the log
-    newest: dict[int, tuple[int, int]] = {}  # key -> (offset, request) of its last write
-    last_unseen, prev = -1, -1
+    log = _read_log(ledger, history, next_offset, f)
+    _check_replies(ledger, at, next_offset, log, f)
+    _check_state(kv, log, f)
+    return f
+
+
+@dataclass
+class LogWalk:
+    """What one pass over the log found, for the checks after it."""
+
+    where: dict[int, int] = field(default_factory=dict)  # request -> its offset in the log
+    newest: dict[int, tuple[int, int]] = field(default_factory=dict)  # key -> (offset, request)
+    last_unseen: int = -1  # the last offset nobody read (-1: the log was read without gaps)
+
+
+def _read_log(ledger: Ledger, history: History, next_offset: int, f: Findings) -> LogWalk:
+    """Each offset of the log: phantoms, duplicates, order; and what it held was rewritten."""
+    log = LogWalk()
+    at, prev = history.at, -1
     for o in range(next_offset):
         i = at[o]
         if i == UNSEEN:
-            last_unseen = o
+            log.last_unseen = o
         if i == NOT_OURS:
             f.phantoms.append(f"offset {o} holds a payload crashtest never sent")
         if i < 0:
@@ -428,16 +444,23 @@ def verify(
         if i >= len(ledger) or ledger.outcome[i] in (UNAVAILABLE, REJECTED):
             why = "never sent" if i >= len(ledger) else "refused with a definite error"
             f.phantoms.append(f"offset {o} holds request {i}, {why}")
-        if i in where:
-            f.duplicated.append(f"request {i} is in the log at offsets {where[i]} and {o}")
-        where.setdefault(i, o)
-        newest[i % ledger.keys] = (o, i)
+        if i in log.where:
+            f.duplicated.append(f"request {i} is in the log at offsets {log.where[i]} and {o}")
+        log.where.setdefault(i, o)
+        log.newest[i % ledger.keys] = (o, i)
         if i < prev:
             f.misordered.append(f"offset {o} holds request {i}, after request {prev}")
         prev = max(prev, i)
     for o, first, later in history.rewritten:
         f.lost.append(f"offset {o} held request {first}, later {later}")
+    return log
 
+
+def _check_replies(
+    ledger: Ledger, at: list[int], next_offset: int, log: LogWalk, f: Findings
+) -> None:
+    """Each request by what it was told: an acknowledged one is in the log at
+    its offset; an indefinite one is counted as recovered, not durable or unknown."""
     acked_at: dict[int, int] = {}  # offset -> request
     prev_o, prev_i = -1, -1
     for i in range(len(ledger)):
@@ -451,33 +474,38 @@ def verify(
             if o <= prev_o:
                 f.misordered.append(f"request {i} acknowledged at {o}, {prev_i} at {prev_o}")
             prev_o, prev_i = o, i
-            held = at[o] if o < next_offset else None
-            if held == i:
-                f.verified_in_log += 1
-            elif held is None:
-                f.lost.append(f"request {i} acknowledged at {o}; the log ends at {next_offset}")
-            elif held == UNSEEN:
-                f.unchecked += 1
-            else:
-                f.lost.append(f"request {i} acknowledged at {o}; the log holds {held} there")
+            _check_acked_entry(i, o, at[o] if o < next_offset else None, next_offset, f)
         elif outcome in INDEFINITE:
-            if i in where:
+            if i in log.where:
                 f.recovered += 1
-            elif last_unseen >= 0:
+            elif log.last_unseen >= 0:
                 f.unknown += 1
             else:
                 f.not_durable += 1
 
-    # The state: a key's value is its newest write in the log, checked where
-    # no stretch that nobody read comes after that write.
+
+def _check_acked_entry(i: int, o: int, held: int | None, next_offset: int, f: Findings) -> None:
+    """Request i was acknowledged at offset o, where the log holds `held`."""
+    if held == i:
+        f.verified_in_log += 1
+    elif held is None:
+        f.lost.append(f"request {i} acknowledged at {o}; the log ends at {next_offset}")
+    elif held == UNSEEN:
+        f.unchecked += 1
+    else:
+        f.lost.append(f"request {i} acknowledged at {o}; the log holds {held} there")
+
+
+def _check_state(kv: dict[int, str | None], log: LogWalk, f: Findings) -> None:
+    """A key's value is its newest write in the log, checked where no stretch
+    that nobody read comes after that write."""
     for k, value in kv.items():
-        o, i = newest.get(k, (-1, None))
-        if last_unseen >= 0 and o <= last_unseen:
+        o, i = log.newest.get(k, (-1, None))
+        if log.last_unseen >= 0 and o <= log.last_unseen:
             continue
         f.keys_checked += 1
         if value != (None if i is None else str(i)):
             f.state_mismatches.append(f"key k{k} is {value!r}; its newest write is request {i}")
-    return f
 
 
 def judge(report: dict, max_back_to_service: float | None = None) -> list[str]:

@@ -1025,15 +1025,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`walctl crashtest`: 0 if the verdict passes, 1 if not, 2 if it cannot run."""
-    if min(args.kills, args.in_flight, args.keys) < 1 or args.interval <= 0:
-        return usage("--kills, --in-flight, --keys and --interval must be positive")
-    if args.png:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return usage("--png needs matplotlib: pip install 'walnode[chart]'")
-    if args.data_dir and os.path.isdir(args.data_dir) and os.listdir(args.data_dir):
-        return usage(f"{args.data_dir} is not empty; give a new or empty directory")
+    problem = argument_problem(args)
+    if problem is not None:
+        return usage(problem)
     progress_bar = progress_factory(args.no_progress)
     if progress_bar is None:
         return usage("the progress bar needs tqdm: pip install 'walnode[tools]' (or --no-progress)")
@@ -1074,6 +1068,20 @@ def run(args: argparse.Namespace) -> int:
     elif not args.data_dir:
         print(f"walctl crashtest: data kept in {data_dir}", file=sys.stderr)
     return 0 if report["passed"] else 1
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """Why the campaign cannot run with these arguments; None if it can."""
+    if min(args.kills, args.in_flight, args.keys) < 1 or args.interval <= 0:
+        return "--kills, --in-flight, --keys and --interval must be positive"
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return "--png needs matplotlib: pip install 'walnode[chart]'"
+    if args.data_dir and os.path.isdir(args.data_dir) and os.listdir(args.data_dir):
+        return f"{args.data_dir} is not empty; give a new or empty directory"
+    return None
 
 
 class NoProgress:

@@ -13,21 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import mmap
 import os
 import signal
-import struct
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 import zmq
-import zmq.utils.monitor
 
 from actors import messages as m
 from actors import sockets
+from actors.codes import Code
+from actors.front_state import FrontState
 from actors.inbox import Inbox
+from actors.peers import ROUTES, Failure, Peers, Request
 from actors.runtime import die_with_parent, setup_logging
 from actors.sockets import Remote
 from wal.fsutil import write_all
@@ -220,103 +221,6 @@ def recover_reply(body: dict) -> dict:
     return {"entries_replayed": replayed, "entries_skipped": skipped, "state": state}
 
 
-class FrontState:
-    """What a restarted front must not forget, in a run-directory file (two
-    u64s, mmapped): the next reply msg_id, so ids never repeat, and the
-    offset after the newest acknowledged append, so kv_get keeps reading
-    its writes. Both are stored before the lines they govern are written."""
-
-    LAYOUT = struct.Struct("<QQ")
-
-    def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < self.LAYOUT.size:
-                os.ftruncate(fd, self.LAYOUT.size)
-            self._mm = mmap.mmap(fd, self.LAYOUT.size)
-        finally:
-            os.close(fd)
-        self._next_msg_id, self.acked_next = self.LAYOUT.unpack_from(self._mm)
-
-    def take_msg_id(self) -> int:
-        n = self._next_msg_id
-        self._next_msg_id = n + 1
-        struct.pack_into("<Q", self._mm, 0, n + 1)
-        return n
-
-    def store_acked_next(self, acked_next: int) -> None:
-        self.acked_next = acked_next
-        struct.pack_into("<Q", self._mm, 8, acked_next)
-
-
-# Which peer serves each forwarded type. wal_snapshot goes to the writer
-# first, as a sync barrier (so it covers every append read before it), then
-# to the compactor with the durable offset the barrier returned.
-ROUTES = {
-    m.OP_INIT: "writer",
-    m.OP_APPEND: "writer",
-    m.OP_READ: "writer",
-    m.OP_SCAN: "writer",
-    m.OP_INFO: "writer",
-    m.OP_SYNC: "writer",
-    m.OP_SEGMENT_CONFIG: "writer",
-    m.OP_SEGMENT_INFO: "writer",
-    m.OP_FSYNC_BENCHMARK: "compactor",  # off the append path
-    m.OP_SNAPSHOT: "writer",
-    m.OP_KV_GET: "compactor",
-    m.OP_COMPACT: "compactor",
-}
-ENDPOINTS = {"writer": sockets.writer_endpoint, "compactor": sockets.compactor_endpoint}
-
-# pending/held request fields (LINE: the request line's start in the stdin stream)
-SRC, DEST, MSG_ID, TYPE, DEADLINE, INIT_ARG, PEER, LINE = range(8)
-
-
-class Peer:
-    """A process the front forwards to, and whether it is up.
-
-    A local peer's ups and downs come from the supervisor. A remote one
-    (another host, `--connect`) has a monitor socket instead: it is up once
-    the (CURVE) handshake succeeds and down when the connection drops."""
-
-    def __init__(self, name: str, ctx: zmq.Context, run_dir: str, remote: Remote | None) -> None:
-        self.name = name
-        self.ctx = ctx
-        self.remote = remote
-        self.endpoint = ENDPOINTS[name](run_dir) if remote is None else getattr(remote, name)
-        self.monitor: zmq.Socket | None = None
-        self.sock = self._connect()
-        self.up = remote is None
-        self.refused = False  # a handshake failure was logged
-        self.outbox: list[list] = []
-
-    def _connect(self) -> zmq.Socket:
-        if self.remote is None:
-            return sockets.connect_dealer(self.ctx, self.endpoint)
-        sock, self.monitor = sockets.connect_remote_dealer(self.ctx, self.remote, self.endpoint)
-        return sock
-
-    def register(self, poller: zmq.Poller) -> None:
-        for sock in (self.sock, self.monitor):
-            if sock is not None:
-                poller.register(sock, zmq.POLLIN)
-
-    def reconnect(self, poller: zmq.Poller) -> None:
-        """Drop everything queued for a dead peer so it never reaches its
-        successor after we answered 13: a client that reads back, finds
-        nothing and retries would otherwise get a duplicate."""
-        for sock in (self.sock, self.monitor):
-            if sock is not None:
-                poller.unregister(sock)
-        if self.monitor is not None:
-            self.sock.disable_monitor()
-            self.monitor.close(linger=0)
-        self.sock.close(linger=0)
-        self.sock = self._connect()
-        self.register(poller)
-        self.outbox = []
-
-
 class Front:
     def __init__(
         self,
@@ -331,31 +235,30 @@ class Front:
         self.run_dir = run_dir
         self.ctx = ctx
         self.poller = zmq.Poller()
-        self.peers = {name: Peer(name, ctx, run_dir, remote) for name in ENDPOINTS}
+        self.peers = Peers(
+            ctx,
+            run_dir,
+            remote,
+            request_timeout=request_timeout,
+            unavailable_wait=unavailable_wait,
+        )
         self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
         self.validators = Validators(max_payload_bytes)
         self.forwarded = {name: getattr(self.validators, name) for name in ROUTES}
         self.known_types = frozenset([*self.forwarded, "wal_recover", "status"])
-        self.request_timeout = request_timeout
-        self.unavailable_wait = unavailable_wait
-        self.state = FrontState(os.path.join(run_dir, "front.state"))
-        self.node_id_path = os.path.join(run_dir, "node_id")
-        self.node_id: str | None = None
-        if os.path.exists(self.node_id_path):
-            with open(self.node_id_path) as f:
-                self.node_id = f.read() or None
+        self.state = FrontState(run_dir)
         self.inbox = Inbox(run_dir)
         self.init_pending = False  # an init is at the writer; later lines wait for it
         self.after_init: list[tuple[bytes, int, bool]] = []
         self.next_rid = 0
-        # rid -> [src, dest, msg_id, type, deadline, init arg, peer]: sent, unanswered
-        self.pending: dict[int, list] = {}
-        # requests whose peer is down, not sent: [rid, op, arg, meta]
-        self.held: list[list] = []
-        self.status_waiting: dict[int, list] = {}
+        self.status_waiting: dict[int, Request] = {}  # rid -> asked of the supervisor
         self.out: list[str] = []
         self._json_strs: dict[str, str] = {}
         self.eof = False
+
+    @property
+    def node_id(self) -> str | None:
+        return self.state.node_id
 
     # -- replies -----------------------------------------------------------
 
@@ -421,7 +324,9 @@ class Front:
             try:
                 body = json.loads(line)["body"]
                 text = "walnode failed to handle this request (a bug, logged); it was not applied"
-                self.emit_error(self.node_id, None, body.get("msg_id"), 12, {"text": text})
+                self.emit_error(
+                    self.node_id, None, body.get("msg_id"), Code.MALFORMED_REQUEST, {"text": text}
+                )
             except Exception:
                 pass
         if not forwarded:
@@ -448,7 +353,7 @@ class Front:
         msg_id = body.get("msg_id")
         if msg_id is not None and (not isinstance(msg_id, int) or isinstance(msg_id, bool)):
             text = f"msg_id must be an integer, got {json.dumps(msg_id)}"
-            self.emit_error(src, dest, msg_id, 12, {"text": text})
+            self.emit_error(src, dest, msg_id, Code.MALFORMED_REQUEST, {"text": text})
             return False
         if inherited and typ in CHANGES_STATE:
             text = (
@@ -456,24 +361,29 @@ class Front:
                 f"or may not have been applied; read the log (wal_read/wal_scan/wal_info) "
                 f"to find out"
             )
-            self.emit_error(src, dest, msg_id, 13, {"text": text})
+            self.emit_error(src, dest, msg_id, Code.CRASH, {"text": text})
             return False
         try:
             if typ != m.OP_INIT and self.node_id is None and typ in self.known_types:
-                raise BadRequest(11, "the node is not initialised yet: send init first")
+                raise BadRequest(
+                    Code.TEMPORARILY_UNAVAILABLE, "the node is not initialised yet: send init first"
+                )
             if typ == "wal_recover":
                 if msg_id is not None:
                     self.emit(src, dest, msg_id, "wal_recover_ok", recover_reply(body))
                 return False
             if typ == "status":
                 rid = self.new_rid()
-                self.status_waiting[rid] = [src, dest, msg_id, time.monotonic() + 5, start]
+                request = Request(src, dest, msg_id, typ, start, deadline=time.monotonic() + 5)
+                self.status_waiting[rid] = request
                 self.control.send(m.pack([m.STATUS, rid]))
                 return True
             validate = self.forwarded.get(typ)
             if validate is None:
                 known = ", ".join(sorted(self.known_types))
-                raise BadRequest(10, f"unknown message type {typ!r}; walnode serves {known}")
+                raise BadRequest(
+                    Code.NOT_SUPPORTED, f"unknown message type {typ!r}; walnode serves {known}"
+                )
             arg = validate(body)
         except BadRequest as err:
             self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
@@ -482,21 +392,17 @@ class Front:
             arg = [arg, self.state.acked_next]
         if typ == m.OP_INIT:
             self.init_pending = True
-        meta = [src, dest, msg_id, typ, 0.0, arg if typ == m.OP_INIT else None, ROUTES[typ], start]
+        request = Request(
+            src, dest, msg_id, typ, start, ROUTES[typ], arg if typ == m.OP_INIT else None
+        )
         op = m.OP_SYNC if typ == m.OP_SNAPSHOT else typ
-        self.forward(self.new_rid(), op, arg, meta)
+        self.forward(self.new_rid(), op, arg, request)
         return True
 
-    def forward(self, rid: int, op: str, arg: Any, meta: list) -> None:
-        """Send to the request's peer, or hold it while that peer is down."""
-        peer = self.peers[meta[PEER]]
-        if peer.up:
-            meta[DEADLINE] = time.monotonic() + self.request_timeout
-            self.pending[rid] = meta
-            peer.outbox.append([rid, op, arg])
-        else:
-            meta[DEADLINE] = time.monotonic() + self.unavailable_wait
-            self.held.append([rid, op, arg, meta])
+    def forward(self, rid: int, op: str, arg: Any, request: Request) -> None:
+        failure = self.peers.forward(rid, op, arg, request)
+        if failure is not None:
+            self.fail(failure)
 
     def init_resolved(self) -> None:
         """The pending init was answered: handle the lines read meanwhile."""
@@ -518,152 +424,75 @@ class Front:
         if msg[0] != m.REPLIES:
             return
         for rid, code, fields in msg[1]:
-            meta = self.pending.pop(rid, None)
-            if meta is None:  # answered already (timeout or a peer's crash)
+            request = self.peers.answered(rid)
+            if request is None:  # answered already (timeout or a peer's crash)
                 continue
-            typ = meta[TYPE]
-            if typ == m.OP_SNAPSHOT and meta[PEER] == "writer" and code == m.OK:
-                meta[PEER] = "compactor"  # the barrier passed: now the snapshot itself
-                self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], meta)
+            typ = request.type
+            if typ == m.OP_SNAPSHOT and request.peer == "writer" and code == m.OK:
+                request.peer = "compactor"  # the barrier passed: now the snapshot itself
+                self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], request)
                 continue
             if typ == m.OP_INIT and code == m.OK:
-                self.set_node_id(meta[INIT_ARG][0])
-                meta[SRC] = meta[INIT_ARG][0]
+                self.state.store_node_id(request.init_arg[0])
+                request.src = request.init_arg[0]
             if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:
                 # stored before the ack is printed, and before any kv_get below
                 self.state.store_acked_next(fields["offset"] + 1)
             if code == m.OK:
-                if meta[MSG_ID] is not None:
-                    self.emit(meta[SRC], meta[DEST], meta[MSG_ID], typ + "_ok", fields)
+                if request.msg_id is not None:
+                    self.emit(request.src, request.dest, request.msg_id, typ + "_ok", fields)
             else:
-                self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, fields)
-            self.inbox.answered(meta[LINE])
+                self.emit_error(request.src, request.dest, request.msg_id, code, fields)
+            self.inbox.answered(request.line)
             if typ == m.OP_INIT:
                 self.init_resolved()
 
-    def set_node_id(self, node_id: str) -> None:
-        self.node_id = node_id
-        tmp = self.node_id_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(node_id)
-        os.replace(tmp, self.node_id_path)
-
     def on_control(self, msg: list) -> None:
         kind = msg[0]
-        if kind == m.PEER and msg[1] in self.peers:
-            peer = self.peers[msg[1]]
+        if kind == m.PEER and msg[1] in self.peers.by_name:
+            peer = self.peers.by_name[msg[1]]
             if msg[2] == "down":
-                self.on_peer_down(peer)
+                self.fail_all(self.peers.down(peer, self.poller))
             else:
-                self.on_peer_up(peer)
+                self.fail_all(self.peers.up(peer))
         elif kind == m.STATUS:
-            waiting = self.status_waiting.pop(msg[1], None)
-            if waiting is not None:
-                src, dest, msg_id, _, start = waiting
+            request = self.status_waiting.pop(msg[1], None)
+            if request is not None:
                 fields = {"node_id": self.node_id, **msg[2]}
-                if msg_id is not None:
-                    self.emit(src, dest, msg_id, "status_ok", fields)
-                self.inbox.answered(start)
+                if request.msg_id is not None:
+                    self.emit(request.src, request.dest, request.msg_id, "status_ok", fields)
+                self.inbox.answered(request.line)
 
-    def on_peer_up(self, peer: Peer) -> None:
-        peer.up = True
-        mine = [item for item in self.held if item[3][PEER] == peer.name]
-        self.held = [item for item in self.held if item[3][PEER] != peer.name]
-        for rid, op, arg, meta in mine:
-            self.forward(rid, op, arg, meta)
-
-    def on_monitor(self, peer: Peer) -> None:
-        """A remote peer's connection changed (see Peer)."""
-        event = zmq.utils.monitor.recv_monitor_message(peer.monitor)["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            log.info("connected to the %s at %s", peer.name, peer.endpoint)
-            peer.refused = False
-            self.on_peer_up(peer)
-        elif event == zmq.EVENT_DISCONNECTED:
-            if peer.up:  # else zmq is retrying a connection that never came up
-                self.on_peer_down(peer)
-        elif not peer.refused:
-            peer.refused = True
-            log.error(
-                "the %s at %s refused the handshake: is this front's public key in its "
-                "KEYDIR/clients, and KEYDIR/server.key its key? (zmq event %d)",
-                peer.name,
-                peer.endpoint,
-                event,
-            )
-
-    def on_peer_down(self, peer: Peer) -> None:
-        lost = {rid: meta for rid, meta in self.pending.items() if meta[PEER] == peer.name}
-        if peer.up:
-            log.warning("%s is down; failing %d requests it held", peer.name, len(lost))
-        peer.up = False
-        peer.reconnect(self.poller)
-        how = "died" if peer.remote is None else "was lost (its connection dropped)"
-        for rid, meta in lost.items():
-            del self.pending[rid]
-            self.fail(
-                meta,
-                13,
-                f"the {peer.name} {how} while it held this {meta[TYPE]}: it may or may not "
-                f"have been applied; read the log (wal_read/wal_scan/wal_info) to find out",
-            )
-
-    def fail(self, meta: list, code: int, text: str) -> None:
-        """Answer a forwarded request with an error; a failed init frees the
-        lines that waited for it."""
-        self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, {"text": text})
-        self.inbox.answered(meta[LINE])
-        if meta[TYPE] == m.OP_INIT:
+    def fail(self, failure: Failure) -> None:
+        """Answer a request with an error; a failed init frees the lines that waited for it."""
+        request = failure.request
+        self.emit_error(
+            request.src, request.dest, request.msg_id, failure.code, {"text": failure.text}
+        )
+        self.inbox.answered(request.line)
+        if request.type == m.OP_INIT:
             self.init_resolved()
 
-    def expire(self, now: float) -> None:
-        while self.pending:
-            rid, meta = next(iter(self.pending.items()))
-            if meta[DEADLINE] > now:
-                break
-            del self.pending[rid]
-            self.fail(
-                meta,
-                0,
-                f"no answer from the {meta[PEER]} within {self.request_timeout:g} s; "
-                f"the request may or may not have been applied",
-            )
-        while self.held and self.held[0][3][DEADLINE] <= now:
-            _rid, _op, _arg, meta = self.held.pop(0)
-            peer = self.peers[meta[PEER]]
-            why = (
-                f"refused this front's key (see {peer.endpoint} and KEYDIR/clients there)"
-                if peer.refused
-                else "is unavailable (restarting or unreachable)"
-            )
-            self.fail(
-                meta,
-                11,
-                f"the {peer.name} {why}; this {meta[TYPE]} was not sent to it"
-                f"{'' if peer.refused else ', so retry it'}",
-            )
-        for rid, (src, dest, msg_id, deadline, start) in list(self.status_waiting.items()):
-            if deadline <= now:
-                del self.status_waiting[rid]
-                self.emit_error(src, dest, msg_id, 0, {"text": "the supervisor did not answer"})
-                self.inbox.answered(start)
+    def fail_all(self, failures: Iterable[Failure]) -> None:
+        for failure in failures:
+            self.fail(failure)
 
-    def send_outboxes(self) -> None:
-        for peer in self.peers.values():
-            if peer.outbox:
-                peer.sock.send(m.pack([m.REQUESTS, peer.outbox]))
-                peer.outbox = []
+    def expire(self, now: float) -> None:
+        self.fail_all(self.peers.expired(now))
+        for rid, request in list(self.status_waiting.items()):
+            if request.deadline <= now:
+                del self.status_waiting[rid]
+                self.fail(Failure(request, Code.TIMEOUT, "the supervisor did not answer"))
 
     def idle(self) -> bool:
-        return not (self.pending or self.held or self.status_waiting or self.after_init)
+        return not (self.peers or self.status_waiting or self.after_init)
 
     # -- the loop ----------------------------------------------------------
 
     def run(self) -> int:
         self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
         poller = self.poller
-        for peer in self.peers.values():
-            peer.register(poller)
+        self.peers.register(poller)
         poller.register(self.control, zmq.POLLIN)
         if self.inbox.unanswered:
             log.warning(
@@ -672,11 +501,11 @@ class Front:
             )
         for start, line in self.inbox.unanswered:
             self.on_line(line, start, inherited=True)
-        self.send_outboxes()
+        self.peers.send_outboxes()
         self.flush_output()  # what a predecessor left is answered before the first poll
         stdin_registered = False
         while True:
-            backlog = len(self.pending) + len(self.held) + len(self.after_init)
+            backlog = len(self.peers) + len(self.after_init)
             want_stdin = not self.eof and backlog < MAX_IN_FLIGHT
             if want_stdin != stdin_registered:
                 if want_stdin:
@@ -691,12 +520,12 @@ class Front:
             if self.control in events:
                 for data in sockets.drain(self.control):
                     self.on_control(m.unpack(data))
-            for peer in self.peers.values():
+            for peer in self.peers.by_name.values():
                 if peer.sock in events:
                     for data in sockets.drain(peer.sock):
                         self.on_replies(m.unpack(data))
                 if peer.monitor is not None and peer.monitor in events:
-                    self.on_monitor(peer)
+                    self.fail_all(self.peers.on_monitor(peer, poller))
             if 0 in events:
                 chunk = self.inbox.take(0, READ_CHUNK)
                 if not chunk:
@@ -704,7 +533,7 @@ class Front:
                 lines = self.inbox.feed(chunk) if chunk else self.inbox.finish()
                 for start, line in lines:
                     self.on_line(line, start)
-            self.send_outboxes()
+            self.peers.send_outboxes()
             self.expire(time.monotonic())
             self.flush_output()
 

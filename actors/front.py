@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -20,7 +19,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import zmq
 
 from actors import messages as m
@@ -28,197 +26,29 @@ from actors import sockets
 from actors.codes import Code
 from actors.front_state import FrontState
 from actors.inbox import Inbox
-from actors.peers import ROUTES, Failure, Peers, Request
+from actors.peers import ROUTES, Failure, Peers, Pending
+from actors.requests import (
+    BadRequest,
+    NotARequest,
+    ReplyFormatter,
+    Validators,
+    check_msg_id,
+    parse_request,
+    recover_reply,
+)
 from actors.runtime import die_with_parent, setup_logging
 from actors.sockets import Remote
 from wal.fsutil import write_all
-from wal.statemachine import replay
 
 log = setup_logging("front")
 
 READ_CHUNK = 1 << 20
 MAX_IN_FLIGHT = 20_000  # stop reading stdin past this many unanswered requests
-SCAN_MAX_ENTRIES = 10_000
-FSYNC_BENCH_MAX_ENTRIES = 20_000  # ~3 s of one-fsync-per-write here
-FSYNC_STRATEGIES = ("always", "batch_10ms", "none")
 # What a restarted front does not redo for its predecessor: the request may
 # have reached its peer already, so it gets error 13 instead.
 CHANGES_STATE = frozenset(
     [m.OP_APPEND, m.OP_SNAPSHOT, m.OP_COMPACT, m.OP_SEGMENT_CONFIG, m.OP_FSYNC_BENCHMARK]
 )
-
-
-class BadRequest(Exception):
-    """A request the front answers with an error without forwarding it."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
-
-
-# -- validation: one function per forwarded type, returning the op argument
-
-
-MAX_INT = 2**63 - 1  # offsets and sizes travel as msgpack integers
-
-
-def _int(body: dict, name: str, *, default: int | None = None, minimum: int = 0) -> int:
-    value = body.get(name, default)
-    if value is None:
-        raise BadRequest(12, f"missing field {name!r}: give an integer >= {minimum}")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(12, f"{name} must be an integer, got {json.dumps(value)}")
-    if value < minimum:
-        raise BadRequest(12, f"{name} must be >= {minimum}, got {value}")
-    if value > MAX_INT:
-        raise BadRequest(12, f"{name} must be at most {MAX_INT}, got {value}")
-    return value
-
-
-def _str(body: dict, name: str, *, surrogates: bool = False) -> str:
-    """A string field; lone surrogates only where the caller encodes them itself."""
-    value = body.get(name)
-    if value is None:
-        raise BadRequest(12, f"missing field {name!r}: give a string")
-    if not isinstance(value, str):
-        raise BadRequest(12, f"{name} must be a string, got {json.dumps(value)}")
-    try:
-        if not surrogates:
-            value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(12, f"{name} must be Unicode text; it holds a lone surrogate") from None
-    return value
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"{text} overflows a double")
-    return value
-
-
-# json without NaN/Infinity, also not as overflowing numbers (1e400)
-_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite_float)
-_EXACT = frozenset([str, int, bool, type(None)])
-
-
-def parse_json(line: bytes) -> Any:
-    """One request line, as json's strict decoder reads it. orjson is ~6x
-    faster and agrees, except that it refuses some lines json reads (lone
-    surrogates, 1e400) and reads integers past 64 bits as floats. So its
-    result is kept only where no float (or nested value) could be such an
-    integer: string src and dest, a body of scalars. Other lines are rare."""
-    try:
-        msg = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        msg = None
-    if type(msg) is dict:
-        body = msg.get("body")
-        if type(msg.get("src")) is str and type(msg.get("dest")) is str and type(body) is dict:
-            for value in body.values():
-                if type(value) not in _EXACT:
-                    break
-            else:
-                return msg
-    return _STRICT_JSON.decode(line.decode("utf-8", "surrogatepass"))  # as json.loads does
-
-
-APPEND_OK = "wal_append_ok"
-# json.dumps's layout of a wal_append_ok reply (PROTOCOL.md), field for field
-APPEND_OK_LINE = (
-    '{{"src": {}, "dest": {}, "body": {{"type": "wal_append_ok", "in_reply_to": {}, '
-    '"offset": {}, "length": {}, "checksum": "{}", "msg_id": {}}}}}'
-)
-
-
-class Validators:
-    def __init__(self, max_payload_bytes: int) -> None:
-        self.max_payload_bytes = max_payload_bytes
-
-    def init(self, body: dict) -> list:
-        node_id = _str(body, "node_id")
-        ids = body.get("node_ids", [node_id])
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise BadRequest(12, "node_ids must be a list of strings")
-        for i in range(len(ids)):
-            _str({"id": ids[i]}, "id")  # text that travels: no lone surrogates
-        return [node_id, ids]
-
-    def wal_append(self, body: dict) -> bytes:
-        payload = _str(body, "payload", surrogates=True).encode("utf-8", "surrogatepass")
-        if len(payload) > self.max_payload_bytes:
-            raise BadRequest(
-                12,
-                f"payload is {len(payload)} bytes, over the limit of "
-                f"{self.max_payload_bytes} (--max-payload-bytes); split it",
-            )
-        return payload
-
-    def wal_read(self, body: dict) -> int:
-        return _int(body, "offset")
-
-    def wal_scan(self, body: dict) -> list:
-        max_entries = _int(body, "max_entries", default=100, minimum=1)
-        return [_int(body, "from_offset"), min(max_entries, SCAN_MAX_ENTRIES)]
-
-    def wal_info(self, body: dict) -> None:
-        return None
-
-    wal_sync = wal_segment_info = wal_info
-
-    def wal_segment_config(self, body: dict) -> int:
-        return _int(body, "max_segment_bytes", minimum=1)
-
-    def kv_get(self, body: dict) -> str:
-        return _str(body, "key")
-
-    def wal_snapshot(self, body: dict) -> None:
-        return None
-
-    def wal_compact(self, body: dict) -> int:
-        return _int(body, "snapshot_at_offset")
-
-    def fsync_benchmark(self, body: dict) -> list:
-        entries = _int(body, "entries", default=1000, minimum=1)
-        if entries > FSYNC_BENCH_MAX_ENTRIES:
-            raise BadRequest(12, f"entries is capped at {FSYNC_BENCH_MAX_ENTRIES}, got {entries}")
-        strategies = body.get("strategies", list(FSYNC_STRATEGIES))
-        if (
-            not isinstance(strategies, list)
-            or not strategies
-            or not all(s in FSYNC_STRATEGIES for s in strategies)
-        ):
-            raise BadRequest(
-                12, f"strategies must be a non-empty list drawn from {list(FSYNC_STRATEGIES)}"
-            )
-        return [entries, strategies]
-
-
-def recover_reply(body: dict) -> dict:
-    """wal_recover: a pure replay over the entries given (course task 10-1-2)."""
-    entries = body.get("wal_entries")
-    if not isinstance(entries, list):
-        raise BadRequest(12, "wal_entries must be a list of {offset, payload, checksum}")
-    pairs = []
-    for i, e in enumerate(entries):
-        if (
-            not isinstance(e, dict)
-            or not isinstance(e.get("payload"), str)
-            or e.get("checksum") not in ("valid", "invalid")
-        ):
-            raise BadRequest(
-                12,
-                f"wal_entries[{i}] must be an object with a string payload and "
-                f'checksum "valid" or "invalid"',
-            )
-        pairs.append((e["payload"], e["checksum"] == "valid"))
-    replayed, skipped, state = replay(pairs)
-    return {"entries_replayed": replayed, "entries_skipped": skipped, "state": state}
 
 
 class Front:
@@ -251,9 +81,9 @@ class Front:
         self.init_pending = False  # an init is at the writer; later lines wait for it
         self.after_init: list[tuple[bytes, int, bool]] = []
         self.next_rid = 0
-        self.status_waiting: dict[int, Request] = {}  # rid -> asked of the supervisor
+        self.status_waiting: dict[int, Pending] = {}  # rid -> asked of the supervisor
         self.out: list[str] = []
-        self._json_strs: dict[str, str] = {}
+        self.replies = ReplyFormatter()
         self.eof = False
 
     @property
@@ -264,33 +94,7 @@ class Front:
 
     def emit(self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict) -> None:
         msg_id = self.state.take_msg_id()
-        if typ == APPEND_OK and type(in_reply_to) is int and type(src) is type(dest) is str:
-            # The hot path, formatted directly: json.dumps costs ~5 us a reply.
-            self.out.append(
-                APPEND_OK_LINE.format(
-                    self.json_str(src),
-                    self.json_str(dest),
-                    in_reply_to,
-                    fields["offset"],
-                    fields["length"],
-                    fields["checksum"],
-                    msg_id,
-                )
-            )
-            return
-        body = {"type": typ, "in_reply_to": in_reply_to}
-        body.update(fields)
-        body["msg_id"] = msg_id
-        self.out.append(json.dumps({"src": src, "dest": dest, "body": body}))
-
-    def json_str(self, text: str) -> str:
-        """json.dumps(text), remembered: node and client ids repeat on every reply."""
-        encoded = self._json_strs.get(text)
-        if encoded is None:
-            if len(self._json_strs) > 10_000:
-                self._json_strs.clear()
-            encoded = self._json_strs[text] = json.dumps(text)
-        return encoded
+        self.out.append(self.replies.line(src, dest, in_reply_to, typ, fields, msg_id))
 
     def emit_error(self, src: Any, dest: Any, in_reply_to: Any, code: int, fields: dict) -> None:
         if in_reply_to is None:
@@ -337,23 +141,20 @@ class Front:
         if not line.strip():
             return False
         try:
-            msg = parse_json(line)
-        except ValueError:
+            request = parse_request(line)
+        except NotARequest as skip:
             if not inherited:  # its predecessor logged it
-                log.warning("skipping a line that is not JSON: %r", line[:200])
+                log.warning("skipping %s: %r", skip, line[:200])
             return False
-        body = msg.get("body") if isinstance(msg, dict) else None
-        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-            if not inherited:
-                log.warning("skipping a message without body.type: %r", line[:200])
-            return False
-        typ = body["type"]
-        dest = msg.get("src")
-        src = self.node_id if self.node_id is not None else msg.get("dest")
-        msg_id = body.get("msg_id")
-        if msg_id is not None and (not isinstance(msg_id, int) or isinstance(msg_id, bool)):
-            text = f"msg_id must be an integer, got {json.dumps(msg_id)}"
-            self.emit_error(src, dest, msg_id, Code.MALFORMED_REQUEST, {"text": text})
+        typ = request.type
+        body = request.body
+        dest = request.client
+        src = self.node_id if self.node_id is not None else request.node
+        msg_id = request.msg_id
+        try:
+            check_msg_id(msg_id)
+        except BadRequest as err:
+            self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
             return False
         if inherited and typ in CHANGES_STATE:
             text = (
@@ -374,7 +175,7 @@ class Front:
                 return False
             if typ == "status":
                 rid = self.new_rid()
-                request = Request(src, dest, msg_id, typ, start, deadline=time.monotonic() + 5)
+                request = Pending(src, dest, msg_id, typ, start, deadline=time.monotonic() + 5)
                 self.status_waiting[rid] = request
                 self.control.send(m.pack([m.STATUS, rid]))
                 return True
@@ -392,14 +193,14 @@ class Front:
             arg = [arg, self.state.acked_next]
         if typ == m.OP_INIT:
             self.init_pending = True
-        request = Request(
+        request = Pending(
             src, dest, msg_id, typ, start, ROUTES[typ], arg if typ == m.OP_INIT else None
         )
         op = m.OP_SYNC if typ == m.OP_SNAPSHOT else typ
         self.forward(self.new_rid(), op, arg, request)
         return True
 
-    def forward(self, rid: int, op: str, arg: Any, request: Request) -> None:
+    def forward(self, rid: int, op: str, arg: Any, request: Pending) -> None:
         failure = self.peers.forward(rid, op, arg, request)
         if failure is not None:
             self.fail(failure)

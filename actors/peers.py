@@ -47,8 +47,8 @@ ENDPOINTS = {"writer": sockets.writer_endpoint, "compactor": sockets.compactor_e
 
 
 @dataclass(slots=True)
-class Request:
-    """A request the front answers later: forwarded to a peer or asked of the supervisor."""
+class Pending:
+    """A request the front answers later: forwarded to a peer, or asked of the supervisor."""
 
     src: Any  # the reply's src (the node id, or the request's dest before init)
     dest: Any  # the reply's dest (the request's src)
@@ -67,14 +67,14 @@ class Held:
     rid: int
     op: str
     arg: Any
-    request: Request
+    request: Pending
 
 
 @dataclass(slots=True)
 class Failure:
     """A request the peer model gave up on, and the error it gets."""
 
-    request: Request
+    request: Pending
     code: Code
     text: str
 
@@ -139,7 +139,7 @@ class Peers:
         self.by_name = {name: Peer(name, ctx, run_dir, remote) for name in ENDPOINTS}
         self.request_timeout = request_timeout
         self.unavailable_wait = unavailable_wait
-        self.pending: dict[int, Request] = {}  # rid -> sent, unanswered (oldest first)
+        self.pending: dict[int, Pending] = {}  # rid -> sent, unanswered (oldest first)
         self.held: list[Held] = []  # not sent: the peer is down (oldest first)
         self.refusing = False  # stopping at once: nothing more is sent or held
 
@@ -150,7 +150,7 @@ class Peers:
         for peer in self.by_name.values():
             peer.register(poller)
 
-    def forward(self, rid: int, op: str, arg: Any, request: Request) -> Failure | None:
+    def forward(self, rid: int, op: str, arg: Any, request: Pending) -> Failure | None:
         """Send to the request's peer, or hold it while that peer is down;
         a Failure if walnode is stopping at once (it was not sent)."""
         if self.refusing:
@@ -170,7 +170,7 @@ class Peers:
             self.held.append(Held(rid, op, arg, request))
         return None
 
-    def answered(self, rid: int) -> Request | None:
+    def answered(self, rid: int) -> Pending | None:
         """The request a reply is for; None if it was answered already
         (timeout or its peer's crash)."""
         return self.pending.pop(rid, None)
@@ -243,7 +243,7 @@ class Peers:
         while self.held and self.held[0].request.deadline <= now:
             yield self._unsent(self.held.pop(0).request)
 
-    def _unsent(self, request: Request) -> Failure:
+    def _unsent(self, request: Pending) -> Failure:
         peer = self.by_name[request.peer]
         why = (
             f"refused this front's key (see {peer.endpoint} and KEYDIR/clients there)"

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from actors.front import APPEND_OK, APPEND_OK_LINE, parse_json
+from actors.requests import APPEND_OK, APPEND_OK_LINE, parse_json
 from tests.nodeproc import Node
 from wal import CorruptionError, Entry, Log, crc_hex, record
 from wal.record import HEADER_SIZE, Damage, Decoded

@@ -26,6 +26,7 @@ from actors import sockets
 from actors.codes import Code
 from actors.front_state import FrontState
 from actors.inbox import Inbox
+from actors.output import Output
 from actors.peers import ROUTES, Failure, Peers, Pending
 from actors.requests import (
     BadRequest,
@@ -38,7 +39,6 @@ from actors.requests import (
 )
 from actors.runtime import die_with_parent, setup_logging
 from actors.sockets import Remote
-from wal.fsutil import write_all
 
 log = setup_logging("front")
 
@@ -82,9 +82,10 @@ class Front:
         self.after_init: list[tuple[bytes, int, bool]] = []
         self.next_rid = 0
         self.status_waiting: dict[int, Pending] = {}  # rid -> asked of the supervisor
-        self.out: list[str] = []
+        self.output = Output(1, self.inbox)
         self.replies = ReplyFormatter()
         self.eof = False
+        self._stdout_registered = False
 
     @property
     def node_id(self) -> str | None:
@@ -92,24 +93,58 @@ class Front:
 
     # -- replies -----------------------------------------------------------
 
-    def emit(self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict) -> None:
+    def emit(
+        self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict, line: int
+    ) -> bool:
+        """Queue a reply to the request line at `line`; the output marks the
+        line answered once the reply goes into the pipe. True: queued."""
         msg_id = self.state.take_msg_id()
-        self.out.append(self.replies.line(src, dest, in_reply_to, typ, fields, msg_id))
+        self.output.add(self.replies.line(src, dest, in_reply_to, typ, fields, msg_id), line)
+        return True
 
-    def emit_error(self, src: Any, dest: Any, in_reply_to: Any, code: int, fields: dict) -> None:
+    def emit_error(
+        self, src: Any, dest: Any, in_reply_to: Any, code: int, fields: dict, line: int
+    ) -> bool:
         if in_reply_to is None:
             log.warning("not answering a request without msg_id: error %d %s", code, fields)
-            return
-        self.emit(src, dest, in_reply_to, "error", {"code": code, **fields})
+            return False
+        return self.emit(src, dest, in_reply_to, "error", {"code": code, **fields}, line)
+
+    def answer(self, request: Pending, code: int, fields: dict) -> None:
+        """Reply to a request the front answers late: a peer's [code, fields]
+        (code messages.OK for success), or only mark its line answered if it
+        has no msg_id."""
+        if code == m.OK:
+            replied = request.msg_id is not None and self.emit(
+                request.src,
+                request.dest,
+                request.msg_id,
+                request.type + "_ok",
+                fields,
+                request.line,
+            )
+        else:
+            replied = self.emit_error(
+                request.src, request.dest, request.msg_id, code, fields, request.line
+            )
+        if not replied:
+            self.inbox.answered(request.line)
+
+    def fail(self, failure: Failure) -> None:
+        """Answer a request with its error; a failed init frees the lines that waited for it."""
+        request = failure.request
+        text = {"text": failure.text}
+        if not self.emit_error(
+            request.src, request.dest, request.msg_id, failure.code, text, request.line
+        ):
+            self.inbox.answered(request.line)
+        if request.type == m.OP_INIT:
+            self.init_resolved()
 
     def flush_output(self) -> None:
-        data = ("\n".join(self.out) + "\n").encode() if self.out else b""
-        self.out.clear()
-        # Marks first: a crash between these two writes loses those replies,
-        # never doubles them; nothing else runs between them.
+        """Write what the pipe takes now; record the lines answered without a reply."""
+        self.output.write_ready()
         self.inbox.sync_marks()
-        if data:
-            write_all(1, data)
         self.inbox.tidy()
 
     # -- requests ----------------------------------------------------------
@@ -121,23 +156,29 @@ class Front:
             self.after_init.append((line, start, inherited))
             return
         try:
-            forwarded = self.handle_line(line, start, inherited)
+            later = self.handle_line(line, start, inherited)
         except Exception:  # a bug must cost one request, never the front (or a replay loop)
             log.exception("could not handle line %r", line[:200])
-            forwarded = False
+            later = False
             try:
                 body = json.loads(line)["body"]
                 text = "walnode failed to handle this request (a bug, logged); it was not applied"
-                self.emit_error(
-                    self.node_id, None, body.get("msg_id"), Code.MALFORMED_REQUEST, {"text": text}
+                later = self.emit_error(
+                    self.node_id,
+                    None,
+                    body.get("msg_id"),
+                    Code.MALFORMED_REQUEST,
+                    {"text": text},
+                    start,
                 )
             except Exception:
                 pass
-        if not forwarded:
+        if not later:  # no reply will mark it
             self.inbox.answered(start)
 
     def handle_line(self, line: bytes, start: int, inherited: bool) -> bool:
-        """True if the line went on to a peer or the supervisor (answered later)."""
+        """True if the line is answered later: it went on to a peer or the
+        supervisor, or its reply is queued (the output marks it)."""
         if not line.strip():
             return False
         try:
@@ -154,25 +195,24 @@ class Front:
         try:
             check_msg_id(msg_id)
         except BadRequest as err:
-            self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
-            return False
+            return self.emit_error(src, dest, msg_id, err.code, {"text": err.text}, start)
         if inherited and typ in CHANGES_STATE:
             text = (
                 f"walnode's front process restarted while this {typ} was in flight: it may "
                 f"or may not have been applied; read the log (wal_read/wal_scan/wal_info) "
                 f"to find out"
             )
-            self.emit_error(src, dest, msg_id, Code.CRASH, {"text": text})
-            return False
+            return self.emit_error(src, dest, msg_id, Code.CRASH, {"text": text}, start)
         try:
             if typ != m.OP_INIT and self.node_id is None and typ in self.known_types:
                 raise BadRequest(
                     Code.TEMPORARILY_UNAVAILABLE, "the node is not initialised yet: send init first"
                 )
             if typ == "wal_recover":
-                if msg_id is not None:
-                    self.emit(src, dest, msg_id, "wal_recover_ok", recover_reply(body))
-                return False
+                fields = recover_reply(body)
+                return msg_id is not None and self.emit(
+                    src, dest, msg_id, "wal_recover_ok", fields, start
+                )
             if typ == "status":
                 rid = self.new_rid()
                 request = Pending(src, dest, msg_id, typ, start, deadline=time.monotonic() + 5)
@@ -187,8 +227,7 @@ class Front:
                 )
             arg = validate(body)
         except BadRequest as err:
-            self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
-            return False
+            return self.emit_error(src, dest, msg_id, err.code, {"text": err.text}, start)
         if typ == m.OP_KV_GET:  # read-your-writes: every acknowledged append first
             arg = [arg, self.state.acked_next]
         if typ == m.OP_INIT:
@@ -239,12 +278,7 @@ class Front:
             if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:
                 # stored before the ack is printed, and before any kv_get below
                 self.state.store_acked_next(fields["offset"] + 1)
-            if code == m.OK:
-                if request.msg_id is not None:
-                    self.emit(request.src, request.dest, request.msg_id, typ + "_ok", fields)
-            else:
-                self.emit_error(request.src, request.dest, request.msg_id, code, fields)
-            self.inbox.answered(request.line)
+            self.answer(request, code, fields)
             if typ == m.OP_INIT:
                 self.init_resolved()
 
@@ -259,20 +293,7 @@ class Front:
         elif kind == m.STATUS:
             request = self.status_waiting.pop(msg[1], None)
             if request is not None:
-                fields = {"node_id": self.node_id, **msg[2]}
-                if request.msg_id is not None:
-                    self.emit(request.src, request.dest, request.msg_id, "status_ok", fields)
-                self.inbox.answered(request.line)
-
-    def fail(self, failure: Failure) -> None:
-        """Answer a request with an error; a failed init frees the lines that waited for it."""
-        request = failure.request
-        self.emit_error(
-            request.src, request.dest, request.msg_id, failure.code, {"text": failure.text}
-        )
-        self.inbox.answered(request.line)
-        if request.type == m.OP_INIT:
-            self.init_resolved()
+                self.answer(request, m.OK, {"node_id": self.node_id, **msg[2]})
 
     def fail_all(self, failures: Iterable[Failure]) -> None:
         for failure in failures:
@@ -284,6 +305,17 @@ class Front:
             if request.deadline <= now:
                 del self.status_waiting[rid]
                 self.fail(Failure(request, Code.TIMEOUT, "the supervisor did not answer"))
+
+    def poll_output(self, poller: zmq.Poller) -> int:
+        """Watch stdout while replies wait for room; the poll's timeout in ms."""
+        want = bool(self.output) and not self.output.waiting_for_room()
+        if want != self._stdout_registered:
+            if want:
+                poller.register(1, zmq.POLLOUT)
+            else:
+                poller.unregister(1)
+            self._stdout_registered = want
+        return 10 if self.output.waiting_for_room() else 100
 
     def idle(self) -> bool:
         return not (self.peers or self.status_waiting or self.after_init)
@@ -307,7 +339,8 @@ class Front:
         stdin_registered = False
         while True:
             backlog = len(self.peers) + len(self.after_init)
-            want_stdin = not self.eof and backlog < MAX_IN_FLIGHT
+            # back-pressure: no more input while the reader is behind
+            want_stdin = not self.eof and backlog < MAX_IN_FLIGHT and not self.output.backed_up()
             if want_stdin != stdin_registered:
                 if want_stdin:
                     poller.register(0, zmq.POLLIN)
@@ -315,9 +348,10 @@ class Front:
                     poller.unregister(0)
                 stdin_registered = want_stdin
             if self.eof and self.idle():
-                self.flush_output()
+                self.output.drain()
+                self.inbox.sync_marks()
                 return 0
-            events = dict(poller.poll(100))
+            events = dict(poller.poll(self.poll_output(poller)))
             if self.control in events:
                 for data in sockets.drain(self.control):
                     self.on_control(m.unpack(data))

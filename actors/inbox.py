@@ -6,14 +6,14 @@ read into the process at all. `take` splices each chunk from the pipe into
 pipe or in the file, never only in a process that can die. It then reads
 the chunk back from the file before its lines are handled. The start of
 each answered line (its byte position in the stream) is appended to
-`front.answered` before the reply is printed. A restarted front reads both
+`front.answered` in the syscall before its reply's write (actors/output.py). A restarted front reads both
 and gets back every line its predecessor read but did not answer
 (front.py decides what to answer). Both files live in the page cache,
 which outlives the process. They are not meant to outlive the machine,
 and neither is the pipe.
 
-Marking a line answered before printing its reply means a front killed
-between the two leaves that one request without a reply, never with two.
+Marking lines answered just before their replies' write means a front killed
+between the two leaves that one write's requests without a reply, never with two.
 Once the inbox passes COMPACT_BYTES, it is rewritten from its oldest open
 line on (temp file, then rename; then the answered file the same way), so it
 holds about what is in flight.

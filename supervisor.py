@@ -28,7 +28,7 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.codes import Exit
-from actors.runtime import setup_logging
+from actors.runtime import STOP_SIGNALS, setup_logging
 from wal import DataDir, DirectoryLocked, WalError
 
 log = setup_logging("supervisor")
@@ -60,6 +60,9 @@ RESTART_BACKOFF_MIN = 0.02  # the second restart in a row waits this long (the f
 RESTART_BACKOFF_MAX = 1.0
 RESTART_INTENSITY = 10  # default --max-restarts of one role ...
 RESTART_WINDOW = 10.0  # ... within --restart-window seconds: stop everything
+STOP_TIMEOUT = 10.0  # default --stop-timeout: a graceful stop's deadline
+FRONT_STOP_NOW_WAIT = 2.0  # a front stopping at once writes its errors, or is killed
+CHILD_STOP_WAIT = 5.0  # the compactor and the writer finish their batch, or are killed
 
 
 @dataclass
@@ -146,8 +149,13 @@ class Supervisor:
         self.children = {role: every[role] for role in self.start_order}
         self.last_recovery: dict | None = None
         self.recoveries: dict[str, dict] = {}  # each role's latest
-        self.stopping = False
+        self.stopping = False  # shut the children down and exit
         self.exit_code = 0
+        self.stop_timeout = args.stop_timeout
+        self.signals = 0  # SIGTERM/SIGINT/SIGHUP received
+        self.stop_mode: str | None = None  # the front's STOP: drain, then now
+        self.stop_deadline = 0.0  # drain until then, then stop at once
+        self.front_kill_at = 0.0  # a front stopping at once is killed after this
 
     # -- status ------------------------------------------------------------
 
@@ -183,6 +191,8 @@ class Supervisor:
                     if peer in self.children:
                         state = "ready" if self.children[peer].state == "ready" else "down"
                         self.tell("front", [m.PEER, peer, state])
+                if self.stop_mode is not None:
+                    self.tell("front", [m.STOP, self.stop_mode])
             following = self.start_order[self.start_order.index(role) + 1 :]
             if following and self.children[following[0]].proc is None:
                 nxt = self.children[following[0]]
@@ -204,8 +214,9 @@ class Supervisor:
         child.last_exit = describe_exit(code)
         child.state = "down"
         proc, child.proc = child.proc, None
-        if child.role == "front" and code == 0:
-            log.info("front finished (stdin closed, every reply written); stopping")
+        if child.role == "front" and (code == 0 or self.stop_mode == m.STOP_NOW):
+            if code == 0:
+                log.info("front finished (every request it read is answered); stopping")
             self.stopping = True
             return
         if self.stopping:
@@ -236,12 +247,50 @@ class Supervisor:
         self.exit_code = 1
         self.stopping = True
 
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.signals += 1
+
+    def watch_stop(self, now: float) -> None:
+        """The graceful stop: on the first signal the front reads no more
+        input and answers everything it read (it exits 0, then the rest stop
+        in order); a second signal, or --stop-timeout passing, stops at once."""
+        if self.signals == 0 or self.stopping:
+            return
+        front = self.children.get("front")
+        if self.stop_mode is None:
+            log.info(
+                "stopping: answering every request read (at most %g s; a second signal "
+                "stops at once)",
+                self.stop_timeout,
+            )
+            self.stop_mode = m.STOP_DRAIN
+            self.stop_deadline = now + self.stop_timeout
+            if front is None or (front.proc is None and front.restart_at is None):
+                self.stopping = True  # no front: nothing read to answer
+                return
+        if self.stop_mode == m.STOP_DRAIN and (self.signals > 1 or now >= self.stop_deadline):
+            why = "a second signal" if self.signals > 1 else f"{self.stop_timeout:g} s passed"
+            log.warning("stopping at once (%s): requests in flight get their errors", why)
+            self.stop_mode = m.STOP_NOW
+            self.exit_code = Exit.FAILED
+            self.front_kill_at = now + FRONT_STOP_NOW_WAIT
+        if front.proc is None:
+            if self.stop_mode == m.STOP_NOW:
+                self.stopping = True
+            return
+        self.tell("front", [m.STOP, self.stop_mode])  # again each pass: it may have just started
+        if self.stop_mode == m.STOP_NOW and now >= self.front_kill_at:
+            log.error("the front did not stop in time; killing pid %d", front.proc.pid)
+            front.proc.kill()
+
     def run(self) -> int:
         # SIGCHLD wakes the loop at once: a dead writer's successor starts
-        # without waiting out a poll interval.
+        # without waiting out a poll interval (and a stop signal likewise).
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self.on_signal)
         signal.set_wakeup_fd(wake_w)
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
@@ -256,11 +305,14 @@ class Supervisor:
                 elif child.restart_at is not None and time.monotonic() >= child.restart_at:
                     child.restarts += 1
                     child.start()
+            self.watch_stop(time.monotonic())
             if self.stopping:
                 signal.set_wakeup_fd(-1)
                 return self.shutdown()
             due = [c.restart_at for c in self.children.values() if c.restart_at is not None]
             wait = 1.0 if not due else max(0.0, min(due) - time.monotonic())
+            if self.stop_mode is not None:
+                wait = min(wait, 0.1)
             events = dict(poller.poll(wait * 1000))
             if wake_r in events:
                 os.read(wake_r, 4096)
@@ -269,19 +321,19 @@ class Supervisor:
                     self.on_message(ident, m.unpack(data))
 
     def shutdown(self) -> int:
-        """Stop the front, the compactor, then the writer (which syncs and exits)."""
+        """Stop the front (if it still runs: a child gave up), the compactor,
+        then the writer (which commits what it holds and exits)."""
+        wait = CHILD_STOP_WAIT if self.stop_mode != m.STOP_NOW else FRONT_STOP_NOW_WAIT
         for role in reversed(self.start_order):
             child = self.children[role]
             if child.proc is None:
                 continue
-            if role == "front":
-                child.proc.terminate()
-            else:
-                self.control.send_multipart([role.encode(), m.pack([m.STOP])])
+            stop = [m.STOP, m.STOP_NOW] if role == "front" else [m.STOP]
+            self.control.send_multipart([role.encode(), m.pack(stop)])
             try:
-                child.proc.wait(timeout=5)
+                child.proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
-                log.error("%s did not stop in 5 s; killing pid %d", role, child.proc.pid)
+                log.error("%s did not stop in %g s; killing pid %d", role, wait, child.proc.pid)
                 child.proc.kill()
                 child.proc.wait()
         self.control.close()
@@ -366,6 +418,13 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--insecure", action="store_true", help="plain tcp without CURVE (a warning is logged)"
     )
     p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=STOP_TIMEOUT,
+        help="on SIGTERM/SIGINT/SIGHUP, seconds to answer every request read before "
+        "stopping at once (10; a second signal stops at once)",
+    )
+    p.add_argument(
         "--max-restarts",
         type=int,
         default=RESTART_INTENSITY,
@@ -437,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     check_topology(p, args)
+    if not 0 < args.stop_timeout <= 3600:
+        p.error(f"--stop-timeout must be in (0, 3600] seconds, got {args.stop_timeout:g}")
     run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect
     try:
         data_dir = lock_fd = None
@@ -456,8 +517,6 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("cannot use data directory %s: %s", data_dir, err)
                 return 2
         sup = Supervisor(args, data_dir, run_dir, lock_fd)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda *_: setattr(sup, "stopping", True))
         return sup.run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

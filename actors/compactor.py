@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 
@@ -24,7 +23,7 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.codes import Code, Exit
-from actors.runtime import die_with_parent, setup_logging
+from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from wal import CorruptionError, DiskFull, WalError, fsyncbench, snapshot
 from wal.datadir import DataDir
 from wal.statemachine import StateMachine
@@ -312,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()  # the supervisor decides for us
     comp = Compactor(
         DataDir(args.data_dir, create=False),
         snapshot_every=args.snapshot_every,

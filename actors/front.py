@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -23,7 +22,7 @@ import zmq
 
 from actors import messages as m
 from actors import sockets
-from actors.codes import Code
+from actors.codes import Code, Exit
 from actors.front_state import FrontState
 from actors.inbox import Inbox
 from actors.output import Output
@@ -37,13 +36,14 @@ from actors.requests import (
     parse_request,
     recover_reply,
 )
-from actors.runtime import die_with_parent, setup_logging
+from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from actors.sockets import Remote
 
 log = setup_logging("front")
 
 READ_CHUNK = 1 << 20
 MAX_IN_FLIGHT = 20_000  # stop reading stdin past this many unanswered requests
+STOP_NOW_WRITE_WAIT = 1.0  # seconds a stop at once waits for the reader to take the errors
 # What a restarted front does not redo for its predecessor: the request may
 # have reached its peer already, so it gets error 13 instead.
 CHANGES_STATE = frozenset(
@@ -85,6 +85,7 @@ class Front:
         self.output = Output(1, self.inbox)
         self.replies = ReplyFormatter()
         self.eof = False
+        self.stop_mode: str | None = None  # the supervisor's STOP: drain or now
         self._stdout_registered = False
 
     @property
@@ -294,6 +295,20 @@ class Front:
             request = self.status_waiting.pop(msg[1], None)
             if request is not None:
                 self.answer(request, m.OK, {"node_id": self.node_id, **msg[2]})
+        elif kind == m.STOP and self.stop_mode != m.STOP_NOW:
+            self.stop_mode = msg[1]
+            if self.stop_mode == m.STOP_NOW:
+                self.stop_now()
+
+    def stop_now(self) -> None:
+        """Answer everything in flight with its error (13 for what a peer
+        held, 11 for what was not sent); nothing more is sent."""
+        log.warning("stopping at once: answering %d requests in flight", len(self.peers))
+        self.fail_all(self.peers.stop_now())
+        for request in self.status_waiting.values():
+            text = "walnode was stopped at once before the supervisor answered"
+            self.fail(Failure(request, Code.TEMPORARILY_UNAVAILABLE, text))
+        self.status_waiting.clear()
 
     def fail_all(self, failures: Iterable[Failure]) -> None:
         for failure in failures:
@@ -340,17 +355,25 @@ class Front:
         while True:
             backlog = len(self.peers) + len(self.after_init)
             # back-pressure: no more input while the reader is behind
-            want_stdin = not self.eof and backlog < MAX_IN_FLIGHT and not self.output.backed_up()
+            want_stdin = (
+                not self.eof
+                and self.stop_mode is None
+                and backlog < MAX_IN_FLIGHT
+                and not self.output.backed_up()
+            )
             if want_stdin != stdin_registered:
                 if want_stdin:
                     poller.register(0, zmq.POLLIN)
                 else:
                     poller.unregister(0)
                 stdin_registered = want_stdin
-            if self.eof and self.idle():
-                self.output.drain()
+            if self.stop_mode == m.STOP_NOW:
+                self.output.drain(time.monotonic() + STOP_NOW_WRITE_WAIT)
                 self.inbox.sync_marks()
-                return 0
+                return Exit.FAILED
+            if (self.eof or self.stop_mode == m.STOP_DRAIN) and self.idle() and not self.output:
+                self.inbox.sync_marks()
+                return Exit.OK  # every request read is answered and written
             events = dict(poller.poll(self.poll_output(poller)))
             if self.control in events:
                 for data in sockets.drain(self.control):
@@ -384,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()  # the supervisor decides for us
     ctx = zmq.Context()
     front = Front(
         ctx,

@@ -6,8 +6,9 @@ read into the process at all. `take` splices each chunk from the pipe into
 pipe or in the file, never only in a process that can die. It then reads
 the chunk back from the file before its lines are handled. The start of
 each answered line (its byte position in the stream) is appended to
-`front.answered` in the syscall before its reply's write (actors/output.py). A restarted front reads both
-and gets back every line its predecessor read but did not answer
+`front.answered` in the syscall before its reply's write
+(actors/output.py). A restarted front reads both and gets back every line
+its predecessor read but did not answer
 (front.py decides what to answer). Both files live in the page cache,
 which outlives the process. They are not meant to outlive the machine,
 and neither is the pipe.

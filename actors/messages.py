@@ -32,6 +32,10 @@ child <-> supervisor (DEALER with identity = role -> ROUTER):
     supervisor -> child:  [STATUS, rid, status_dict]
                           [PEER, role, state]              "ready" or "down"
                           [STOP]                           finish and exit 0
+                          [STOP, mode]                     to the front: STOP_DRAIN (read
+                                                           no more, answer what was read,
+                                                           exit 0) or STOP_NOW (answer what
+                                                           is in flight with its error now)
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ READY = "ready"
 STATUS = "status"
 PEER = "peer"
 STOP = "stop"
+STOP_DRAIN = "drain"
+STOP_NOW = "now"
 NOTICE = "notice"
 
 OP_INIT = "init"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
 import time
 from collections import deque
@@ -29,7 +28,7 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.codes import Code, Exit
-from actors.runtime import die_with_parent, setup_logging
+from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from wal import (
     CorruptionError,
     DataDir,
@@ -391,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
-    # Ctrl-C reaches the whole process group; the supervisor decides for us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()  # the supervisor decides for us
     policy = FsyncPolicy.parse(args.fsync)
     # Fault injection for tests: a slow start keeps the writer down for a while.
     time.sleep(float(os.environ.get("WALNODE_FAULT_WRITER_START_DELAY", "0")))

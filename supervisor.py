@@ -28,6 +28,7 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.codes import Exit
+from actors.inbox import default_max_line_bytes
 from actors.runtime import STOP_SIGNALS, setup_logging
 from wal import DataDir, DirectoryLocked, WalError
 
@@ -135,6 +136,8 @@ class Supervisor:
         front_argv += [
             "--max-payload-bytes",
             str(args.max_payload_bytes),
+            "--max-line-bytes",
+            str(args.max_line_bytes or default_max_line_bytes(args.max_payload_bytes)),
             "--request-timeout",
             str(args.request_timeout),
             "--unavailable-wait",
@@ -361,6 +364,13 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--max-payload-bytes", type=int, default=1 << 20, help="largest payload accepted (1 MiB)"
     )
     p.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=None,
+        help="longer request lines are refused (error 12) as they stream in, never held "
+        "whole (default: 6 x --max-payload-bytes + 64 KiB, room for any escaping)",
+    )
+    p.add_argument(
         "--request-timeout",
         type=float,
         default=10.0,
@@ -496,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     check_topology(p, args)
+    if args.max_line_bytes is not None and not 4096 <= args.max_line_bytes <= 1 << 32:
+        p.error(f"--max-line-bytes must be in [4096, 2**32], got {args.max_line_bytes}")
     if not 0 < args.stop_timeout <= 3600:
         p.error(f"--stop-timeout must be in (0, 3600] seconds, got {args.stop_timeout:g}")
     run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect

@@ -24,7 +24,7 @@ from actors import messages as m
 from actors import sockets
 from actors.codes import Code, Exit
 from actors.front_state import FrontState
-from actors.inbox import Inbox
+from actors.inbox import Inbox, OverlongLine, default_max_line_bytes
 from actors.output import Output
 from actors.peers import ROUTES, Failure, Peers, Pending
 from actors.requests import (
@@ -33,6 +33,7 @@ from actors.requests import (
     ReplyFormatter,
     Validators,
     check_msg_id,
+    overlong_envelope,
     parse_request,
     recover_reply,
 )
@@ -58,6 +59,7 @@ class Front:
         run_dir: str,
         *,
         max_payload_bytes: int,
+        max_line_bytes: int,
         request_timeout: float,
         unavailable_wait: float,
         remote: Remote | None = None,
@@ -77,7 +79,7 @@ class Front:
         self.forwarded = {name: getattr(self.validators, name) for name in ROUTES}
         self.known_types = frozenset([*self.forwarded, "wal_recover", "status"])
         self.state = FrontState(run_dir)
-        self.inbox = Inbox(run_dir)
+        self.inbox = Inbox(run_dir, max_line_bytes)
         self.init_pending = False  # an init is at the writer; later lines wait for it
         self.after_init: list[tuple[bytes, int, bool]] = []
         self.next_rid = 0
@@ -180,6 +182,8 @@ class Front:
     def handle_line(self, line: bytes, start: int, inherited: bool) -> bool:
         """True if the line is answered later: it went on to a peer or the
         supervisor, or its reply is queued (the output marks it)."""
+        if type(line) is OverlongLine:
+            return self.refuse_overlong(line, start, inherited)
         if not line.strip():
             return False
         try:
@@ -239,6 +243,29 @@ class Front:
         op = m.OP_SYNC if typ == m.OP_SNAPSHOT else typ
         self.forward(self.new_rid(), op, arg, request)
         return True
+
+    def refuse_overlong(self, head: OverlongLine, start: int, inherited: bool) -> bool:
+        """A line over --max-line-bytes, refused as it streams in: error 12
+        if its first bytes name a msg_id, else logged and skipped."""
+        client, node, msg_id = overlong_envelope(head)
+        limit = self.inbox.max_line_bytes
+        if msg_id is None:
+            if not inherited:
+                log.warning(
+                    "skipping a line over %d bytes (--max-line-bytes) whose first %d bytes "
+                    "name no msg_id: %r",
+                    limit,
+                    len(head),
+                    head[:200],
+                )
+            return False
+        text = (
+            f"the request line is longer than {limit} bytes (--max-line-bytes), so it was "
+            f"not read; payloads may be at most {self.validators.max_payload_bytes} bytes "
+            f"(--max-payload-bytes): split it"
+        )
+        src = self.node_id if self.node_id is not None else node
+        return self.emit_error(src, client, msg_id, Code.MALFORMED_REQUEST, {"text": text}, start)
 
     def forward(self, rid: int, op: str, arg: Any, request: Pending) -> None:
         failure = self.peers.forward(rid, op, arg, request)
@@ -400,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walnode-front")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--max-payload-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-line-bytes", type=int, default=None)
     p.add_argument("--request-timeout", type=float, default=10.0)
     p.add_argument("--unavailable-wait", type=float, default=2.0)
     p.add_argument("--parent-pid", type=int, default=None)
@@ -413,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx,
         args.run_dir,
         max_payload_bytes=args.max_payload_bytes,
+        max_line_bytes=args.max_line_bytes or default_max_line_bytes(args.max_payload_bytes),
         request_timeout=args.request_timeout,
         unavailable_wait=args.unavailable_wait,
         remote=sockets.remote_from(args.connect, args),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,3 +261,26 @@ class ReplyFormatter:
                 self._json_strs.clear()
             encoded = self._json_strs[text] = json.dumps(text)
         return encoded
+
+
+# The envelope of a line too long to parse, as far as its first bytes name it.
+# A key cannot be mistaken inside a string, where quotes are escaped.
+_ENVELOPE_STR = {
+    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*("(?:[^"\\]|\\.)*")')
+    for name in ("src", "dest")
+}
+_ENVELOPE_MSG_ID = re.compile(rb'"msg_id"\s*:\s*(-?\d{1,19})\s*[,}]')
+
+
+def overlong_envelope(head: bytes) -> tuple[Any, Any, int | None]:
+    """(client, node, msg_id) of an over-long line from its first bytes;
+    None for what they do not name."""
+    found: dict[str, Any] = {}
+    for name, pattern in _ENVELOPE_STR.items():
+        match = pattern.search(head)
+        try:
+            found[name] = json.loads(match.group(1)) if match else None
+        except ValueError:
+            found[name] = None
+    match = _ENVELOPE_MSG_ID.search(head)
+    return found["src"], found["dest"], int(match.group(1)) if match else None

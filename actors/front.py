@@ -11,7 +11,6 @@ the sockets, so reading never blocks replies.
 from __future__ import annotations
 
 import argparse
-import json
 import mmap
 import os
 import signal
@@ -25,13 +24,14 @@ import zmq.utils.monitor
 
 from actors import messages as m
 from actors import sockets
+from actors.codes import Code
 from actors.inbox import Inbox
 from actors.requests import (
     BadRequest,
     NotARequest,
     ReplyFormatter,
     Validators,
-    check_msg_id,
+    check_request,
     parse_request,
     recover_reply,
 )
@@ -223,9 +223,11 @@ class Front:
             log.exception("could not handle line %r", line[:200])
             forwarded = False
             try:
-                body = json.loads(line)["body"]
+                request = parse_request(line)
+                src = self.node_id if self.node_id is not None else request.node
                 text = "walnode failed to handle this request (a bug, logged); it was not applied"
-                self.emit_error(self.node_id, None, body.get("msg_id"), 12, {"text": text})
+                code = Code.MALFORMED_REQUEST
+                self.emit_error(src, request.client, request.msg_id, code, {"text": text})
             except Exception:
                 pass
         if not forwarded:
@@ -247,7 +249,7 @@ class Front:
         src = self.node_id if self.node_id is not None else request.node
         msg_id = request.msg_id
         try:
-            check_msg_id(msg_id)
+            check_request(request, self.known_types)
         except BadRequest as err:
             self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
             return False
@@ -271,11 +273,7 @@ class Front:
                 self.status_waiting[rid] = [src, dest, msg_id, time.monotonic() + 5, start]
                 self.control.send(m.pack([m.STATUS, rid]))
                 return True
-            validate = self.forwarded.get(typ)
-            if validate is None:
-                known = ", ".join(sorted(self.known_types))
-                raise BadRequest(10, f"unknown message type {typ!r}; walnode serves {known}")
-            arg = validate(body)
+            arg = self.forwarded[typ](body)  # check_request refused unknown types
         except BadRequest as err:
             self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
             return False

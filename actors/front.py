@@ -25,6 +25,7 @@ import zmq.utils.monitor
 from actors import messages as m
 from actors import sockets
 from actors.codes import Code
+from actors.config import FrontConfig, add_process_flags
 from actors.inbox import Inbox
 from actors.requests import (
     BadRequest,
@@ -510,13 +511,11 @@ class Front:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walnode-front")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--max-payload-bytes", type=int, default=1 << 20)
-    p.add_argument("--request-timeout", type=float, default=10.0)
-    p.add_argument("--unavailable-wait", type=float, default=2.0)
-    p.add_argument("--parent-pid", type=int, default=None)
+    add_process_flags(p, data_dir=False)
+    FrontConfig.add_flags(p)
     sockets.add_remote_flags(p, "--connect")
     args = p.parse_args(argv)
+    config = FrontConfig.from_args(args)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -524,9 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     front = Front(
         ctx,
         args.run_dir,
-        max_payload_bytes=args.max_payload_bytes,
-        request_timeout=args.request_timeout,
-        unavailable_wait=args.unavailable_wait,
+        max_payload_bytes=config.max_payload_bytes,
+        request_timeout=config.request_timeout,
+        unavailable_wait=config.unavailable_wait,
         remote=sockets.remote_from(args.connect, args),
     )
     return front.run()

@@ -394,7 +394,7 @@ class Validators:
         if not isinstance(ids, list):
             raise BadRequest(Code.MALFORMED_REQUEST, "node_ids must be a list of strings")
         for i, other in enumerate(ids):
-            _node_id(_str({"node_ids": other}, "node_ids"), f"node_ids[{i}]")
+            _node_id(_str({f"node_ids[{i}]": other}, f"node_ids[{i}]"), f"node_ids[{i}]")
         return [node_id, ids]
 
     def wal_append(self, body: dict) -> bytes:

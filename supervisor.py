@@ -12,7 +12,6 @@ them when the supervisor dies, so even a SIGKILL leaves no orphans.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.codes import Exit
-from actors.inbox import default_max_line_bytes
+from actors.config import NodeConfig, process_argv
 from actors.runtime import STOP_SIGNALS, setup_logging
 from wal import DataDir, DirectoryLocked, WalError
 
@@ -59,11 +58,13 @@ CHILD_ENV = {
 
 RESTART_BACKOFF_MIN = 0.02  # the second restart in a row waits this long (the first: none)
 RESTART_BACKOFF_MAX = 1.0
-RESTART_INTENSITY = 10  # default --max-restarts of one role ...
-RESTART_WINDOW = 10.0  # ... within --restart-window seconds: stop everything
-STOP_TIMEOUT = 10.0  # default --stop-timeout: a graceful stop's deadline
 FRONT_STOP_NOW_WAIT = 2.0  # a front stopping at once writes its errors, or is killed
 CHILD_STOP_WAIT = 5.0  # the compactor and the writer finish their batch, or are killed
+
+
+def child(role: str) -> list[str]:
+    """The command that starts a role's process (its flags follow)."""
+    return [sys.executable, "-m", f"actors.{role}"]
 
 
 @dataclass
@@ -103,58 +104,36 @@ def describe_exit(code: int) -> str:
 
 class Supervisor:
     def __init__(
-        self, args: argparse.Namespace, data_dir: str | None, run_dir: str, lock_fd: int | None
+        self, config: NodeConfig, data_dir: str | None, run_dir: str, lock_fd: int | None
     ) -> None:
         self.run_dir = run_dir
-        self.max_restarts, self.restart_window = args.max_restarts, args.restart_window
+        self.max_restarts = config.supervisor.max_restarts
+        self.restart_window = config.supervisor.restart_window
         self.ctx = zmq.Context()
         self.control = sockets.bind_router(
             self.ctx, sockets.supervisor_endpoint(run_dir), handover=True
         )
-        py = sys.executable
-        common = ["--run-dir", run_dir, "--parent-pid", str(os.getpid())]
-        listen = args.remote.argv("--listen") if args.listen else []
-        writer_argv = [py, "-m", "actors.writer", *common, *listen]
-        writer_argv += ["--data-dir", data_dir, "--fsync", args.fsync, "--lock-fd", str(lock_fd)]
-        if args.max_segment_bytes is not None:
-            writer_argv += ["--max-segment-bytes", str(args.max_segment_bytes)]
-        compactor_argv = [py, "-m", "actors.compactor", *common, *listen, "--data-dir", data_dir]
-        compactor_argv += [
-            "--snapshot-every",
-            str(args.snapshot_every),
-            "--snapshot-every-bytes",
-            str(args.snapshot_every_bytes),
-            "--keep-entries",
-            str(args.keep_entries),
-            "--keep-snapshots",
-            str(args.keep_snapshots),
-        ]
-        if args.no_auto_compact:
-            compactor_argv.append("--no-auto-compact")
-        connect = args.remote.argv("--connect") if args.connect else []
-        front_argv = [py, "-m", "actors.front", *common, *connect]
-        front_argv += [
-            "--max-payload-bytes",
-            str(args.max_payload_bytes),
-            "--max-line-bytes",
-            str(args.max_line_bytes or default_max_line_bytes(args.max_payload_bytes)),
-            "--request-timeout",
-            str(args.request_timeout),
-            "--unavailable-wait",
-            str(args.unavailable_wait),
-        ]
+        me = os.getpid()
+        listen = config.listen.argv("--listen") if config.listen else []
+        connect = config.connect.argv("--connect") if config.connect else []
+        writer_argv = [*child("writer"), *process_argv(run_dir, me, data_dir), *listen]
+        writer_argv += ["--lock-fd", str(lock_fd), *config.writer.argv()]
+        compactor_argv = [*child("compactor"), *process_argv(run_dir, me, data_dir), *listen]
+        compactor_argv += config.compactor.argv()
+        front_argv = [*child("front"), *process_argv(run_dir, me), *connect]
+        front_argv += config.front.argv()
         every = {
             "writer": Child("writer", writer_argv, pass_fds=(lock_fd,) if lock_fd else ()),
             "compactor": Child("compactor", compactor_argv),
             "front": Child("front", front_argv, inherit_stdio=True),
         }
-        self.start_order = [role for role in every if role in args.roles]
+        self.start_order = [role for role in every if role in config.roles]
         self.children = {role: every[role] for role in self.start_order}
         self.last_recovery: dict | None = None
         self.recoveries: dict[str, dict] = {}  # each role's latest
         self.stopping = False  # shut the children down and exit
         self.exit_code = 0
-        self.stop_timeout = args.stop_timeout
+        self.stop_timeout = config.supervisor.stop_timeout
         self.signals = 0  # SIGTERM/SIGINT/SIGHUP received
         self.stop_mode: str | None = None  # the front's STOP: drain, then now
         self.stop_deadline = 0.0  # drain until then, then stop at once
@@ -344,195 +323,28 @@ class Supervisor:
         return self.exit_code
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        help="keep the log here across runs (default: a fresh directory per run, named on stderr)",
-    )
-    p.add_argument(
-        "--fsync",
-        default="always",
-        help="always (default: ack after fsync, group commit), interval:MSms, or never",
-    )
-    p.add_argument(
-        "--max-segment-bytes",
-        type=int,
-        default=None,
-        help="roll segments at this size (default 64 MiB, or the directory's saved setting)",
-    )
-    p.add_argument(
-        "--max-payload-bytes", type=int, default=1 << 20, help="largest payload accepted (1 MiB)"
-    )
-    p.add_argument(
-        "--max-line-bytes",
-        type=int,
-        default=None,
-        help="longer request lines are refused (error 12) as they stream in, never held "
-        "whole (default: 6 x --max-payload-bytes + 64 KiB, room for any escaping)",
-    )
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for the writer before answering error 0 (timeout)",
-    )
-    p.add_argument(
-        "--snapshot-every",
-        type=int,
-        default=100_000,
-        help="take a snapshot automatically every N entries (100000, etcd's default)",
-    )
-    p.add_argument(
-        "--snapshot-every-bytes",
-        type=int,
-        default=64 << 20,
-        help="... or every B bytes of appended records (64 MiB), whichever comes first",
-    )
-    p.add_argument(
-        "--keep-entries",
-        type=int,
-        default=5_000,
-        help="after an automatic snapshot, compact keeping this many entries behind it (5000)",
-    )
-    p.add_argument(
-        "--keep-snapshots", type=int, default=3, help="snapshot files kept; older ones pruned (3)"
-    )
-    p.add_argument(
-        "--no-auto-compact", action="store_true", help="no automatic snapshots or compaction"
-    )
-    p.add_argument(
-        "--unavailable-wait",
-        type=float,
-        default=2.0,
-        help="seconds a request waits for a restarting writer before error 11",
-    )
-    p.add_argument(
-        "--roles",
-        default=None,
-        help="the processes this host runs: writer,compactor,front (default), writer,compactor "
-        "(the log side, with --listen) or front (with --connect)",
-    )
-    p.add_argument(
-        "--listen",
-        metavar="tcp://HOST:PORT",
-        help="log side: serve remote fronts here (writer at PORT, compactor at PORT+1)",
-    )
-    p.add_argument(
-        "--connect",
-        metavar="tcp://HOST:PORT",
-        help="a front only: reach the log side's --listen endpoint (implies --roles front)",
-    )
-    p.add_argument("--keys", metavar="KEYDIR", help="CURVE keys for tcp (walctl keygen KEYDIR)")
-    p.add_argument("--key-name", default="client", help="this front's key pair in KEYDIR (client)")
-    p.add_argument(
-        "--insecure", action="store_true", help="plain tcp without CURVE (a warning is logged)"
-    )
-    p.add_argument(
-        "--stop-timeout",
-        type=float,
-        default=STOP_TIMEOUT,
-        help="on SIGTERM/SIGINT/SIGHUP, seconds to answer every request read before "
-        "stopping at once (10; a second signal stops at once)",
-    )
-    p.add_argument(
-        "--max-restarts",
-        type=int,
-        default=RESTART_INTENSITY,
-        help="a role restarted more than this often within --restart-window stops the node (10)",
-    )
-    p.add_argument(
-        "--restart-window",
-        type=float,
-        default=RESTART_WINDOW,
-        help="seconds over which --max-restarts is counted (10)",
-    )
-
-
-def check_topology(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Settle --roles, --listen and --connect, or exit 2 saying what to pass."""
-    if args.roles is None:
-        args.roles = "front" if args.connect else "writer,compactor,front"
-    roles = set(args.roles.split(","))
-    if not roles or not roles <= {"writer", "compactor", "front"}:
-        p.error(f"--roles is a comma-separated subset of writer,compactor,front, got {args.roles}")
-    if roles not in ({"writer", "compactor", "front"}, {"writer", "compactor"}, {"front"}):
-        p.error(
-            "--roles must be writer,compactor,front (one host), writer,compactor (the log "
-            "side) or front (with --connect)"
-        )
-    if roles == {"front"} and not args.connect:
-        p.error("--roles front needs --connect tcp://HOST:PORT (the log side's --listen)")
-    if args.connect and "writer" in roles:
-        p.error("--connect is for a front without a local writer: --roles front")
-    if args.listen and "writer" not in roles:
-        p.error("--listen is for the log side: --roles writer,compactor")
-    args.roles = roles
-    endpoint = args.listen or args.connect
-    args.remote = None
-    if endpoint is None:
-        return
-    try:
-        sockets.parse_tcp(endpoint)
-    except ValueError as err:
-        p.error(str(err))
-    if args.keys is None and not args.insecure:
-        p.error(
-            "tcp needs CURVE keys: --keys KEYDIR (make them with `walctl keygen "
-            "KEYDIR`), or --insecure for plain tcp that anyone on the network can use"
-        )
-    if args.insecure:
-        log.warning("--insecure: %s is plain tcp, unauthenticated and unencrypted", endpoint)
-    args.remote = sockets.remote_from(endpoint, args)
-    if args.keys is not None and not args.insecure:
-        name = sockets.SERVER_KEY if args.listen else args.key_name
-        try:
-            sockets.key_pair(args.keys, name)
-            sockets.public_key(args.keys, sockets.SERVER_KEY)
-        except (OSError, ValueError) as err:
-            p.error(
-                f"cannot read the keys in {args.keys} ({err}); make them with "
-                f"`walctl keygen {args.keys}`"
-            )
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="walnode", description="a durable write-ahead log node")
-    add_flags(p)
-    args = p.parse_args(argv)
-    from actors.writer import FsyncPolicy  # validate before starting anything
-
-    try:
-        FsyncPolicy.parse(args.fsync)
-    except ValueError as err:
-        p.error(str(err))
-    check_topology(p, args)
-    if args.max_line_bytes is not None and not 4096 <= args.max_line_bytes <= 1 << 32:
-        p.error(f"--max-line-bytes must be in [4096, 2**32], got {args.max_line_bytes}")
-    if not 0 < args.stop_timeout <= 3600:
-        p.error(f"--stop-timeout must be in (0, 3600] seconds, got {args.stop_timeout:g}")
+def run(config: NodeConfig) -> int:
+    """Run one walnode: take the data directory, start the processes, stop
+    them at the end; the exit status (Exit)."""
     run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect
     try:
         data_dir = lock_fd = None
-        if "writer" in args.roles:
-            if args.data_dir is None:
+        if "writer" in config.roles:
+            if config.data_dir is None:
                 data_dir = tempfile.mkdtemp(prefix="walnode-data-")
                 log.info("no --data-dir given: this run keeps its log in %s", data_dir)
             else:
-                data_dir = args.data_dir
+                data_dir = config.data_dir
             try:
                 datadir = DataDir(data_dir)
                 lock_fd = datadir.lock(f"walnode supervisor pid {os.getpid()}")
             except DirectoryLocked as err:
                 log.error("%s", err)
-                return 2
+                return Exit.USAGE
             except (WalError, OSError) as err:
                 log.error("cannot use data directory %s: %s", data_dir, err)
-                return 2
-        sup = Supervisor(args, data_dir, run_dir, lock_fd)
+                return Exit.USAGE
+        sup = Supervisor(config, data_dir, run_dir, lock_fd)
         return sup.run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

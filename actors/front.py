@@ -11,7 +11,6 @@ the sockets, so reading never blocks replies.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,8 +22,9 @@ import zmq
 from actors import messages as m
 from actors import sockets
 from actors.codes import Code, Exit
+from actors.config import FrontConfig, add_process_flags
 from actors.front_state import FrontState
-from actors.inbox import Inbox, OverlongLine, default_max_line_bytes
+from actors.inbox import Inbox, OverlongLine
 from actors.output import Output
 from actors.peers import ROUTES, Failure, Peers, Pending
 from actors.requests import (
@@ -32,7 +32,7 @@ from actors.requests import (
     NotARequest,
     ReplyFormatter,
     Validators,
-    check_msg_id,
+    check_request,
     overlong_envelope,
     parse_request,
     recover_reply,
@@ -164,15 +164,12 @@ class Front:
             log.exception("could not handle line %r", line[:200])
             later = False
             try:
-                body = json.loads(line)["body"]
+                request = parse_request(line)
+                src = self.node_id if self.node_id is not None else request.node
                 text = "walnode failed to handle this request (a bug, logged); it was not applied"
+                code = Code.MALFORMED_REQUEST
                 later = self.emit_error(
-                    self.node_id,
-                    None,
-                    body.get("msg_id"),
-                    Code.MALFORMED_REQUEST,
-                    {"text": text},
-                    start,
+                    src, request.client, request.msg_id, code, {"text": text}, start
                 )
             except Exception:
                 pass
@@ -198,7 +195,7 @@ class Front:
         src = self.node_id if self.node_id is not None else request.node
         msg_id = request.msg_id
         try:
-            check_msg_id(msg_id)
+            check_request(request, self.known_types)
         except BadRequest as err:
             return self.emit_error(src, dest, msg_id, err.code, {"text": err.text}, start)
         if inherited and typ in CHANGES_STATE:
@@ -224,13 +221,7 @@ class Front:
                 self.status_waiting[rid] = request
                 self.control.send(m.pack([m.STATUS, rid]))
                 return True
-            validate = self.forwarded.get(typ)
-            if validate is None:
-                known = ", ".join(sorted(self.known_types))
-                raise BadRequest(
-                    Code.NOT_SUPPORTED, f"unknown message type {typ!r}; walnode serves {known}"
-                )
-            arg = validate(body)
+            arg = self.forwarded[typ](body)  # check_request refused unknown types
         except BadRequest as err:
             return self.emit_error(src, dest, msg_id, err.code, {"text": err.text}, start)
         if typ == m.OP_KV_GET:  # read-your-writes: every acknowledged append first
@@ -425,14 +416,11 @@ class Front:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walnode-front")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--max-payload-bytes", type=int, default=1 << 20)
-    p.add_argument("--max-line-bytes", type=int, default=None)
-    p.add_argument("--request-timeout", type=float, default=10.0)
-    p.add_argument("--unavailable-wait", type=float, default=2.0)
-    p.add_argument("--parent-pid", type=int, default=None)
+    add_process_flags(p, data_dir=False)
+    FrontConfig.add_flags(p)
     sockets.add_remote_flags(p, "--connect")
     args = p.parse_args(argv)
+    config = FrontConfig.from_args(args)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     ignore_stop_signals()  # the supervisor decides for us
@@ -440,10 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     front = Front(
         ctx,
         args.run_dir,
-        max_payload_bytes=args.max_payload_bytes,
-        max_line_bytes=args.max_line_bytes or default_max_line_bytes(args.max_payload_bytes),
-        request_timeout=args.request_timeout,
-        unavailable_wait=args.unavailable_wait,
+        max_payload_bytes=config.max_payload_bytes,
+        max_line_bytes=config.line_limit,
+        request_timeout=config.request_timeout,
+        unavailable_wait=config.unavailable_wait,
         remote=sockets.remote_from(args.connect, args),
     )
     return front.run()

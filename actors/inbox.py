@@ -56,14 +56,6 @@ HEADER = struct.Struct("<QQ")  # base position, inside an over-long line
 COMPACT_BYTES = 4 << 20
 PREFIX_BYTES = 4096  # of an over-long line: where the front looks for its msg_id
 COPY_CHUNK = 1 << 20
-# A payload within --max-payload-bytes fits a line this long whatever its
-# JSON escaping (\u0000 is 6 bytes for 1), with room for the envelope.
-LINE_ENVELOPE_BYTES = 64 << 10
-
-
-def default_max_line_bytes(max_payload_bytes: int) -> int:
-    """--max-line-bytes when not given."""
-    return 6 * max_payload_bytes + LINE_ENVELOPE_BYTES
 
 
 class OverlongLine(bytes):

@@ -6,7 +6,7 @@
 It builds four network namespaces: three "hosts" and a "switch" that holds
 a bridge, each host joined to the bridge by a veth pair:
 
-    wn<pid>-log  10.77.0.1  supervisor.py --roles writer,compactor
+    wn<pid>-log  10.77.0.1  node.py --roles writer,compactor
                             --listen tcp://10.77.0.1:7000 (compactor :7001)
     wn<pid>-a    10.77.0.2  node.py --connect tcp://10.77.0.1:7000   (node n1)
     wn<pid>-b    10.77.0.3  node.py --connect tcp://10.77.0.1:7000   (node n2)
@@ -379,7 +379,7 @@ class Demo:
         self.data_dir = data
         self.log_stderr = os.path.join(self.work, "log", "stderr.log")
         argv = [
-            "ip", "netns", "exec", self.ns("log"), self.py, os.path.join(REPO, "supervisor.py"),
+            "ip", "netns", "exec", self.ns("log"), self.py, os.path.join(REPO, "node.py"),
             "--roles", "writer,compactor", "--listen", self.endpoint,
             "--data-dir", data, "--keys", keys,
         ]  # fmt: skip
@@ -479,7 +479,7 @@ class Demo:
         a = self.args
         say(f"walnode across hosts: network namespaces on one machine (work dir {self.work})")
         say(
-            f"  {self.ns('log'):<14} {self.addr('log'):<10} log host: supervisor.py --roles "
+            f"  {self.ns('log'):<14} {self.addr('log'):<10} log host: node.py --roles "
             f"writer,compactor --listen {self.endpoint} (compactor on :{PORT + 1})"
         )
         for host, node_id in FRONTS.items():

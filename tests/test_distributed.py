@@ -1,6 +1,6 @@
 """Distributed deployment (issue #6): fronts on other hosts reach one writer over tcp.
 
-The log side runs as `supervisor.py --roles writer,compactor --listen tcp://...`
+The log side runs as `node.py --roles writer,compactor --listen tcp://...`
 (no front, no stdin); each front is `node.py --connect tcp://...`, the usual
 JSON lines on its stdin and stdout. Everything runs on 127.0.0.1 with real
 processes, CURVE keys from `walctl keygen`, and real kills by pid.
@@ -23,7 +23,7 @@ import pytest
 
 from tests.nodeproc import REPO, Node, pid_alive, wait_until, walctl
 
-SUPERVISOR = os.path.join(REPO, "supervisor.py")
+NODE = os.path.join(REPO, "node.py")
 NODE_IDS = ["n1", "n2"]
 
 
@@ -75,7 +75,7 @@ class LogSide:
         self._out: IO[bytes] = open(out_dir / f"logside-{port}.stdout", "wb")
         self._err: IO[bytes] = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, SUPERVISOR, *args],
+            [sys.executable, NODE, *args],
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
@@ -294,7 +294,7 @@ def test_front_with_a_key_the_writer_does_not_allow_gets_nothing_in(
 def test_plain_tcp_needs_keys_or_insecure(node_factory, log_side_factory, tmp_path):
     port = free_port_pair()
     res = subprocess.run(
-        [sys.executable, SUPERVISOR, "--roles", "writer,compactor"]
+        [sys.executable, NODE, "--roles", "writer,compactor"]
         + ["--listen", f"tcp://127.0.0.1:{port}", "--data-dir", str(tmp_path / "refused")],
         stdin=subprocess.DEVNULL,
         capture_output=True,

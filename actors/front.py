@@ -88,7 +88,7 @@ class Front:
         self.replies = ReplyFormatter()
         self.eof = False
         self.stop_mode: str | None = None  # the supervisor's STOP: drain or now
-        self._stdout_registered = False
+        self._watched: set[int] = set()  # stdin/stdout registered with the poller
 
     @property
     def node_id(self) -> str | None:
@@ -339,17 +339,6 @@ class Front:
                 del self.status_waiting[rid]
                 self.fail(Failure(request, Code.TIMEOUT, "the supervisor did not answer"))
 
-    def poll_output(self, poller: zmq.Poller) -> int:
-        """Watch stdout while replies wait for room; the poll's timeout in ms."""
-        want = bool(self.output) and not self.output.waiting_for_room()
-        if want != self._stdout_registered:
-            if want:
-                poller.register(1, zmq.POLLOUT)
-            else:
-                poller.unregister(1)
-            self._stdout_registered = want
-        return 10 if self.output.waiting_for_room() else 100
-
     def idle(self) -> bool:
         return not (self.peers or self.status_waiting or self.after_init)
 
@@ -357,9 +346,8 @@ class Front:
 
     def run(self) -> int:
         self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
-        poller = self.poller
-        self.peers.register(poller)
-        poller.register(self.control, zmq.POLLIN)
+        self.peers.register(self.poller)
+        self.poller.register(self.control, zmq.POLLIN)
         if self.inbox.unanswered:
             log.warning(
                 "answering %d requests a previous front read but did not answer",
@@ -369,22 +357,7 @@ class Front:
             self.on_line(line, start, inherited=True)
         self.peers.send_outboxes()
         self.flush_output()  # what a predecessor left is answered before the first poll
-        stdin_registered = False
         while True:
-            backlog = len(self.peers) + len(self.after_init)
-            # back-pressure: no more input while the reader is behind
-            want_stdin = (
-                not self.eof
-                and self.stop_mode is None
-                and backlog < MAX_IN_FLIGHT
-                and not self.output.backed_up()
-            )
-            if want_stdin != stdin_registered:
-                if want_stdin:
-                    poller.register(0, zmq.POLLIN)
-                else:
-                    poller.unregister(0)
-                stdin_registered = want_stdin
             if self.stop_mode == m.STOP_NOW:
                 self.output.drain(time.monotonic() + STOP_NOW_WRITE_WAIT)
                 self.inbox.sync_marks()
@@ -392,26 +365,58 @@ class Front:
             if (self.eof or self.stop_mode == m.STOP_DRAIN) and self.idle() and not self.output:
                 self.inbox.sync_marks()
                 return Exit.OK  # every request read is answered and written
-            events = dict(poller.poll(self.poll_output(poller)))
-            if self.control in events:
-                for data in sockets.drain(self.control):
-                    self.on_control(m.unpack(data))
-            for peer in self.peers.by_name.values():
-                if peer.sock in events:
-                    for data in sockets.drain(peer.sock):
-                        self.on_replies(m.unpack(data))
-                if peer.monitor is not None and peer.monitor in events:
-                    self.fail_all(self.peers.on_monitor(peer, poller))
+            events = dict(self.poller.poll(self.watch_stdio()))
+            self.on_events(events)
             if 0 in events:
-                chunk = self.inbox.take(0, READ_CHUNK)
-                if not chunk:
-                    self.eof = True
-                lines = self.inbox.feed(chunk) if chunk else self.inbox.finish()
-                for start, line in lines:
-                    self.on_line(line, start)
+                self.read_stdin()
             self.peers.send_outboxes()
             self.expire(time.monotonic())
             self.flush_output()
+
+    def watch_stdio(self) -> int:
+        """Poll stdin only while more input can be answered (back-pressure:
+        none while the reader is behind, or while stopping), stdout while
+        replies wait for room; the poll's timeout in ms."""
+        backlog = len(self.peers) + len(self.after_init)
+        self._watch(
+            0,
+            zmq.POLLIN,
+            not self.eof
+            and self.stop_mode is None
+            and backlog < MAX_IN_FLIGHT
+            and not self.output.backed_up(),
+        )
+        waiting_for_room = self.output.waiting_for_room()
+        self._watch(1, zmq.POLLOUT, bool(self.output) and not waiting_for_room)
+        return 10 if waiting_for_room else 100
+
+    def _watch(self, fd: int, event: int, want: bool) -> None:
+        if want != (fd in self._watched):
+            if want:
+                self.poller.register(fd, event)
+                self._watched.add(fd)
+            else:
+                self.poller.unregister(fd)
+                self._watched.discard(fd)
+
+    def on_events(self, events: dict) -> None:
+        if self.control in events:
+            for data in sockets.drain(self.control):
+                self.on_control(m.unpack(data))
+        for peer in self.peers.by_name.values():
+            if peer.sock in events:
+                for data in sockets.drain(peer.sock):
+                    self.on_replies(m.unpack(data))
+            if peer.monitor is not None and peer.monitor in events:
+                self.fail_all(self.peers.on_monitor(peer, self.poller))
+
+    def read_stdin(self) -> None:
+        chunk = self.inbox.take(0, READ_CHUNK)
+        if not chunk:
+            self.eof = True
+        lines = self.inbox.feed(chunk) if chunk else self.inbox.finish()
+        for start, line in lines:
+            self.on_line(line, start)
 
 
 def main(argv: list[str] | None = None) -> int:

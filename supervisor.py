@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import messages as m
-from actors import sockets
+from actors import rundir, sockets
 from actors.codes import Exit
 from actors.config import NodeConfig, process_argv
 from actors.runtime import setup_logging
@@ -275,7 +275,7 @@ class Supervisor:
 def run(config: NodeConfig) -> int:
     """Run one walnode: take the data directory, start the processes, stop
     them at the end; the exit status (Exit)."""
-    run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect
+    run_dir = rundir.create()  # 0700: only this user can connect
     try:
         data_dir = lock_fd = None
         if "writer" in config.roles:

@@ -102,3 +102,35 @@ def test_front_restarts_goes_on_reading_and_never_repeats_msg_ids(node_factory):
     ids = [json.loads(line)["body"]["msg_id"] for line in node.raw]
     assert len(ids) == len(set(ids)) and ids == sorted(ids)
     assert all(json.loads(line)["src"] == "n1" for line in node.raw)
+
+
+def test_the_next_walnode_removes_run_directories_of_dead_supervisors(node_factory, tmp_path):
+    """A supervisor killed with SIGKILL cannot remove its run directory (the
+    sockets, the front's inbox); the next walnode to start does, and touches
+    nothing else: not a live walnode's, not one walnode did not make."""
+    live = node_factory()
+    live.init()
+    (live_run,) = {str(p) for p in tmp_path.glob("walnode-run-*")}
+    dead = node_factory()
+    dead.init()
+    dead.call({"type": "wal_append", "payload": "x" * 1000})  # something in its inbox
+    runs = {str(p) for p in tmp_path.glob("walnode-run-*")}
+    (stale,) = runs - {live_run}
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.proc.wait(5)
+    left = runs - {str(p) for p in tmp_path.glob("walnode-run-*")}
+    assert not left, "the killed supervisor removed its run directory itself?"
+    foreign = tmp_path / "walnode-run-not-made-by-walnode"
+    foreign.mkdir()
+    (foreign / "supervisor.pid").write_text("not a pid\n")
+    bare = tmp_path / "walnode-run-bare"
+    bare.mkdir()
+
+    after = node_factory()
+    after.init()
+    now = {str(p) for p in tmp_path.glob("walnode-run-*")}
+    mine = now - runs - {str(foreign), str(bare)}
+    assert len(mine) == 1, now  # the new one's own
+    assert now == {*mine, str(foreign), str(bare), *(runs - {stale})}
+    assert "removed" in after.stderr_text() and f"pid {dead.pid}" in after.stderr_text()
+    assert live.call({"type": "wal_append", "payload": "still fine"})["offset"] == 0

@@ -350,7 +350,9 @@ class Front:
 
     def on_control(self, msg: list) -> None:
         kind = msg[0]
-        if kind == m.PEER and msg[1] in self.peers:
+        if kind == m.PING:  # the supervisor's heartbeat: this loop runs
+            self.control.send(m.pack([m.PONG, os.getpid()]))
+        elif kind == m.PEER and msg[1] in self.peers:
             peer = self.peers[msg[1]]
             if msg[2] == "down":
                 self.on_peer_down(peer)

@@ -134,3 +134,30 @@ def test_the_next_walnode_removes_run_directories_of_dead_supervisors(node_facto
     assert now == {*mine, str(foreign), str(bare), *(runs - {stale})}
     assert "removed" in after.stderr_text() and f"pid {dead.pid}" in after.stderr_text()
     assert live.call({"type": "wal_append", "payload": "still fine"})["offset"] == 0
+
+
+def test_status_tells_a_stalled_writer_from_a_ready_one(node_factory):
+    """The supervisor's heartbeat: a SIGSTOPped writer stops answering it,
+    and status says "stalled" (with how long ago it was last seen) instead
+    of "ready"; once it runs again, it is "ready" again."""
+    node = node_factory()
+    node.init()
+    writer = node.process("writer")
+    assert writer["state"] == "ready", writer
+    os.kill(writer["pid"], signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: node.process("writer")["state"] == "stalled", timeout=8)
+        assert writer["last_seen_ms"] < 2000, writer  # before the stop
+        stalled = node.process("writer")
+        assert stalled["pid"] == writer["pid"] and stalled["last_seen_ms"] > 3000, stalled
+        assert {p["role"]: p["state"] for p in node.status()["processes"]} == {
+            "supervisor": "ready",
+            "writer": "stalled",
+            "compactor": "ready",
+            "front": "ready",
+        }
+    finally:
+        os.kill(writer["pid"], signal.SIGCONT)
+    assert wait_until(lambda: node.process("writer")["state"] == "ready", timeout=5)
+    assert node.process("writer")["last_seen_ms"] < 2000
+    assert node.call({"type": "wal_append", "payload": "after"})["offset"] == 0

@@ -291,7 +291,12 @@ class Supervisor:
             child = self.children[role]
             if child.proc is None:
                 continue
-            if role == "front":
+            if child.state == "starting":
+                # Recovering (or waiting for the writer): it reads no STOP yet, and it
+                # has served nothing; a kill is a crash, which its next start recovers.
+                log.info("stopping the %s during its start (pid %d)", role, child.proc.pid)
+                child.proc.kill()
+            elif role == "front":
                 child.proc.terminate()
             else:
                 self.control.send_multipart([role.encode(), m.pack([m.STOP])])

@@ -161,3 +161,17 @@ def test_status_tells_a_stalled_writer_from_a_ready_one(node_factory):
     assert wait_until(lambda: node.process("writer")["state"] == "ready", timeout=5)
     assert node.process("writer")["last_seen_ms"] < 2000
     assert node.call({"type": "wal_append", "payload": "after"})["offset"] == 0
+
+
+def test_a_stop_during_the_writers_recovery_is_prompt(node_factory):
+    """A writer still recovering reads no STOP: it is stopped at once (it has
+    served nothing), not after a 5 s wait and a 'did not stop' error."""
+    node = node_factory(env={"WALNODE_FAULT_WRITER_START_DELAY": "30"})
+    assert wait_until(lambda: "started writer" in node.stderr_text(), timeout=10)
+    time.sleep(0.3)
+    stop = time.monotonic()
+    os.kill(node.pid, signal.SIGTERM)
+    node.proc.wait(10)
+    assert time.monotonic() - stop < 3, node.stderr_text()
+    assert "did not stop" not in node.stderr_text()
+    assert "stopping the writer during its start" in node.stderr_text()

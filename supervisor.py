@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import messages as m
-from actors import sockets
+from actors import rundir, sockets
 from actors.codes import Exit
 from actors.config import NodeConfig, process_argv
 from actors.runtime import STOP_SIGNALS, setup_logging
@@ -60,6 +60,8 @@ RESTART_BACKOFF_MIN = 0.02  # the second restart in a row waits this long (the f
 RESTART_BACKOFF_MAX = 1.0
 FRONT_STOP_NOW_WAIT = 2.0  # a front stopping at once writes its errors, or is killed
 CHILD_STOP_WAIT = 5.0  # the compactor and the writer finish their batch, or are killed
+PING_EVERY = 0.5  # seconds between heartbeats to each ready child ...
+STALLED_AFTER = 3.0  # ... and a ready child silent this long is "stalled" in status
 
 
 def child(role: str) -> list[str]:
@@ -80,6 +82,23 @@ class Child:
     restart_at: float | None = None
     backoff: float = 0.0  # before the next restart
     last_exit: str | None = None
+    last_seen: float | None = None  # monotonic time of its last READY or PONG
+
+    def status(self, now: float) -> dict:
+        """Its entry in `status`: a ready child that stopped answering the
+        heartbeat (SIGSTOPped, or stuck) is "stalled"."""
+        age = None if self.last_seen is None or self.proc is None else now - self.last_seen
+        state = self.state
+        if state == "ready" and age is not None and age > STALLED_AFTER:
+            state = "stalled"
+        last_seen_ms = None if age is None else round(age * 1000)
+        return {
+            "role": self.role,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "state": state,
+            "last_seen_ms": last_seen_ms,
+        }
 
     @property
     def pid(self) -> int | None:
@@ -90,6 +109,7 @@ class Child:
         self.proc = subprocess.Popen(self.argv, pass_fds=self.pass_fds, env=CHILD_ENV, **stdio)
         self.state = "starting"
         self.restart_at = None
+        self.last_seen = None
         log.info("started %s pid %d", self.role, self.proc.pid)
 
 
@@ -143,9 +163,8 @@ class Supervisor:
 
     def status(self) -> dict:
         procs = [{"role": "supervisor", "pid": os.getpid(), "restarts": 0, "state": "ready"}]
-        for role in self.start_order:
-            c = self.children[role]
-            procs.append({"role": role, "pid": c.pid, "restarts": c.restarts, "state": c.state})
+        now = time.monotonic()
+        procs += [self.children[role].status(now) for role in self.start_order]
         return {
             "processes": procs,
             "last_recovery": self.last_recovery,
@@ -162,6 +181,7 @@ class Supervisor:
             if child is None or child.pid != pid:
                 return  # a message from a process that is already gone
             child.state = "ready"
+            child.last_seen = time.monotonic()
             child.backoff = 0.0  # it recovered: the next crash is restarted at once
             if recovery is not None:
                 self.last_recovery = {"role": role, **recovery}
@@ -182,6 +202,16 @@ class Supervisor:
                     nxt.start()
         elif kind == m.STATUS:
             self.control.send_multipart([ident, m.pack([m.STATUS, msg[1], self.status()])])
+        elif kind == m.PONG:
+            child = self.children.get(ident.decode())
+            if child is not None and child.pid == msg[1]:
+                child.last_seen = time.monotonic()
+
+    def ping(self) -> None:
+        """The heartbeat: each ready child answers from its main loop."""
+        for role, child in self.children.items():
+            if child.state == "ready":
+                self.tell(role, [m.PING])
 
     def tell(self, role: str, msg: list) -> None:
         if role in self.children and self.children[role].state in ("starting", "ready"):
@@ -278,6 +308,7 @@ class Supervisor:
         poller.register(self.control, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
         self.children[self.start_order[0]].start()
+        next_ping = time.monotonic() + PING_EVERY
         while True:
             for child in self.children.values():
                 if child.proc is not None:
@@ -291,8 +322,11 @@ class Supervisor:
             if self.stopping:
                 signal.set_wakeup_fd(-1)
                 return self.shutdown()
+            if time.monotonic() >= next_ping:
+                self.ping()
+                next_ping = time.monotonic() + PING_EVERY
             due = [c.restart_at for c in self.children.values() if c.restart_at is not None]
-            wait = 1.0 if not due else max(0.0, min(due) - time.monotonic())
+            wait = max(0.0, min([*due, next_ping]) - time.monotonic())
             if self.stop_mode is not None:
                 wait = min(wait, 0.1)
             events = dict(poller.poll(wait * 1000))
@@ -310,8 +344,14 @@ class Supervisor:
             child = self.children[role]
             if child.proc is None:
                 continue
-            stop = [m.STOP, m.STOP_NOW] if role == "front" else [m.STOP]
-            self.control.send_multipart([role.encode(), m.pack(stop)])
+            if child.state == "starting":
+                # Recovering (or waiting for the writer): it reads no STOP yet, and it
+                # has served nothing; a kill is a crash, which its next start recovers.
+                log.info("stopping the %s during its start (pid %d)", role, child.proc.pid)
+                child.proc.kill()
+            else:
+                stop = [m.STOP, m.STOP_NOW] if role == "front" else [m.STOP]
+                self.control.send_multipart([role.encode(), m.pack(stop)])
             try:
                 child.proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
@@ -326,7 +366,7 @@ class Supervisor:
 def run(config: NodeConfig) -> int:
     """Run one walnode: take the data directory, start the processes, stop
     them at the end; the exit status (Exit)."""
-    run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect
+    run_dir = rundir.create()  # 0700: only this user can connect
     try:
         data_dir = lock_fd = None
         if "writer" in config.roles:

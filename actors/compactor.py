@@ -190,6 +190,8 @@ def serve(
             msg = m.unpack(control.recv())
             if msg[0] == m.STOP:
                 return
+            if msg[0] == m.PING:
+                control.send(m.pack([m.PONG, os.getpid()]))
             if msg[0] == m.PEER and msg[1] == "writer" and msg[2] == "down":
                 # what the dead writer held is lost; a compaction may or may not have happened
                 for then in waiting.values():

@@ -303,7 +303,9 @@ class Front:
 
     def on_control(self, msg: list) -> None:
         kind = msg[0]
-        if kind == m.PEER and msg[1] in self.peers.by_name:
+        if kind == m.PING:  # the supervisor's heartbeat: this loop runs
+            self.control.send(m.pack([m.PONG, os.getpid()]))
+        elif kind == m.PEER and msg[1] in self.peers.by_name:
             peer = self.peers.by_name[msg[1]]
             if msg[2] == "down":
                 self.fail_all(self.peers.down(peer, self.poller))

@@ -29,8 +29,10 @@ compactor is not keeping up; the next one says the same and more):
 child <-> supervisor (DEALER with identity = role -> ROUTER):
     child -> supervisor:  [READY, role, pid, recovery]     recovery: dict or None
                           [STATUS, rid]                    front asks for status
+                          [PONG, pid]                      the answer to a PING
     supervisor -> child:  [STATUS, rid, status_dict]
                           [PEER, role, state]              "ready" or "down"
+                          [PING]                           heartbeat: answer from the loop
                           [STOP]                           finish and exit 0
                           [STOP, mode]                     to the front: STOP_DRAIN (read
                                                            no more, answer what was read,
@@ -52,6 +54,8 @@ PEER = "peer"
 STOP = "stop"
 STOP_DRAIN = "drain"
 STOP_NOW = "now"
+PING = "ping"
+PONG = "pong"
 NOTICE = "notice"
 
 OP_INIT = "init"

@@ -341,6 +341,8 @@ def serve(
         if control in events:
             msg = m.unpack(control.recv())
             stopping = msg[0] == m.STOP
+            if msg[0] == m.PING:
+                control.send(m.pack([m.PONG, os.getpid()]))
         batches = []
         for router in routers:
             if router not in events:

@@ -9,6 +9,7 @@ front answers each request that has a msg_id exactly once, with JSON.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -18,7 +19,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -406,10 +407,17 @@ def strict_json(text: str | bytes) -> Any:
     def integer(digits: str) -> Any:
         return int(digits) if len(digits) <= 4000 else ("int", digits)
 
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(limit + 2 * MAX_ODD_DEPTH)
-    try:
+    with room_for_odd_depth():
         return json.loads(text, parse_constant=refuse, parse_int=integer)
+
+
+@contextlib.contextmanager
+def room_for_odd_depth() -> Iterator[None]:
+    """Recursion room for json to read and write what odd_value nests."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 4 * MAX_ODD_DEPTH)  # '{"a": [' is two levels
+    try:
+        yield
     finally:
         sys.setrecursionlimit(limit)
 
@@ -433,7 +441,8 @@ def expected_reply_key(line: bytes) -> str | None:
 
 
 def reply_key(msg_id: Any) -> str:
-    return json.dumps(msg_id, sort_keys=True)
+    with room_for_odd_depth():
+        return json.dumps(msg_id, sort_keys=True)
 
 
 TYPES = [  # wal_append first: hypothesis leans towards the first choice

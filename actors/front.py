@@ -1,11 +1,16 @@
-"""The front: the only process that speaks JSON.
+"""The front: the only process that speaks JSON; this module is its loop
+and routing.
 
-It reads request lines from stdin, validates them, answers what it can
+It reads request lines from stdin (through the inbox, actors/inbox.py),
+has them parsed and checked (actors/requests.py), answers what it can
 alone (errors, `wal_recover`, `status` with the supervisor's help) and
-forwards the rest to the writer or the compactor (its peers), many
-requests per message. Replies are
-printed in the exact layout of PROTOCOL.md. One poller watches stdin and
-the sockets, so reading never blocks replies.
+forwards the rest to the writer or the compactor, many requests per
+message; actors/peers.py keeps which peer is up and what each holds.
+Replies go out through actors/output.py, whole lines only. One poller
+watches stdin, stdout and the sockets, so reading never blocks replies,
+and stdin is not read while the reader of stdout is behind. The
+supervisor's STOP ends it: drain (read no more, answer what was read) or
+now (answer what is in flight with its error).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,18 +214,21 @@ class _Open:
             self.value[self.key] = item
 
 
-_WS = json.decoder.WHITESPACE
+_WS = re.compile(r"[ \t\n\r]*")  # json's whitespace
+# json's own string scanner (C), strict: the same escapes and refusals as json.loads
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # ASCII, as json's C
 _LITERALS = (("true", True), ("false", False), ("null", None))
 
 
 def _skip_ws(text: str, pos: int) -> int:
-    return _WS.match(text, pos).end()
+    match = _WS.match(text, pos)  # always matches: the pattern may be empty
+    return pos if match is None else match.end()
 
 
 def _scalar(text: str, pos: int) -> tuple[Any, int]:
     if text.startswith('"', pos):
-        return json.decoder.scanstring(text, pos + 1, True)
+        return _scanstring(text, pos + 1, True)
     number = _NUMBER.match(text, pos)
     if number is not None:
         integer, frac, exp = number.groups()
@@ -244,7 +247,7 @@ def _member_start(top: _Open, text: str, pos: int) -> int:
         return pos
     if not text.startswith('"', pos):
         raise ValueError(f"expected a key at character {pos}")
-    top.key, pos = json.decoder.scanstring(text, pos + 1, True)
+    top.key, pos = _scanstring(text, pos + 1, True)
     pos = _skip_ws(text, pos)
     if not text.startswith(":", pos):
         raise ValueError(f"expected ':' at character {pos}")

@@ -160,12 +160,13 @@ def _decode(line: bytes) -> tuple[Any, str | None]:
                 return msg, None
     text = line.decode("utf-8", "surrogatepass")  # as json.loads does
     try:
-        msg = _STRICT_JSON.decode(text)
+        try:
+            msg = _STRICT_JSON.decode(text)
+        except ValueError:  # not JSON, or an integer past the digit limit
+            msg = _STRICT_JSON_BIG_INTS.decode(text)  # not JSON at all raises again
     except RecursionError:  # json's decoder recurses; deep lines get the loop
         msg = parse_nested(text)
         return msg, _first_unreadable(msg)
-    except ValueError:
-        msg = _STRICT_JSON_BIG_INTS.decode(text)  # not JSON at all raises again
     why = _first_unreadable(msg)
     if why == TOO_DEEP:  # json read it, but too deep to echo safely: keep its text
         msg = parse_nested(text)

@@ -144,16 +144,18 @@ def _decode(line: bytes) -> tuple[Any, str | None]:
     and agrees, except that it refuses some lines json reads (lone
     surrogates, 1e400, deep nesting) and reads integers past 64 bits as
     floats. So its result is kept only where no float (or nested value)
-    could be such an integer: string src and dest, a body of scalars. Other
+    could be such an integer: an envelope and a body of scalars. Other
     lines are rare."""
     try:
         msg = orjson.loads(line)
     except orjson.JSONDecodeError:
         msg = None
-    if type(msg) is dict:
-        body = msg.get("body")
-        if type(msg.get("src")) is str and type(msg.get("dest")) is str and type(body) is dict:
-            for value in body.values():
+    if type(msg) is dict and type(body := msg.get("body")) is dict:
+        for value in msg.values():  # scalars only, but for the body ...
+            if type(value) not in _EXACT and value is not body:
+                break
+        else:
+            for value in body.values():  # ... which holds scalars only
                 if type(value) not in _EXACT:
                     break
             else:

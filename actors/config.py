@@ -127,7 +127,8 @@ class RoleConfig:
         for name, spec, hint, default in cls._flags():
             flag = "--" + name.replace("_", "-")
             if hint is bool:
-                parser.add_argument(spec.off, dest=name, action="store_false", help=spec.help)
+                off = str(spec.off)  # every bool setting defaults to on
+                parser.add_argument(off, dest=name, action="store_false", help=spec.help)
                 continue
             kind = int if hint in (int, int | None) else float if hint is float else None
             if hint is FsyncPolicy:
@@ -152,7 +153,7 @@ class RoleConfig:
         for name, spec, hint, _ in self._flags():
             value = getattr(self, name)
             if hint is bool:
-                out += [] if value else [spec.off]
+                out += [] if value else [str(spec.off)]
             elif value is not None:
                 out += ["--" + name.replace("_", "-"), repr(value) if hint is float else str(value)]
         return out

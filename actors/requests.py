@@ -13,7 +13,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,28 +144,31 @@ def _decode(line: bytes) -> tuple[Any, str | None]:
     and agrees, except that it refuses some lines json reads (lone
     surrogates, 1e400, deep nesting) and reads integers past 64 bits as
     floats. So its result is kept only where no float (or nested value)
-    could be such an integer: string src and dest, a body of scalars. Other
+    could be such an integer: an envelope and a body of scalars. Other
     lines are rare."""
     try:
         msg = orjson.loads(line)
     except orjson.JSONDecodeError:
         msg = None
-    if type(msg) is dict:
-        body = msg.get("body")
-        if type(msg.get("src")) is str and type(msg.get("dest")) is str and type(body) is dict:
-            for value in body.values():
+    if type(msg) is dict and type(body := msg.get("body")) is dict:
+        for value in msg.values():  # scalars only, but for the body ...
+            if type(value) not in _EXACT and value is not body:
+                break
+        else:
+            for value in body.values():  # ... which holds scalars only
                 if type(value) not in _EXACT:
                     break
             else:
                 return msg, None
     text = line.decode("utf-8", "surrogatepass")  # as json.loads does
     try:
-        msg = _STRICT_JSON.decode(text)
+        try:
+            msg = _STRICT_JSON.decode(text)
+        except ValueError:  # not JSON, or an integer past the digit limit
+            msg = _STRICT_JSON_BIG_INTS.decode(text)  # not JSON at all raises again
     except RecursionError:  # json's decoder recurses; deep lines get the loop
         msg = parse_nested(text)
         return msg, _first_unreadable(msg)
-    except ValueError:
-        msg = _STRICT_JSON_BIG_INTS.decode(text)  # not JSON at all raises again
     why = _first_unreadable(msg)
     if why == TOO_DEEP:  # json read it, but too deep to echo safely: keep its text
         msg = parse_nested(text)
@@ -214,18 +217,21 @@ class _Open:
             self.value[self.key] = item
 
 
-_WS = json.decoder.WHITESPACE
+_WS = re.compile(r"[ \t\n\r]*")  # json's whitespace
+# json's own string scanner (C), strict: the same escapes and refusals as json.loads
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # ASCII, as json's C
 _LITERALS = (("true", True), ("false", False), ("null", None))
 
 
 def _skip_ws(text: str, pos: int) -> int:
-    return _WS.match(text, pos).end()
+    match = _WS.match(text, pos)  # always matches: the pattern may be empty
+    return pos if match is None else match.end()
 
 
 def _scalar(text: str, pos: int) -> tuple[Any, int]:
     if text.startswith('"', pos):
-        return json.decoder.scanstring(text, pos + 1, True)
+        return _scanstring(text, pos + 1, True)
     number = _NUMBER.match(text, pos)
     if number is not None:
         integer, frac, exp = number.groups()
@@ -244,7 +250,7 @@ def _member_start(top: _Open, text: str, pos: int) -> int:
         return pos
     if not text.startswith('"', pos):
         raise ValueError(f"expected a key at character {pos}")
-    top.key, pos = json.decoder.scanstring(text, pos + 1, True)
+    top.key, pos = _scanstring(text, pos + 1, True)
     pos = _skip_ws(text, pos)
     if not text.startswith(":", pos):
         raise ValueError(f"expected ':' at character {pos}")

@@ -66,7 +66,7 @@ def remove_stale(parent: str | None = None) -> list[str]:
     """Remove the run directories (in `parent`, default the temp directory)
     whose supervisor no longer runs; the paths removed."""
     parent = parent or tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
     try:
         names = [name for name in os.listdir(parent) if name.startswith(PREFIX)]
     except OSError:

@@ -73,13 +73,19 @@ def test_odd_json_gets_exactly_one_reply_each(node_factory):
         request_line('"type": 7', "6"),
         request_line('"type": null', "7"),
         request_line('"type": ["wal_info"]', "8"),
+        request_line(f'"type": "wal_info", "big": {HUGE_INT}, "extra": {deep}', "9"),
+        # beside the body, and shallow enough for orjson (whose result is kept for
+        # scalar envelopes): the same rule
+        b'{"src": "c1", "dest": "n1", "extra": %s, "body": {"type": "wal_info", "msg_id": 10}}\n'
+        % ("[" * 150 + "]" * 150).encode(),
     ]
     replies = one_reply_each(node, lines)
     assert replies[1][0].startswith(f'{{"src": "n1", "dest": {deep}, "body": '), "echoed exactly"
-    deep_extra, deep_src, overflow, overflow_extra, huge, numeric, null, listed = (
+    deep_extra, deep_src, overflow, overflow_extra, huge, numeric, null, listed, both, beside = (
         msg["body"] for _, msg in replies
     )
-    for body in (deep_extra, deep_src):
+    assert both["code"] == Code.MALFORMED_REQUEST, both  # the digits first, then too deep
+    for body in (deep_extra, deep_src, beside):
         assert body["code"] == Code.MALFORMED_REQUEST and "deeper than" in body["text"], body
     for body in (overflow, overflow_extra):
         assert body["code"] == Code.MALFORMED_REQUEST and "1e400" in body["text"], body

@@ -635,14 +635,18 @@ def front_line(draw: st.DrawFn, n: int) -> bytes:
         obj = {"src": draw(st.one_of(st.just("c1"), wild)), "dest": "n1", "body": body}
         if draw(st.integers(0, 9)) == 0:
             del obj[draw(st.sampled_from(["src", "dest"]))]
-        odd = draw(st.sampled_from([None] * 6 + ["msg_id", "type", "field", "src"]), label="odd")
+        odd = draw(
+            st.sampled_from([None] * 6 + ["msg_id", "type", "field", "src", "two"]), label="odd"
+        )
         if odd == "src":
             obj["src"] = ODD_MARK
+        elif odd == "two" and isinstance(body, dict):  # say, digits first, then nesting
+            body["extra"] = body["extra2"] = ODD_MARK
         elif odd is not None and isinstance(body, dict):
             body[{"field": "extra"}.get(odd, odd)] = ODD_MARK
     text = json.dumps(obj, ensure_ascii=draw(st.booleans()), allow_nan=False)
-    if ODD_MARK in text or json.dumps(ODD_MARK) in text:
-        text = text.replace(json.dumps(ODD_MARK), draw(odd_value, label="odd value"))
+    parts = text.split(json.dumps(ODD_MARK))  # each place gets a value of its own
+    text = parts[0] + "".join(draw(odd_value, label="odd value") + part for part in parts[1:])
     # unescaped, a lone surrogate goes out as surrogatepass bytes, which
     # json.loads(bytes) takes back in (expected_reply_key uses it too)
     return text.encode("utf-8", "surrogatepass")

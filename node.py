@@ -1,12 +1,146 @@
 """walnode: a durable write-ahead log node, JSON lines on stdin and stdout.
 
-The thin entry point a user or a harness launches; the supervisor does the
-rest. See README.md for the flags and docs/PROTOCOL.md for the messages.
+The command line: the flags (each role's from actors/config.py, plus where
+the data lives and which roles run on this host), checked before anything
+starts; then supervisor.run does the rest. See README.md for the flags and
+docs/PROTOCOL.md for the messages.
 """
 
+from __future__ import annotations
+
+import argparse
 import sys
 
-from supervisor import main
+import supervisor
+from actors import metrics, sockets
+from actors.config import (
+    ROLE_CONFIGS,
+    CompactorConfig,
+    FrontConfig,
+    NodeConfig,
+    SupervisorConfig,
+    WriterConfig,
+)
+from actors.runtime import setup_logging
+
+log = setup_logging("supervisor")  # this process is the supervisor
+
+ALL_ROLES = frozenset({"writer", "compactor", "front"})
+LOG_SIDE = frozenset({"writer", "compactor"})
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        help="keep the log here across runs (default: a fresh directory per run, named on stderr)",
+    )
+    for config in ROLE_CONFIGS:
+        config.add_flags(p)
+    p.add_argument(
+        "--roles",
+        default=None,
+        help="the processes this host runs: writer,compactor,front (default), writer,compactor "
+        "(the log side, with --listen) or front (with --connect)",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="tcp://HOST:PORT",
+        help="log side: serve remote fronts here (writer at PORT, compactor at PORT+1)",
+    )
+    p.add_argument(
+        "--connect",
+        metavar="tcp://HOST:PORT",
+        help="a front only: reach the log side's --listen endpoint (implies --roles front)",
+    )
+    p.add_argument("--keys", metavar="KEYDIR", help="CURVE keys for tcp (walctl keygen KEYDIR)")
+    p.add_argument(
+        "--key-name",
+        default=sockets.DEFAULT_KEY_NAME,
+        help=f"this front's key pair in KEYDIR ({sockets.DEFAULT_KEY_NAME})",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="plain tcp without CURVE (a warning is logged)"
+    )
+    p.add_argument(
+        metrics.FLAG,
+        type=metrics.listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/METRICS.md); "
+        "default: none, nothing listens",
+    )
+
+
+def check_topology(p: argparse.ArgumentParser, args: argparse.Namespace) -> frozenset[str]:
+    """Settle --roles, --listen and --connect (args.remote), or exit 2 saying
+    what to pass; the roles this host runs."""
+    if args.roles is None:
+        args.roles = "front" if args.connect else "writer,compactor,front"
+    roles = frozenset(args.roles.split(","))
+    if not roles or not roles <= ALL_ROLES:
+        p.error(f"--roles is a comma-separated subset of writer,compactor,front, got {args.roles}")
+    if roles not in (ALL_ROLES, LOG_SIDE, {"front"}):
+        p.error(
+            "--roles must be writer,compactor,front (one host), writer,compactor (the log "
+            "side) or front (with --connect)"
+        )
+    if roles == {"front"} and not args.connect:
+        p.error("--roles front needs --connect tcp://HOST:PORT (the log side's --listen)")
+    if args.connect and "writer" in roles:
+        p.error("--connect is for a front without a local writer: --roles front")
+    if args.listen and "writer" not in roles:
+        p.error("--listen is for the log side: --roles writer,compactor")
+    endpoint = args.listen or args.connect
+    args.remote = None
+    if endpoint is None:
+        return roles
+    try:
+        sockets.parse_tcp(endpoint)
+    except ValueError as err:
+        p.error(str(err))
+    if args.keys is None and not args.insecure:
+        p.error(
+            "tcp needs CURVE keys: --keys KEYDIR (make them with `walctl keygen "
+            "KEYDIR`), or --insecure for plain tcp that anyone on the network can use"
+        )
+    if args.insecure:
+        log.warning("--insecure: %s is plain tcp, unauthenticated and unencrypted", endpoint)
+    args.remote = sockets.remote_from(endpoint, args)
+    if args.keys is not None and not args.insecure:
+        name = sockets.SERVER_KEY if args.listen else args.key_name
+        try:
+            sockets.key_pair(args.keys, name)
+            sockets.public_key(args.keys, sockets.SERVER_KEY)
+        except (OSError, ValueError) as err:
+            p.error(
+                f"cannot read the keys in {args.keys} ({err}); make them with "
+                f"`walctl keygen {args.keys}`"
+            )
+    return roles
+
+
+def parse(argv: list[str] | None = None) -> NodeConfig:
+    """The node's configuration from its command line; exit 2 (Exit.USAGE)
+    naming the flag for anything out of range or inconsistent."""
+    p = argparse.ArgumentParser(prog="walnode", description="a durable write-ahead log node")
+    add_flags(p)
+    args = p.parse_args(argv)
+    roles = check_topology(p, args)
+    return NodeConfig(
+        roles=roles,
+        data_dir=args.data_dir,
+        writer=WriterConfig.from_args(args),
+        compactor=CompactorConfig.from_args(args),
+        front=FrontConfig.from_args(args),
+        supervisor=SupervisorConfig.from_args(args),
+        listen=args.remote if args.listen else None,
+        connect=args.remote if args.connect else None,
+        metrics_listen=args.metrics_listen,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return supervisor.run(parse(argv))
+
 
 if __name__ == "__main__":
     sys.exit(main())

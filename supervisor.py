@@ -12,7 +12,6 @@ them when the supervisor dies, so even a SIGKILL leaves no orphans.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -26,9 +25,10 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import messages as m
-from actors import metrics, sockets
+from actors import metrics, rundir, sockets
 from actors.codes import Exit
-from actors.runtime import setup_logging
+from actors.config import NodeConfig, process_argv
+from actors.runtime import STOP_SIGNALS, setup_logging
 from wal import DataDir, DirectoryLocked, WalError
 
 log = setup_logging("supervisor")
@@ -58,8 +58,15 @@ CHILD_ENV = {
 
 RESTART_BACKOFF_MIN = 0.02  # the second restart in a row waits this long (the first: none)
 RESTART_BACKOFF_MAX = 1.0
-RESTART_INTENSITY = 10  # default --max-restarts of one role ...
-RESTART_WINDOW = 10.0  # ... within --restart-window seconds: stop everything
+FRONT_STOP_NOW_WAIT = 2.0  # a front stopping at once writes its errors, or is killed
+CHILD_STOP_WAIT = 5.0  # the compactor and the writer finish their batch, or are killed
+PING_EVERY = 0.5  # seconds between heartbeats to each ready child ...
+STALLED_AFTER = 3.0  # ... and a ready child silent this long is "stalled" in status
+
+
+def child(role: str) -> list[str]:
+    """The command that starts a role's process (its flags follow)."""
+    return [sys.executable, "-m", f"actors.{role}"]
 
 
 @dataclass
@@ -75,6 +82,23 @@ class Child:
     restart_at: float | None = None
     backoff: float = 0.0  # before the next restart
     last_exit: str | None = None
+    last_seen: float | None = None  # monotonic time of its last READY or PONG
+
+    def status(self, now: float) -> dict:
+        """Its entry in `status`: a ready child that stopped answering the
+        heartbeat (SIGSTOPped, or stuck) is "stalled"."""
+        age = None if self.last_seen is None or self.proc is None else now - self.last_seen
+        state = self.state
+        if state == "ready" and age is not None and age > STALLED_AFTER:
+            state = "stalled"
+        last_seen_ms = None if age is None else round(age * 1000)
+        return {
+            "role": self.role,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "state": state,
+            "last_seen_ms": last_seen_ms,
+        }
 
     @property
     def pid(self) -> int | None:
@@ -85,6 +109,7 @@ class Child:
         self.proc = subprocess.Popen(self.argv, pass_fds=self.pass_fds, env=CHILD_ENV, **stdio)
         self.state = "starting"
         self.restart_at = None
+        self.last_seen = None
         log.info("started %s pid %d", self.role, self.proc.pid)
 
 
@@ -99,64 +124,48 @@ def describe_exit(code: int) -> str:
 
 class Supervisor:
     def __init__(
-        self, args: argparse.Namespace, data_dir: str | None, run_dir: str, lock_fd: int | None
+        self, config: NodeConfig, data_dir: str | None, run_dir: str, lock_fd: int | None
     ) -> None:
         self.run_dir = run_dir
-        self.max_restarts, self.restart_window = args.max_restarts, args.restart_window
-        self.metrics = metrics.serve(args.metrics_listen, run_dir, args.roles, CHILD_ENV)
+        self.max_restarts = config.supervisor.max_restarts
+        self.restart_window = config.supervisor.restart_window
+        self.metrics = metrics.serve(config.metrics_listen, run_dir, config.roles, CHILD_ENV)
         self.ctx = zmq.Context()
         self.control = sockets.bind_router(
             self.ctx, sockets.supervisor_endpoint(run_dir), handover=True
         )
-        py = sys.executable
-        common = ["--run-dir", run_dir, "--parent-pid", str(os.getpid())]
-        listen = args.remote.argv("--listen") if args.listen else []
-        writer_argv = [py, "-m", "actors.writer", *common, *listen]
-        writer_argv += ["--data-dir", data_dir, "--fsync", args.fsync, "--lock-fd", str(lock_fd)]
-        if args.max_segment_bytes is not None:
-            writer_argv += ["--max-segment-bytes", str(args.max_segment_bytes)]
-        compactor_argv = [py, "-m", "actors.compactor", *common, *listen, "--data-dir", data_dir]
-        compactor_argv += [
-            "--snapshot-every",
-            str(args.snapshot_every),
-            "--snapshot-every-bytes",
-            str(args.snapshot_every_bytes),
-            "--keep-entries",
-            str(args.keep_entries),
-            "--keep-snapshots",
-            str(args.keep_snapshots),
-        ]
-        if args.no_auto_compact:
-            compactor_argv.append("--no-auto-compact")
-        connect = args.remote.argv("--connect") if args.connect else []
-        front_argv = [py, "-m", "actors.front", *common, *connect]
-        front_argv += [
-            "--max-payload-bytes",
-            str(args.max_payload_bytes),
-            "--request-timeout",
-            str(args.request_timeout),
-            "--unavailable-wait",
-            str(args.unavailable_wait),
-        ]
+        me = os.getpid()
+        listen = config.listen.argv("--listen") if config.listen else []
+        connect = config.connect.argv("--connect") if config.connect else []
+        writer_argv = [*child("writer"), *process_argv(run_dir, me, data_dir), *listen]
+        writer_argv += ["--lock-fd", str(lock_fd), *config.writer.argv()]
+        compactor_argv = [*child("compactor"), *process_argv(run_dir, me, data_dir), *listen]
+        compactor_argv += config.compactor.argv()
+        front_argv = [*child("front"), *process_argv(run_dir, me), *connect]
+        front_argv += config.front.argv()
         every = {
             "writer": Child("writer", writer_argv, pass_fds=(lock_fd,) if lock_fd else ()),
             "compactor": Child("compactor", compactor_argv),
             "front": Child("front", front_argv, inherit_stdio=True),
         }
-        self.start_order = [role for role in every if role in args.roles]
+        self.start_order = [role for role in every if role in config.roles]
         self.children = {role: every[role] for role in self.start_order}
         self.last_recovery: dict | None = None
         self.recoveries: dict[str, dict] = {}  # each role's latest
-        self.stopping = False
+        self.stopping = False  # shut the children down and exit
         self.exit_code = 0
+        self.stop_timeout = config.supervisor.stop_timeout
+        self.signals = 0  # SIGTERM/SIGINT/SIGHUP received
+        self.stop_mode: str | None = None  # the front's STOP: drain, then now
+        self.stop_deadline = 0.0  # drain until then, then stop at once
+        self.front_kill_at = 0.0  # a front stopping at once is killed after this
 
     # -- status ------------------------------------------------------------
 
     def status(self) -> dict:
         procs = [{"role": "supervisor", "pid": os.getpid(), "restarts": 0, "state": "ready"}]
-        for role in self.start_order:
-            c = self.children[role]
-            procs.append({"role": role, "pid": c.pid, "restarts": c.restarts, "state": c.state})
+        now = time.monotonic()
+        procs += [self.children[role].status(now) for role in self.start_order]
         return {
             "processes": procs,
             "last_recovery": self.last_recovery,
@@ -173,6 +182,7 @@ class Supervisor:
             if child is None or child.pid != pid:
                 return  # a message from a process that is already gone
             child.state = "ready"
+            child.last_seen = time.monotonic()
             child.backoff = 0.0  # it recovered: the next crash is restarted at once
             if recovery is not None:
                 self.last_recovery = {"role": role, **recovery}
@@ -186,6 +196,8 @@ class Supervisor:
                     if peer in self.children:
                         state = "ready" if self.children[peer].state == "ready" else "down"
                         self.tell("front", [m.PEER, peer, state])
+                if self.stop_mode is not None:
+                    self.tell("front", [m.STOP, self.stop_mode])
             following = self.start_order[self.start_order.index(role) + 1 :]
             if following and self.children[following[0]].proc is None:
                 nxt = self.children[following[0]]
@@ -193,6 +205,16 @@ class Supervisor:
                     nxt.start()
         elif kind == m.STATUS:
             self.control.send_multipart([ident, m.pack([m.STATUS, msg[1], self.status()])])
+        elif kind == m.PONG:
+            child = self.children.get(ident.decode())
+            if child is not None and child.pid == msg[1]:
+                child.last_seen = time.monotonic()
+
+    def ping(self) -> None:
+        """The heartbeat: each ready child answers from its main loop."""
+        for role, child in self.children.items():
+            if child.state == "ready":
+                self.tell(role, [m.PING])
 
     def tell(self, role: str, msg: list) -> None:
         if role in self.children and self.children[role].state in ("starting", "ready"):
@@ -207,8 +229,9 @@ class Supervisor:
         child.last_exit = describe_exit(code)
         child.state = "down"
         proc, child.proc = child.proc, None
-        if child.role == "front" and code == 0:
-            log.info("front finished (stdin closed, every reply written); stopping")
+        if child.role == "front" and (code == 0 or self.stop_mode == m.STOP_NOW):
+            if code == 0:
+                log.info("front finished (every request it read is answered); stopping")
             self.stopping = True
             return
         if self.stopping:
@@ -239,17 +262,56 @@ class Supervisor:
         self.exit_code = 1
         self.stopping = True
 
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.signals += 1
+
+    def watch_stop(self, now: float) -> None:
+        """The graceful stop: on the first signal the front reads no more
+        input and answers everything it read (it exits 0, then the rest stop
+        in order); a second signal, or --stop-timeout passing, stops at once."""
+        if self.signals == 0 or self.stopping:
+            return
+        front = self.children.get("front")
+        if self.stop_mode is None:
+            log.info(
+                "stopping: answering every request read (at most %g s; a second signal "
+                "stops at once)",
+                self.stop_timeout,
+            )
+            self.stop_mode = m.STOP_DRAIN
+            self.stop_deadline = now + self.stop_timeout
+            if front is None or (front.proc is None and front.restart_at is None):
+                self.stopping = True  # no front: nothing read to answer
+                return
+        if self.stop_mode == m.STOP_DRAIN and (self.signals > 1 or now >= self.stop_deadline):
+            why = "a second signal" if self.signals > 1 else f"{self.stop_timeout:g} s passed"
+            log.warning("stopping at once (%s): requests in flight get their errors", why)
+            self.stop_mode = m.STOP_NOW
+            self.exit_code = Exit.FAILED
+            self.front_kill_at = now + FRONT_STOP_NOW_WAIT
+        if front.proc is None:
+            if self.stop_mode == m.STOP_NOW:
+                self.stopping = True
+            return
+        self.tell("front", [m.STOP, self.stop_mode])  # again each pass: it may have just started
+        if self.stop_mode == m.STOP_NOW and now >= self.front_kill_at:
+            log.error("the front did not stop in time; killing pid %d", front.proc.pid)
+            front.proc.kill()
+
     def run(self) -> int:
         # SIGCHLD wakes the loop at once: a dead writer's successor starts
-        # without waiting out a poll interval.
+        # without waiting out a poll interval (and a stop signal likewise).
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self.on_signal)
         signal.set_wakeup_fd(wake_w)
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
         self.children[self.start_order[0]].start()
+        next_ping = time.monotonic() + PING_EVERY
         while True:
             for child in self.children.values():
                 if child.proc is not None:
@@ -261,11 +323,17 @@ class Supervisor:
                     if self.metrics is not None:
                         self.metrics.restarted(child.role)
                     child.start()
+            self.watch_stop(time.monotonic())
             if self.stopping:
                 signal.set_wakeup_fd(-1)
                 return self.shutdown()
+            if time.monotonic() >= next_ping:
+                self.ping()
+                next_ping = time.monotonic() + PING_EVERY
             due = [c.restart_at for c in self.children.values() if c.restart_at is not None]
-            wait = 1.0 if not due else max(0.0, min(due) - time.monotonic())
+            wait = max(0.0, min([*due, next_ping]) - time.monotonic())
+            if self.stop_mode is not None:
+                wait = min(wait, 0.1)
             events = dict(poller.poll(wait * 1000))
             if wake_r in events:
                 os.read(wake_r, 4096)
@@ -274,19 +342,25 @@ class Supervisor:
                     self.on_message(ident, m.unpack(data))
 
     def shutdown(self) -> int:
-        """Stop the front, the compactor, then the writer (which syncs and exits)."""
+        """Stop the front (if it still runs: a child gave up), the compactor,
+        then the writer (which commits what it holds and exits)."""
+        wait = CHILD_STOP_WAIT if self.stop_mode != m.STOP_NOW else FRONT_STOP_NOW_WAIT
         for role in reversed(self.start_order):
             child = self.children[role]
             if child.proc is None:
                 continue
-            if role == "front":
-                child.proc.terminate()
+            if child.state == "starting":
+                # Recovering (or waiting for the writer): it reads no STOP yet, and it
+                # has served nothing; a kill is a crash, which its next start recovers.
+                log.info("stopping the %s during its start (pid %d)", role, child.proc.pid)
+                child.proc.kill()
             else:
-                self.control.send_multipart([role.encode(), m.pack([m.STOP])])
+                stop = [m.STOP, m.STOP_NOW] if role == "front" else [m.STOP]
+                self.control.send_multipart([role.encode(), m.pack(stop)])
             try:
-                child.proc.wait(timeout=5)
+                child.proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
-                log.error("%s did not stop in 5 s; killing pid %d", role, child.proc.pid)
+                log.error("%s did not stop in %g s; killing pid %d", role, wait, child.proc.pid)
                 child.proc.kill()
                 child.proc.wait()
         self.control.close()
@@ -294,186 +368,28 @@ class Supervisor:
         return self.exit_code
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        help="keep the log here across runs (default: a fresh directory per run, named on stderr)",
-    )
-    p.add_argument(
-        "--fsync",
-        default="always",
-        help="always (default: ack after fsync, group commit), interval:MSms, or never",
-    )
-    p.add_argument(
-        "--max-segment-bytes",
-        type=int,
-        default=None,
-        help="roll segments at this size (default 64 MiB, or the directory's saved setting)",
-    )
-    p.add_argument(
-        "--max-payload-bytes", type=int, default=1 << 20, help="largest payload accepted (1 MiB)"
-    )
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for the writer before answering error 0 (timeout)",
-    )
-    p.add_argument(
-        "--snapshot-every",
-        type=int,
-        default=100_000,
-        help="take a snapshot automatically every N entries (100000, etcd's default)",
-    )
-    p.add_argument(
-        "--snapshot-every-bytes",
-        type=int,
-        default=64 << 20,
-        help="... or every B bytes of appended records (64 MiB), whichever comes first",
-    )
-    p.add_argument(
-        "--keep-entries",
-        type=int,
-        default=5_000,
-        help="after an automatic snapshot, compact keeping this many entries behind it (5000)",
-    )
-    p.add_argument(
-        "--keep-snapshots", type=int, default=3, help="snapshot files kept; older ones pruned (3)"
-    )
-    p.add_argument(
-        "--no-auto-compact", action="store_true", help="no automatic snapshots or compaction"
-    )
-    p.add_argument(
-        "--unavailable-wait",
-        type=float,
-        default=2.0,
-        help="seconds a request waits for a restarting writer before error 11",
-    )
-    p.add_argument(
-        "--roles",
-        default=None,
-        help="the processes this host runs: writer,compactor,front (default), writer,compactor "
-        "(the log side, with --listen) or front (with --connect)",
-    )
-    p.add_argument(
-        "--listen",
-        metavar="tcp://HOST:PORT",
-        help="log side: serve remote fronts here (writer at PORT, compactor at PORT+1)",
-    )
-    p.add_argument(
-        "--connect",
-        metavar="tcp://HOST:PORT",
-        help="a front only: reach the log side's --listen endpoint (implies --roles front)",
-    )
-    p.add_argument("--keys", metavar="KEYDIR", help="CURVE keys for tcp (walctl keygen KEYDIR)")
-    p.add_argument("--key-name", default="client", help="this front's key pair in KEYDIR (client)")
-    p.add_argument(
-        "--insecure", action="store_true", help="plain tcp without CURVE (a warning is logged)"
-    )
-    p.add_argument(
-        "--max-restarts",
-        type=int,
-        default=RESTART_INTENSITY,
-        help="a role restarted more than this often within --restart-window stops the node (10)",
-    )
-    p.add_argument(
-        "--restart-window",
-        type=float,
-        default=RESTART_WINDOW,
-        help="seconds over which --max-restarts is counted (10)",
-    )
-    p.add_argument(
-        metrics.FLAG,
-        type=metrics.listen_address,
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/METRICS.md); "
-        "default: none, nothing listens",
-    )
-
-
-def check_topology(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Settle --roles, --listen and --connect, or exit 2 saying what to pass."""
-    if args.roles is None:
-        args.roles = "front" if args.connect else "writer,compactor,front"
-    roles = set(args.roles.split(","))
-    if not roles or not roles <= {"writer", "compactor", "front"}:
-        p.error(f"--roles is a comma-separated subset of writer,compactor,front, got {args.roles}")
-    if roles not in ({"writer", "compactor", "front"}, {"writer", "compactor"}, {"front"}):
-        p.error(
-            "--roles must be writer,compactor,front (one host), writer,compactor (the log "
-            "side) or front (with --connect)"
-        )
-    if roles == {"front"} and not args.connect:
-        p.error("--roles front needs --connect tcp://HOST:PORT (the log side's --listen)")
-    if args.connect and "writer" in roles:
-        p.error("--connect is for a front without a local writer: --roles front")
-    if args.listen and "writer" not in roles:
-        p.error("--listen is for the log side: --roles writer,compactor")
-    args.roles = roles
-    endpoint = args.listen or args.connect
-    args.remote = None
-    if endpoint is None:
-        return
-    try:
-        sockets.parse_tcp(endpoint)
-    except ValueError as err:
-        p.error(str(err))
-    if args.keys is None and not args.insecure:
-        p.error(
-            "tcp needs CURVE keys: --keys KEYDIR (make them with `walctl keygen "
-            "KEYDIR`), or --insecure for plain tcp that anyone on the network can use"
-        )
-    if args.insecure:
-        log.warning("--insecure: %s is plain tcp, unauthenticated and unencrypted", endpoint)
-    args.remote = sockets.remote_from(endpoint, args)
-    if args.keys is not None and not args.insecure:
-        name = sockets.SERVER_KEY if args.listen else args.key_name
-        try:
-            sockets.key_pair(args.keys, name)
-            sockets.public_key(args.keys, sockets.SERVER_KEY)
-        except (OSError, ValueError) as err:
-            p.error(
-                f"cannot read the keys in {args.keys} ({err}); make them with "
-                f"`walctl keygen {args.keys}`"
-            )
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="walnode", description="a durable write-ahead log node")
-    add_flags(p)
-    args = p.parse_args(argv)
-    from actors.writer import FsyncPolicy  # validate before starting anything
-
-    try:
-        FsyncPolicy.parse(args.fsync)
-    except ValueError as err:
-        p.error(str(err))
-    check_topology(p, args)
-    run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect
+def run(config: NodeConfig) -> int:
+    """Run one walnode: take the data directory, start the processes, stop
+    them at the end; the exit status (Exit)."""
+    run_dir = rundir.create()  # 0700: only this user can connect
     try:
         data_dir = lock_fd = None
-        if "writer" in args.roles:
-            if args.data_dir is None:
+        if "writer" in config.roles:
+            if config.data_dir is None:
                 data_dir = tempfile.mkdtemp(prefix="walnode-data-")
                 log.info("no --data-dir given: this run keeps its log in %s", data_dir)
             else:
-                data_dir = args.data_dir
+                data_dir = config.data_dir
             try:
                 datadir = DataDir(data_dir)
                 lock_fd = datadir.lock(f"walnode supervisor pid {os.getpid()}")
             except DirectoryLocked as err:
                 log.error("%s", err)
-                return 2
+                return Exit.USAGE
             except (WalError, OSError) as err:
                 log.error("cannot use data directory %s: %s", data_dir, err)
-                return 2
-        sup = Supervisor(args, data_dir, run_dir, lock_fd)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda *_: setattr(sup, "stopping", True))
+                return Exit.USAGE
+        sup = Supervisor(config, data_dir, run_dir, lock_fd)
         return sup.run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 
@@ -24,7 +23,8 @@ import zmq
 from actors import messages as m
 from actors import metrics, sockets
 from actors.codes import Code, Exit
-from actors.runtime import die_with_parent, setup_logging
+from actors.config import CompactorConfig, add_process_flags
+from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from wal import CorruptionError, DiskFull, WalError, fsyncbench, snapshot
 from wal.datadir import DataDir
 from wal.statemachine import StateMachine
@@ -194,6 +194,8 @@ def serve(
             msg = m.unpack(control.recv())
             if msg[0] == m.STOP:
                 return
+            if msg[0] == m.PING:
+                control.send(m.pack([m.PONG, os.getpid()]))
             if msg[0] == m.PEER and msg[1] == "writer" and msg[2] == "down":
                 # what the dead writer held is lost; a compaction may or may not have happened
                 for then in waiting.values():
@@ -304,26 +306,21 @@ def serve(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walnode-compactor")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--parent-pid", type=int, default=None)
+    add_process_flags(p, data_dir=True)
     sockets.add_remote_flags(p, "--listen")
-    p.add_argument("--snapshot-every", type=int, default=100_000)
-    p.add_argument("--snapshot-every-bytes", type=int, default=64 << 20)
-    p.add_argument("--keep-entries", type=int, default=5_000)
-    p.add_argument("--keep-snapshots", type=int, default=3)
-    p.add_argument("--no-auto-compact", action="store_true")
+    CompactorConfig.add_flags(p)
     args = p.parse_args(argv)
+    config = CompactorConfig.from_args(args)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()  # the supervisor decides for us
     comp = Compactor(
         DataDir(args.data_dir, create=False),
-        snapshot_every=args.snapshot_every,
-        snapshot_every_bytes=args.snapshot_every_bytes,
-        keep_entries=args.keep_entries,
-        keep_snapshots=args.keep_snapshots,
-        auto=not args.no_auto_compact,
+        snapshot_every=config.snapshot_every,
+        snapshot_every_bytes=config.snapshot_every_bytes,
+        keep_entries=config.keep_entries,
+        keep_snapshots=config.keep_snapshots,
+        auto=config.auto_compact,
     )
     ctx = zmq.Context()
     routers = [sockets.bind_router(ctx, sockets.compactor_endpoint(args.run_dir))]

@@ -1,320 +1,60 @@
-"""The front: the only process that speaks JSON.
+"""The front: the only process that speaks JSON; this module is its loop
+and routing.
 
-It reads request lines from stdin, validates them, answers what it can
+It reads request lines from stdin (through the inbox, actors/inbox.py),
+has them parsed and checked (actors/requests.py), answers what it can
 alone (errors, `wal_recover`, `status` with the supervisor's help) and
-forwards the rest to the writer or the compactor (its peers), many
-requests per message. Replies are
-printed in the exact layout of PROTOCOL.md. One poller watches stdin and
-the sockets, so reading never blocks replies.
+forwards the rest to the writer or the compactor, many requests per
+message; actors/peers.py keeps which peer is up and what each holds.
+Replies go out through actors/output.py, whole lines only. One poller
+watches stdin, stdout and the sockets, so reading never blocks replies,
+and stdin is not read while the reader of stdout is behind. The
+supervisor's STOP ends it: drain (read no more, answer what was read) or
+now (answer what is in flight with its error).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import mmap
 import os
-import signal
-import struct
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import zmq
-import zmq.utils.monitor
 
 from actors import messages as m
 from actors import sockets
-from actors.inbox import Inbox
-from actors.runtime import die_with_parent, setup_logging
+from actors.codes import Code, Exit
+from actors.config import FrontConfig, add_process_flags
+from actors.front_state import FrontState
+from actors.inbox import Inbox, OverlongLine
+from actors.output import Output
+from actors.peers import ROUTES, Failure, Peers, Pending
+from actors.requests import (
+    BadRequest,
+    NotARequest,
+    ReplyFormatter,
+    Validators,
+    check_request,
+    overlong_envelope,
+    parse_request,
+    recover_reply,
+)
+from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from actors.sockets import Remote
-from wal.fsutil import write_all
-from wal.statemachine import replay
 
 log = setup_logging("front")
 
 READ_CHUNK = 1 << 20
 MAX_IN_FLIGHT = 20_000  # stop reading stdin past this many unanswered requests
-SCAN_MAX_ENTRIES = 10_000
-FSYNC_BENCH_MAX_ENTRIES = 20_000  # ~3 s of one-fsync-per-write here
-FSYNC_STRATEGIES = ("always", "batch_10ms", "none")
+STOP_NOW_WRITE_WAIT = 1.0  # seconds a stop at once waits for the reader to take the errors
 # What a restarted front does not redo for its predecessor: the request may
 # have reached its peer already, so it gets error 13 instead.
 CHANGES_STATE = frozenset(
     [m.OP_APPEND, m.OP_SNAPSHOT, m.OP_COMPACT, m.OP_SEGMENT_CONFIG, m.OP_FSYNC_BENCHMARK]
 )
-
-
-class BadRequest(Exception):
-    """A request the front answers with an error without forwarding it."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
-
-
-# -- validation: one function per forwarded type, returning the op argument
-
-
-MAX_INT = 2**63 - 1  # offsets and sizes travel as msgpack integers
-
-
-def _int(body: dict, name: str, *, default: int | None = None, minimum: int = 0) -> int:
-    value = body.get(name, default)
-    if value is None:
-        raise BadRequest(12, f"missing field {name!r}: give an integer >= {minimum}")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(12, f"{name} must be an integer, got {json.dumps(value)}")
-    if value < minimum:
-        raise BadRequest(12, f"{name} must be >= {minimum}, got {value}")
-    if value > MAX_INT:
-        raise BadRequest(12, f"{name} must be at most {MAX_INT}, got {value}")
-    return value
-
-
-def _str(body: dict, name: str, *, surrogates: bool = False) -> str:
-    """A string field; lone surrogates only where the caller encodes them itself."""
-    value = body.get(name)
-    if value is None:
-        raise BadRequest(12, f"missing field {name!r}: give a string")
-    if not isinstance(value, str):
-        raise BadRequest(12, f"{name} must be a string, got {json.dumps(value)}")
-    try:
-        if not surrogates:
-            value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(12, f"{name} must be Unicode text; it holds a lone surrogate") from None
-    return value
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"{text} overflows a double")
-    return value
-
-
-# json without NaN/Infinity, also not as overflowing numbers (1e400)
-_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite_float)
-_EXACT = frozenset([str, int, bool, type(None)])
-
-
-def parse_json(line: bytes) -> Any:
-    """One request line, as json's strict decoder reads it. orjson is ~6x
-    faster and agrees, except that it refuses some lines json reads (lone
-    surrogates, 1e400) and reads integers past 64 bits as floats. So its
-    result is kept only where no float (or nested value) could be such an
-    integer: string src and dest, a body of scalars. Other lines are rare."""
-    try:
-        msg = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        msg = None
-    if type(msg) is dict:
-        body = msg.get("body")
-        if type(msg.get("src")) is str and type(msg.get("dest")) is str and type(body) is dict:
-            for value in body.values():
-                if type(value) not in _EXACT:
-                    break
-            else:
-                return msg
-    return _STRICT_JSON.decode(line.decode("utf-8", "surrogatepass"))  # as json.loads does
-
-
-APPEND_OK = "wal_append_ok"
-# json.dumps's layout of a wal_append_ok reply (PROTOCOL.md), field for field
-APPEND_OK_LINE = (
-    '{{"src": {}, "dest": {}, "body": {{"type": "wal_append_ok", "in_reply_to": {}, '
-    '"offset": {}, "length": {}, "checksum": "{}", "msg_id": {}}}}}'
-)
-
-
-class Validators:
-    def __init__(self, max_payload_bytes: int) -> None:
-        self.max_payload_bytes = max_payload_bytes
-
-    def init(self, body: dict) -> list:
-        node_id = _str(body, "node_id")
-        ids = body.get("node_ids", [node_id])
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise BadRequest(12, "node_ids must be a list of strings")
-        for i in range(len(ids)):
-            _str({"id": ids[i]}, "id")  # text that travels: no lone surrogates
-        return [node_id, ids]
-
-    def wal_append(self, body: dict) -> bytes:
-        payload = _str(body, "payload", surrogates=True).encode("utf-8", "surrogatepass")
-        if len(payload) > self.max_payload_bytes:
-            raise BadRequest(
-                12,
-                f"payload is {len(payload)} bytes, over the limit of "
-                f"{self.max_payload_bytes} (--max-payload-bytes); split it",
-            )
-        return payload
-
-    def wal_read(self, body: dict) -> int:
-        return _int(body, "offset")
-
-    def wal_scan(self, body: dict) -> list:
-        max_entries = _int(body, "max_entries", default=100, minimum=1)
-        return [_int(body, "from_offset"), min(max_entries, SCAN_MAX_ENTRIES)]
-
-    def wal_info(self, body: dict) -> None:
-        return None
-
-    wal_sync = wal_segment_info = wal_info
-
-    def wal_segment_config(self, body: dict) -> int:
-        return _int(body, "max_segment_bytes", minimum=1)
-
-    def kv_get(self, body: dict) -> str:
-        return _str(body, "key")
-
-    def wal_snapshot(self, body: dict) -> None:
-        return None
-
-    def wal_compact(self, body: dict) -> int:
-        return _int(body, "snapshot_at_offset")
-
-    def fsync_benchmark(self, body: dict) -> list:
-        entries = _int(body, "entries", default=1000, minimum=1)
-        if entries > FSYNC_BENCH_MAX_ENTRIES:
-            raise BadRequest(12, f"entries is capped at {FSYNC_BENCH_MAX_ENTRIES}, got {entries}")
-        strategies = body.get("strategies", list(FSYNC_STRATEGIES))
-        if (
-            not isinstance(strategies, list)
-            or not strategies
-            or not all(s in FSYNC_STRATEGIES for s in strategies)
-        ):
-            raise BadRequest(
-                12, f"strategies must be a non-empty list drawn from {list(FSYNC_STRATEGIES)}"
-            )
-        return [entries, strategies]
-
-
-def recover_reply(body: dict) -> dict:
-    """wal_recover: a pure replay over the entries given (course task 10-1-2)."""
-    entries = body.get("wal_entries")
-    if not isinstance(entries, list):
-        raise BadRequest(12, "wal_entries must be a list of {offset, payload, checksum}")
-    pairs = []
-    for i, e in enumerate(entries):
-        if (
-            not isinstance(e, dict)
-            or not isinstance(e.get("payload"), str)
-            or e.get("checksum") not in ("valid", "invalid")
-        ):
-            raise BadRequest(
-                12,
-                f"wal_entries[{i}] must be an object with a string payload and "
-                f'checksum "valid" or "invalid"',
-            )
-        pairs.append((e["payload"], e["checksum"] == "valid"))
-    replayed, skipped, state = replay(pairs)
-    return {"entries_replayed": replayed, "entries_skipped": skipped, "state": state}
-
-
-class FrontState:
-    """What a restarted front must not forget, in a run-directory file (two
-    u64s, mmapped): the next reply msg_id, so ids never repeat, and the
-    offset after the newest acknowledged append, so kv_get keeps reading
-    its writes. Both are stored before the lines they govern are written."""
-
-    LAYOUT = struct.Struct("<QQ")
-
-    def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < self.LAYOUT.size:
-                os.ftruncate(fd, self.LAYOUT.size)
-            self._mm = mmap.mmap(fd, self.LAYOUT.size)
-        finally:
-            os.close(fd)
-        self._next_msg_id, self.acked_next = self.LAYOUT.unpack_from(self._mm)
-
-    def take_msg_id(self) -> int:
-        n = self._next_msg_id
-        self._next_msg_id = n + 1
-        struct.pack_into("<Q", self._mm, 0, n + 1)
-        return n
-
-    def store_acked_next(self, acked_next: int) -> None:
-        self.acked_next = acked_next
-        struct.pack_into("<Q", self._mm, 8, acked_next)
-
-
-# Which peer serves each forwarded type. wal_snapshot goes to the writer
-# first, as a sync barrier (so it covers every append read before it), then
-# to the compactor with the durable offset the barrier returned.
-ROUTES = {
-    m.OP_INIT: "writer",
-    m.OP_APPEND: "writer",
-    m.OP_READ: "writer",
-    m.OP_SCAN: "writer",
-    m.OP_INFO: "writer",
-    m.OP_SYNC: "writer",
-    m.OP_SEGMENT_CONFIG: "writer",
-    m.OP_SEGMENT_INFO: "writer",
-    m.OP_FSYNC_BENCHMARK: "compactor",  # off the append path
-    m.OP_SNAPSHOT: "writer",
-    m.OP_KV_GET: "compactor",
-    m.OP_COMPACT: "compactor",
-}
-ENDPOINTS = {"writer": sockets.writer_endpoint, "compactor": sockets.compactor_endpoint}
-
-# pending/held request fields (LINE: the request line's start in the stdin stream)
-SRC, DEST, MSG_ID, TYPE, DEADLINE, INIT_ARG, PEER, LINE = range(8)
-
-
-class Peer:
-    """A process the front forwards to, and whether it is up.
-
-    A local peer's ups and downs come from the supervisor. A remote one
-    (another host, `--connect`) has a monitor socket instead: it is up once
-    the (CURVE) handshake succeeds and down when the connection drops."""
-
-    def __init__(self, name: str, ctx: zmq.Context, run_dir: str, remote: Remote | None) -> None:
-        self.name = name
-        self.ctx = ctx
-        self.remote = remote
-        self.endpoint = ENDPOINTS[name](run_dir) if remote is None else getattr(remote, name)
-        self.monitor: zmq.Socket | None = None
-        self.sock = self._connect()
-        self.up = remote is None
-        self.refused = False  # a handshake failure was logged
-        self.outbox: list[list] = []
-
-    def _connect(self) -> zmq.Socket:
-        if self.remote is None:
-            return sockets.connect_dealer(self.ctx, self.endpoint)
-        sock, self.monitor = sockets.connect_remote_dealer(self.ctx, self.remote, self.endpoint)
-        return sock
-
-    def register(self, poller: zmq.Poller) -> None:
-        for sock in (self.sock, self.monitor):
-            if sock is not None:
-                poller.register(sock, zmq.POLLIN)
-
-    def reconnect(self, poller: zmq.Poller) -> None:
-        """Drop everything queued for a dead peer so it never reaches its
-        successor after we answered 13: a client that reads back, finds
-        nothing and retries would otherwise get a duplicate."""
-        for sock in (self.sock, self.monitor):
-            if sock is not None:
-                poller.unregister(sock)
-        if self.monitor is not None:
-            self.sock.disable_monitor()
-            self.monitor.close(linger=0)
-        self.sock.close(linger=0)
-        self.sock = self._connect()
-        self.register(poller)
-        self.outbox = []
 
 
 class Front:
@@ -324,6 +64,7 @@ class Front:
         run_dir: str,
         *,
         max_payload_bytes: int,
+        max_line_bytes: int,
         request_timeout: float,
         unavailable_wait: float,
         remote: Remote | None = None,
@@ -331,78 +72,87 @@ class Front:
         self.run_dir = run_dir
         self.ctx = ctx
         self.poller = zmq.Poller()
-        self.peers = {name: Peer(name, ctx, run_dir, remote) for name in ENDPOINTS}
+        self.peers = Peers(
+            ctx,
+            run_dir,
+            remote,
+            request_timeout=request_timeout,
+            unavailable_wait=unavailable_wait,
+        )
         self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
         self.validators = Validators(max_payload_bytes)
         self.forwarded = {name: getattr(self.validators, name) for name in ROUTES}
         self.known_types = frozenset([*self.forwarded, "wal_recover", "status"])
-        self.request_timeout = request_timeout
-        self.unavailable_wait = unavailable_wait
-        self.state = FrontState(os.path.join(run_dir, "front.state"))
-        self.node_id_path = os.path.join(run_dir, "node_id")
-        self.node_id: str | None = None
-        if os.path.exists(self.node_id_path):
-            with open(self.node_id_path) as f:
-                self.node_id = f.read() or None
-        self.inbox = Inbox(run_dir)
+        self.state = FrontState(run_dir)
+        self.inbox = Inbox(run_dir, max_line_bytes)
         self.init_pending = False  # an init is at the writer; later lines wait for it
         self.after_init: list[tuple[bytes, int, bool]] = []
         self.next_rid = 0
-        # rid -> [src, dest, msg_id, type, deadline, init arg, peer]: sent, unanswered
-        self.pending: dict[int, list] = {}
-        # requests whose peer is down, not sent: [rid, op, arg, meta]
-        self.held: list[list] = []
-        self.status_waiting: dict[int, list] = {}
-        self.out: list[str] = []
-        self._json_strs: dict[str, str] = {}
+        self.status_waiting: dict[int, Pending] = {}  # rid -> asked of the supervisor
+        self.output = Output(1, self.inbox)
+        self.replies = ReplyFormatter()
         self.eof = False
+        self.stop_mode: str | None = None  # the supervisor's STOP: drain or now
+        self._watched: set[int] = set()  # stdin/stdout registered with the poller
+
+    @property
+    def node_id(self) -> str | None:
+        return self.state.node_id
 
     # -- replies -----------------------------------------------------------
 
-    def emit(self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict) -> None:
+    def emit(
+        self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict, line: int
+    ) -> bool:
+        """Queue a reply to the request line at `line`; the output marks the
+        line answered once the reply goes into the pipe. True: queued."""
         msg_id = self.state.take_msg_id()
-        if typ == APPEND_OK and type(in_reply_to) is int and type(src) is type(dest) is str:
-            # The hot path, formatted directly: json.dumps costs ~5 us a reply.
-            self.out.append(
-                APPEND_OK_LINE.format(
-                    self.json_str(src),
-                    self.json_str(dest),
-                    in_reply_to,
-                    fields["offset"],
-                    fields["length"],
-                    fields["checksum"],
-                    msg_id,
-                )
-            )
-            return
-        body = {"type": typ, "in_reply_to": in_reply_to}
-        body.update(fields)
-        body["msg_id"] = msg_id
-        self.out.append(json.dumps({"src": src, "dest": dest, "body": body}))
+        self.output.add(self.replies.line(src, dest, in_reply_to, typ, fields, msg_id), line)
+        return True
 
-    def json_str(self, text: str) -> str:
-        """json.dumps(text), remembered: node and client ids repeat on every reply."""
-        encoded = self._json_strs.get(text)
-        if encoded is None:
-            if len(self._json_strs) > 10_000:
-                self._json_strs.clear()
-            encoded = self._json_strs[text] = json.dumps(text)
-        return encoded
-
-    def emit_error(self, src: Any, dest: Any, in_reply_to: Any, code: int, fields: dict) -> None:
+    def emit_error(
+        self, src: Any, dest: Any, in_reply_to: Any, code: int, fields: dict, line: int
+    ) -> bool:
         if in_reply_to is None:
             log.warning("not answering a request without msg_id: error %d %s", code, fields)
-            return
-        self.emit(src, dest, in_reply_to, "error", {"code": code, **fields})
+            return False
+        return self.emit(src, dest, in_reply_to, "error", {"code": code, **fields}, line)
+
+    def answer(self, request: Pending, code: int, fields: dict) -> None:
+        """Reply to a request the front answers late: a peer's [code, fields]
+        (code messages.OK for success), or only mark its line answered if it
+        has no msg_id."""
+        if code == m.OK:
+            replied = request.msg_id is not None and self.emit(
+                request.src,
+                request.dest,
+                request.msg_id,
+                request.type + "_ok",
+                fields,
+                request.line,
+            )
+        else:
+            replied = self.emit_error(
+                request.src, request.dest, request.msg_id, code, fields, request.line
+            )
+        if not replied:
+            self.inbox.answered(request.line)
+
+    def fail(self, failure: Failure) -> None:
+        """Answer a request with its error; a failed init frees the lines that waited for it."""
+        request = failure.request
+        text = {"text": failure.text}
+        if not self.emit_error(
+            request.src, request.dest, request.msg_id, failure.code, text, request.line
+        ):
+            self.inbox.answered(request.line)
+        if request.type == m.OP_INIT:
+            self.init_resolved()
 
     def flush_output(self) -> None:
-        data = ("\n".join(self.out) + "\n").encode() if self.out else b""
-        self.out.clear()
-        # Marks first: a crash between these two writes loses those replies,
-        # never doubles them; nothing else runs between them.
+        """Write what the pipe takes now; record the lines answered without a reply."""
+        self.output.write_ready()
         self.inbox.sync_marks()
-        if data:
-            write_all(1, data)
         self.inbox.tidy()
 
     # -- requests ----------------------------------------------------------
@@ -414,89 +164,109 @@ class Front:
             self.after_init.append((line, start, inherited))
             return
         try:
-            forwarded = self.handle_line(line, start, inherited)
+            later = self.handle_line(line, start, inherited)
         except Exception:  # a bug must cost one request, never the front (or a replay loop)
             log.exception("could not handle line %r", line[:200])
-            forwarded = False
+            later = False
             try:
-                body = json.loads(line)["body"]
+                request = parse_request(line)
+                src = self.node_id if self.node_id is not None else request.node
                 text = "walnode failed to handle this request (a bug, logged); it was not applied"
-                self.emit_error(self.node_id, None, body.get("msg_id"), 12, {"text": text})
+                code = Code.MALFORMED_REQUEST
+                later = self.emit_error(
+                    src, request.client, request.msg_id, code, {"text": text}, start
+                )
             except Exception:
                 pass
-        if not forwarded:
+        if not later:  # no reply will mark it
             self.inbox.answered(start)
 
     def handle_line(self, line: bytes, start: int, inherited: bool) -> bool:
-        """True if the line went on to a peer or the supervisor (answered later)."""
+        """True if the line is answered later: it went on to a peer or the
+        supervisor, or its reply is queued (the output marks it)."""
+        if type(line) is OverlongLine:
+            return self.refuse_overlong(line, start, inherited)
         if not line.strip():
             return False
         try:
-            msg = parse_json(line)
-        except ValueError:
+            request = parse_request(line)
+        except NotARequest as skip:
             if not inherited:  # its predecessor logged it
-                log.warning("skipping a line that is not JSON: %r", line[:200])
+                log.warning("skipping %s: %r", skip, line[:200])
             return False
-        body = msg.get("body") if isinstance(msg, dict) else None
-        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-            if not inherited:
-                log.warning("skipping a message without body.type: %r", line[:200])
-            return False
-        typ = body["type"]
-        dest = msg.get("src")
-        src = self.node_id if self.node_id is not None else msg.get("dest")
-        msg_id = body.get("msg_id")
-        if msg_id is not None and (not isinstance(msg_id, int) or isinstance(msg_id, bool)):
-            text = f"msg_id must be an integer, got {json.dumps(msg_id)}"
-            self.emit_error(src, dest, msg_id, 12, {"text": text})
-            return False
+        typ = request.type
+        body = request.body
+        dest = request.client
+        src = self.node_id if self.node_id is not None else request.node
+        msg_id = request.msg_id
+        try:
+            check_request(request, self.known_types)
+        except BadRequest as err:
+            return self.emit_error(src, dest, msg_id, err.code, {"text": err.text}, start)
         if inherited and typ in CHANGES_STATE:
             text = (
                 f"walnode's front process restarted while this {typ} was in flight: it may "
                 f"or may not have been applied; read the log (wal_read/wal_scan/wal_info) "
                 f"to find out"
             )
-            self.emit_error(src, dest, msg_id, 13, {"text": text})
-            return False
+            return self.emit_error(src, dest, msg_id, Code.CRASH, {"text": text}, start)
         try:
             if typ != m.OP_INIT and self.node_id is None and typ in self.known_types:
-                raise BadRequest(11, "the node is not initialised yet: send init first")
+                raise BadRequest(
+                    Code.TEMPORARILY_UNAVAILABLE, "the node is not initialised yet: send init first"
+                )
             if typ == "wal_recover":
-                if msg_id is not None:
-                    self.emit(src, dest, msg_id, "wal_recover_ok", recover_reply(body))
-                return False
+                fields = recover_reply(body)
+                return msg_id is not None and self.emit(
+                    src, dest, msg_id, "wal_recover_ok", fields, start
+                )
             if typ == "status":
                 rid = self.new_rid()
-                self.status_waiting[rid] = [src, dest, msg_id, time.monotonic() + 5, start]
+                request = Pending(src, dest, msg_id, typ, start, deadline=time.monotonic() + 5)
+                self.status_waiting[rid] = request
                 self.control.send(m.pack([m.STATUS, rid]))
                 return True
-            validate = self.forwarded.get(typ)
-            if validate is None:
-                known = ", ".join(sorted(self.known_types))
-                raise BadRequest(10, f"unknown message type {typ!r}; walnode serves {known}")
-            arg = validate(body)
+            arg = self.forwarded[typ](body)  # check_request refused unknown types
         except BadRequest as err:
-            self.emit_error(src, dest, msg_id, err.code, {"text": err.text})
-            return False
+            return self.emit_error(src, dest, msg_id, err.code, {"text": err.text}, start)
         if typ == m.OP_KV_GET:  # read-your-writes: every acknowledged append first
             arg = [arg, self.state.acked_next]
         if typ == m.OP_INIT:
             self.init_pending = True
-        meta = [src, dest, msg_id, typ, 0.0, arg if typ == m.OP_INIT else None, ROUTES[typ], start]
+        request = Pending(
+            src, dest, msg_id, typ, start, ROUTES[typ], arg if typ == m.OP_INIT else None
+        )
         op = m.OP_SYNC if typ == m.OP_SNAPSHOT else typ
-        self.forward(self.new_rid(), op, arg, meta)
+        self.forward(self.new_rid(), op, arg, request)
         return True
 
-    def forward(self, rid: int, op: str, arg: Any, meta: list) -> None:
-        """Send to the request's peer, or hold it while that peer is down."""
-        peer = self.peers[meta[PEER]]
-        if peer.up:
-            meta[DEADLINE] = time.monotonic() + self.request_timeout
-            self.pending[rid] = meta
-            peer.outbox.append([rid, op, arg])
-        else:
-            meta[DEADLINE] = time.monotonic() + self.unavailable_wait
-            self.held.append([rid, op, arg, meta])
+    def refuse_overlong(self, head: OverlongLine, start: int, inherited: bool) -> bool:
+        """A line over --max-line-bytes, refused as it streams in: error 12
+        if its first bytes name a msg_id, else logged and skipped."""
+        client, node, msg_id = overlong_envelope(head)
+        limit = self.inbox.max_line_bytes
+        if msg_id is None:
+            if not inherited:
+                log.warning(
+                    "skipping a line over %d bytes (--max-line-bytes) whose first %d bytes "
+                    "name no msg_id: %r",
+                    limit,
+                    len(head),
+                    head[:200],
+                )
+            return False
+        text = (
+            f"the request line is longer than {limit} bytes (--max-line-bytes), so it was "
+            f"not read; payloads may be at most {self.validators.max_payload_bytes} bytes "
+            f"(--max-payload-bytes): split it"
+        )
+        src = self.node_id if self.node_id is not None else node
+        return self.emit_error(src, client, msg_id, Code.MALFORMED_REQUEST, {"text": text}, start)
+
+    def forward(self, rid: int, op: str, arg: Any, request: Pending) -> None:
+        failure = self.peers.forward(rid, op, arg, request)
+        if failure is not None:
+            self.fail(failure)
 
     def init_resolved(self) -> None:
         """The pending init was answered: handle the lines read meanwhile."""
@@ -518,153 +288,73 @@ class Front:
         if msg[0] != m.REPLIES:
             return
         for rid, code, fields in msg[1]:
-            meta = self.pending.pop(rid, None)
-            if meta is None:  # answered already (timeout or a peer's crash)
+            request = self.peers.answered(rid)
+            if request is None:  # answered already (timeout or a peer's crash)
                 continue
-            typ = meta[TYPE]
-            if typ == m.OP_SNAPSHOT and meta[PEER] == "writer" and code == m.OK:
-                meta[PEER] = "compactor"  # the barrier passed: now the snapshot itself
-                self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], meta)
+            typ = request.type
+            if typ == m.OP_SNAPSHOT and request.peer == "writer" and code == m.OK:
+                request.peer = "compactor"  # the barrier passed: now the snapshot itself
+                self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], request)
                 continue
             if typ == m.OP_INIT and code == m.OK:
-                self.set_node_id(meta[INIT_ARG][0])
-                meta[SRC] = meta[INIT_ARG][0]
+                self.state.store_node_id(request.init_arg[0])
+                request.src = request.init_arg[0]
             if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:
                 # stored before the ack is printed, and before any kv_get below
                 self.state.store_acked_next(fields["offset"] + 1)
-            if code == m.OK:
-                if meta[MSG_ID] is not None:
-                    self.emit(meta[SRC], meta[DEST], meta[MSG_ID], typ + "_ok", fields)
-            else:
-                self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, fields)
-            self.inbox.answered(meta[LINE])
+            self.answer(request, code, fields)
             if typ == m.OP_INIT:
                 self.init_resolved()
 
-    def set_node_id(self, node_id: str) -> None:
-        self.node_id = node_id
-        tmp = self.node_id_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(node_id)
-        os.replace(tmp, self.node_id_path)
-
     def on_control(self, msg: list) -> None:
         kind = msg[0]
-        if kind == m.PEER and msg[1] in self.peers:
-            peer = self.peers[msg[1]]
+        if kind == m.PING:  # the supervisor's heartbeat: this loop runs
+            self.control.send(m.pack([m.PONG, os.getpid()]))
+        elif kind == m.PEER and msg[1] in self.peers.by_name:
+            peer = self.peers.by_name[msg[1]]
             if msg[2] == "down":
-                self.on_peer_down(peer)
+                self.fail_all(self.peers.down(peer, self.poller))
             else:
-                self.on_peer_up(peer)
+                self.fail_all(self.peers.up(peer))
         elif kind == m.STATUS:
-            waiting = self.status_waiting.pop(msg[1], None)
-            if waiting is not None:
-                src, dest, msg_id, _, start = waiting
-                fields = {"node_id": self.node_id, **msg[2]}
-                if msg_id is not None:
-                    self.emit(src, dest, msg_id, "status_ok", fields)
-                self.inbox.answered(start)
+            request = self.status_waiting.pop(msg[1], None)
+            if request is not None:
+                self.answer(request, m.OK, {"node_id": self.node_id, **msg[2]})
+        elif kind == m.STOP and self.stop_mode != m.STOP_NOW:
+            self.stop_mode = msg[1]
+            if self.stop_mode == m.STOP_NOW:
+                self.stop_now()
 
-    def on_peer_up(self, peer: Peer) -> None:
-        peer.up = True
-        mine = [item for item in self.held if item[3][PEER] == peer.name]
-        self.held = [item for item in self.held if item[3][PEER] != peer.name]
-        for rid, op, arg, meta in mine:
-            self.forward(rid, op, arg, meta)
+    def stop_now(self) -> None:
+        """Answer everything in flight with its error (13 for what a peer
+        held, 11 for what was not sent); nothing more is sent."""
+        log.warning("stopping at once: answering %d requests in flight", len(self.peers))
+        self.fail_all(self.peers.stop_now())
+        for request in self.status_waiting.values():
+            text = "walnode was stopped at once before the supervisor answered"
+            self.fail(Failure(request, Code.TEMPORARILY_UNAVAILABLE, text))
+        self.status_waiting.clear()
 
-    def on_monitor(self, peer: Peer) -> None:
-        """A remote peer's connection changed (see Peer)."""
-        event = zmq.utils.monitor.recv_monitor_message(peer.monitor)["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            log.info("connected to the %s at %s", peer.name, peer.endpoint)
-            peer.refused = False
-            self.on_peer_up(peer)
-        elif event == zmq.EVENT_DISCONNECTED:
-            if peer.up:  # else zmq is retrying a connection that never came up
-                self.on_peer_down(peer)
-        elif not peer.refused:
-            peer.refused = True
-            log.error(
-                "the %s at %s refused the handshake: is this front's public key in its "
-                "KEYDIR/clients, and KEYDIR/server.key its key? (zmq event %d)",
-                peer.name,
-                peer.endpoint,
-                event,
-            )
-
-    def on_peer_down(self, peer: Peer) -> None:
-        lost = {rid: meta for rid, meta in self.pending.items() if meta[PEER] == peer.name}
-        if peer.up:
-            log.warning("%s is down; failing %d requests it held", peer.name, len(lost))
-        peer.up = False
-        peer.reconnect(self.poller)
-        how = "died" if peer.remote is None else "was lost (its connection dropped)"
-        for rid, meta in lost.items():
-            del self.pending[rid]
-            self.fail(
-                meta,
-                13,
-                f"the {peer.name} {how} while it held this {meta[TYPE]}: it may or may not "
-                f"have been applied; read the log (wal_read/wal_scan/wal_info) to find out",
-            )
-
-    def fail(self, meta: list, code: int, text: str) -> None:
-        """Answer a forwarded request with an error; a failed init frees the
-        lines that waited for it."""
-        self.emit_error(meta[SRC], meta[DEST], meta[MSG_ID], code, {"text": text})
-        self.inbox.answered(meta[LINE])
-        if meta[TYPE] == m.OP_INIT:
-            self.init_resolved()
+    def fail_all(self, failures: Iterable[Failure]) -> None:
+        for failure in failures:
+            self.fail(failure)
 
     def expire(self, now: float) -> None:
-        while self.pending:
-            rid, meta = next(iter(self.pending.items()))
-            if meta[DEADLINE] > now:
-                break
-            del self.pending[rid]
-            self.fail(
-                meta,
-                0,
-                f"no answer from the {meta[PEER]} within {self.request_timeout:g} s; "
-                f"the request may or may not have been applied",
-            )
-        while self.held and self.held[0][3][DEADLINE] <= now:
-            _rid, _op, _arg, meta = self.held.pop(0)
-            peer = self.peers[meta[PEER]]
-            why = (
-                f"refused this front's key (see {peer.endpoint} and KEYDIR/clients there)"
-                if peer.refused
-                else "is unavailable (restarting or unreachable)"
-            )
-            self.fail(
-                meta,
-                11,
-                f"the {peer.name} {why}; this {meta[TYPE]} was not sent to it"
-                f"{'' if peer.refused else ', so retry it'}",
-            )
-        for rid, (src, dest, msg_id, deadline, start) in list(self.status_waiting.items()):
-            if deadline <= now:
+        self.fail_all(self.peers.expired(now))
+        for rid, request in list(self.status_waiting.items()):
+            if request.deadline <= now:
                 del self.status_waiting[rid]
-                self.emit_error(src, dest, msg_id, 0, {"text": "the supervisor did not answer"})
-                self.inbox.answered(start)
-
-    def send_outboxes(self) -> None:
-        for peer in self.peers.values():
-            if peer.outbox:
-                peer.sock.send(m.pack([m.REQUESTS, peer.outbox]))
-                peer.outbox = []
+                self.fail(Failure(request, Code.TIMEOUT, "the supervisor did not answer"))
 
     def idle(self) -> bool:
-        return not (self.pending or self.held or self.status_waiting or self.after_init)
+        return not (self.peers or self.status_waiting or self.after_init)
 
     # -- the loop ----------------------------------------------------------
 
     def run(self) -> int:
         self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
-        poller = self.poller
-        for peer in self.peers.values():
-            peer.register(poller)
-        poller.register(self.control, zmq.POLLIN)
+        self.peers.register(self.poller)
+        self.poller.register(self.control, zmq.POLLIN)
         if self.inbox.unanswered:
             log.warning(
                 "answering %d requests a previous front read but did not answer",
@@ -672,62 +362,88 @@ class Front:
             )
         for start, line in self.inbox.unanswered:
             self.on_line(line, start, inherited=True)
-        self.send_outboxes()
+        self.peers.send_outboxes()
         self.flush_output()  # what a predecessor left is answered before the first poll
-        stdin_registered = False
         while True:
-            backlog = len(self.pending) + len(self.held) + len(self.after_init)
-            want_stdin = not self.eof and backlog < MAX_IN_FLIGHT
-            if want_stdin != stdin_registered:
-                if want_stdin:
-                    poller.register(0, zmq.POLLIN)
-                else:
-                    poller.unregister(0)
-                stdin_registered = want_stdin
-            if self.eof and self.idle():
-                self.flush_output()
-                return 0
-            events = dict(poller.poll(100))
-            if self.control in events:
-                for data in sockets.drain(self.control):
-                    self.on_control(m.unpack(data))
-            for peer in self.peers.values():
-                if peer.sock in events:
-                    for data in sockets.drain(peer.sock):
-                        self.on_replies(m.unpack(data))
-                if peer.monitor is not None and peer.monitor in events:
-                    self.on_monitor(peer)
+            if self.stop_mode == m.STOP_NOW:
+                self.output.drain(time.monotonic() + STOP_NOW_WRITE_WAIT)
+                self.inbox.sync_marks()
+                return Exit.FAILED
+            if (self.eof or self.stop_mode == m.STOP_DRAIN) and self.idle() and not self.output:
+                self.inbox.sync_marks()
+                return Exit.OK  # every request read is answered and written
+            events = dict(self.poller.poll(self.watch_stdio()))
+            self.on_events(events)
             if 0 in events:
-                chunk = self.inbox.take(0, READ_CHUNK)
-                if not chunk:
-                    self.eof = True
-                lines = self.inbox.feed(chunk) if chunk else self.inbox.finish()
-                for start, line in lines:
-                    self.on_line(line, start)
-            self.send_outboxes()
+                self.read_stdin()
+            self.peers.send_outboxes()
             self.expire(time.monotonic())
             self.flush_output()
+
+    def watch_stdio(self) -> int:
+        """Poll stdin only while more input can be answered (back-pressure:
+        none while the reader is behind, or while stopping), stdout while
+        replies wait for room; the poll's timeout in ms."""
+        backlog = len(self.peers) + len(self.after_init)
+        self._watch(
+            0,
+            zmq.POLLIN,
+            not self.eof
+            and self.stop_mode is None
+            and backlog < MAX_IN_FLIGHT
+            and not self.output.backed_up(),
+        )
+        waiting_for_room = self.output.waiting_for_room()
+        self._watch(1, zmq.POLLOUT, bool(self.output) and not waiting_for_room)
+        return 10 if waiting_for_room else 100
+
+    def _watch(self, fd: int, event: int, want: bool) -> None:
+        if want != (fd in self._watched):
+            if want:
+                self.poller.register(fd, event)
+                self._watched.add(fd)
+            else:
+                self.poller.unregister(fd)
+                self._watched.discard(fd)
+
+    def on_events(self, events: dict) -> None:
+        if self.control in events:
+            for data in sockets.drain(self.control):
+                self.on_control(m.unpack(data))
+        for peer in self.peers.by_name.values():
+            if peer.sock in events:
+                for data in sockets.drain(peer.sock):
+                    self.on_replies(m.unpack(data))
+            if peer.monitor is not None and peer.monitor in events:
+                self.fail_all(self.peers.on_monitor(peer, self.poller))
+
+    def read_stdin(self) -> None:
+        chunk = self.inbox.take(0, READ_CHUNK)
+        if not chunk:
+            self.eof = True
+        lines = self.inbox.feed(chunk) if chunk else self.inbox.finish()
+        for start, line in lines:
+            self.on_line(line, start)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walnode-front")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--max-payload-bytes", type=int, default=1 << 20)
-    p.add_argument("--request-timeout", type=float, default=10.0)
-    p.add_argument("--unavailable-wait", type=float, default=2.0)
-    p.add_argument("--parent-pid", type=int, default=None)
+    add_process_flags(p, data_dir=False)
+    FrontConfig.add_flags(p)
     sockets.add_remote_flags(p, "--connect")
     args = p.parse_args(argv)
+    config = FrontConfig.from_args(args)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()  # the supervisor decides for us
     ctx = zmq.Context()
     front = Front(
         ctx,
         args.run_dir,
-        max_payload_bytes=args.max_payload_bytes,
-        request_timeout=args.request_timeout,
-        unavailable_wait=args.unavailable_wait,
+        max_payload_bytes=config.max_payload_bytes,
+        max_line_bytes=config.line_limit,
+        request_timeout=config.request_timeout,
+        unavailable_wait=config.unavailable_wait,
         remote=sockets.remote_from(args.connect, args),
     )
     return front.run()

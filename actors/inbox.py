@@ -6,21 +6,34 @@ read into the process at all. `take` splices each chunk from the pipe into
 pipe or in the file, never only in a process that can die. It then reads
 the chunk back from the file before its lines are handled. The start of
 each answered line (its byte position in the stream) is appended to
-`front.answered` before the reply is printed. A restarted front reads both
-and gets back every line its predecessor read but did not answer
+`front.answered` in the syscall before its reply's write
+(actors/output.py). A restarted front reads both and gets back every line
+its predecessor read but did not answer
 (front.py decides what to answer). Both files live in the page cache,
 which outlives the process. They are not meant to outlive the machine,
 and neither is the pipe.
 
-Marking a line answered before printing its reply means a front killed
-between the two leaves that one request without a reply, never with two.
-Once the inbox passes COMPACT_BYTES, it is rewritten from its oldest open
-line on (temp file, then rename; then the answered file the same way), so it
-holds about what is in flight.
+Marking lines answered just before their replies' write means a front killed
+between the two leaves that one write's requests without a reply, never with two.
 
-File layouts: `front.inbox` is a u64 (little-endian) stream position of its
-first byte, then the raw bytes of stdin from there; `front.answered` is u64
-line starts.
+Costs are O(bytes read): each chunk is written once, lines are split
+without re-joining what came before, and the inbox is rewritten (from its
+oldest open line on, temp file, then rename; then the answered file the
+same way) only once the answered bytes before that line are at least
+COMPACT_BYTES and at least as many as the bytes kept, so each rewrite
+copies no more than it drops. A request that stays open (a kv_get behind a
+stalled compactor) therefore costs no rewrites at all.
+
+A line longer than `max_line_bytes` is never held whole: once its bytes
+pass the limit it is handed over as an OverlongLine (its first
+PREFIX_BYTES, for the front to find a msg_id in), and the rest is skipped
+up to its newline as it streams in. Its bytes still go through the inbox
+file, but they count as answered, so compaction drops them.
+
+File layouts: `front.inbox` is a header of two u64s (little-endian): the
+stream position of its first data byte, and 1 if that byte lies inside an
+over-long line already handed over (skip to the next newline), else 0;
+then the raw bytes of stdin from there. `front.answered` is u64 line starts.
 
 If the run directory cannot take a write (its disk is full, say), the
 inbox removes its files and stops journaling. The front goes on serving;
@@ -39,23 +52,32 @@ from wal.fsutil import write_all
 
 log = logging.getLogger("front")
 
-BASE = struct.Struct("<Q")
+HEADER = struct.Struct("<QQ")  # base position, inside an over-long line
 COMPACT_BYTES = 4 << 20
+PREFIX_BYTES = 4096  # of an over-long line: where the front looks for its msg_id
+COPY_CHUNK = 1 << 20
+
+
+class OverlongLine(bytes):
+    """The first PREFIX_BYTES of a line longer than the limit (the rest is never held)."""
 
 
 class Inbox:
-    def __init__(self, run_dir: str) -> None:
+    def __init__(self, run_dir: str, max_line_bytes: int) -> None:
         self.path = os.path.join(run_dir, "front.inbox")
         self.marks_path = os.path.join(run_dir, "front.answered")
-        base, data = self._read_inbox()
+        self.max_line_bytes = max_line_bytes
+        base, skipping, data = self._read_inbox()
         answered = set(self._read_marks())
         self.open: dict[int, None] = {}  # starts of lines not yet answered, oldest first
-        self._end = BASE.size + len(data)  # the inbox file's size: where the next chunk goes
+        self._base = base  # stream position of the inbox file's first data byte
+        self._end = HEADER.size + len(data)  # the inbox file's size: where the next chunk goes
         self._splice = hasattr(os, "splice")  # off for a stdin that is not a pipe
         self._marks = array("Q")  # answered since the last sync_marks
-        self._partial = b""
-        self._pos = base  # stream position after the last byte split into lines
-        #: complete lines the previous front read but did not answer: (start, line)
+        self._partial = bytearray()  # the line being read, never more than max_line_bytes
+        self._skipping = skipping  # inside an over-long line handed over already
+        self._pos = base  # stream position of the partial line (after what was split)
+        #: lines the previous front read but did not answer: (start, line)
         self.unanswered = [(s, ln) for s, ln in self._split(data) if s not in answered]
         for start, _ in self.unanswered:
             self.open[start] = None
@@ -63,21 +85,22 @@ class Inbox:
         self.journaling = True
         try:
             self._reopen()
-            if os.fstat(self._fd).st_size < BASE.size:
-                os.pwrite(self._fd, BASE.pack(base), 0)
-                self._end = BASE.size
+            if os.fstat(self._fd).st_size < HEADER.size:
+                os.pwrite(self._fd, HEADER.pack(base, skipping), 0)
+                self._end = HEADER.size
         except OSError as err:
             self._stop_journaling(err)
 
-    def _read_inbox(self) -> tuple[int, bytes]:
+    def _read_inbox(self) -> tuple[int, bool, bytes]:
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            return 0, b""
-        if len(raw) < BASE.size:
-            return 0, b""
-        return BASE.unpack_from(raw)[0], raw[BASE.size :]
+            return 0, False, b""
+        if len(raw) < HEADER.size:
+            return 0, False, b""
+        base, skipping = HEADER.unpack_from(raw)
+        return base, bool(skipping), raw[HEADER.size :]
 
     def _read_marks(self) -> array:
         marks = array("Q")
@@ -115,16 +138,41 @@ class Inbox:
         self._afd = os.open(self.marks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def _split(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Split into complete lines (start, bytes without the newline); keep the rest."""
-        lines = []
-        buf = self._partial + data
-        start = self._pos
+        """Split into complete lines (start, bytes without the newline); keep
+        the rest. A line past the limit comes out once, as an OverlongLine,
+        as soon as it passes it."""
+        lines: list[tuple[int, bytes]] = []
         begin = 0
-        while (nl := buf.find(b"\n", begin)) >= 0:
-            lines.append((start + begin, buf[begin:nl]))
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._pos += len(data)
+                return lines
+            self._skipping = False
             begin = nl + 1
-        self._partial = buf[begin:]
-        self._pos = start + begin
+            self._pos += begin
+        limit = self.max_line_bytes
+        while (nl := data.find(b"\n", begin)) >= 0:
+            if self._partial:
+                line = bytes(self._partial) + data[begin:nl]
+                self._partial.clear()
+            else:
+                line = data[begin:nl]
+            start = self._pos
+            self._pos = start + len(line) + 1
+            begin = nl + 1
+            if len(line) > limit:
+                line = OverlongLine(line[:PREFIX_BYTES])
+            lines.append((start, line))
+        rest = len(data) - begin
+        if len(self._partial) + rest > limit:
+            head = bytes(self._partial[:PREFIX_BYTES]) + data[begin : begin + PREFIX_BYTES]
+            lines.append((self._pos, OverlongLine(head[:PREFIX_BYTES])))
+            self._pos += len(self._partial) + rest
+            self._partial.clear()
+            self._skipping = True
+        else:
+            self._partial += data[begin:]
         return lines
 
     # -- the front's calls ---------------------------------------------------
@@ -164,9 +212,9 @@ class Inbox:
         """At end of input: a last line without a newline, if any, now open."""
         if not self._partial:
             return []
-        line = (self._pos, self._partial)
+        line = (self._pos, bytes(self._partial))
         self._pos += len(self._partial)
-        self._partial = b""
+        self._partial.clear()
         self.open[line[0]] = None
         return [line]
 
@@ -189,26 +237,46 @@ class Inbox:
             self._marks = array("Q")
 
     def tidy(self) -> None:
-        """Rewrite the inbox from its oldest open line once it is large."""
-        if self.journaling and self._end > COMPACT_BYTES:
-            try:
-                self._compact()
-            except OSError as err:
-                self._stop_journaling(err)
-
-    def _compact(self) -> None:
+        """Rewrite the inbox from its oldest open line once what lies before
+        that line (answered) is large and at least what would be kept."""
+        if not self.journaling:
+            return
         low = next(iter(self.open), self._pos)
-        base, data = self._read_inbox()
-        keep = data[low - base :]
+        dropped = low - self._base
+        kept = self._end - HEADER.size - dropped
+        if dropped < COMPACT_BYTES or dropped < kept:
+            return
+        try:
+            self._compact(low, kept)
+        except OSError as err:
+            self._stop_journaling(err)
+
+    def _compact(self, low: int, kept: int) -> None:
+        skipping = self._skipping and low == self._pos  # low is inside an over-long line
+        src = HEADER.size + (low - self._base)
         marks = array("Q")
-        begin = 0
-        while (nl := keep.find(b"\n", begin)) >= 0:
-            if low + begin not in self.open:
-                marks.append(low + begin)
-            begin = nl + 1
-        for path, content in ((self.path, BASE.pack(low) + keep), (self.marks_path, marks)):
-            with open(path + ".tmp", "wb") as f:
-                f.write(content)
-            os.replace(path + ".tmp", path)  # inbox first: stale marks are harmless
+        line_start = None if skipping else low
+        with open(self.path + ".tmp", "wb") as f:
+            f.write(HEADER.pack(low, skipping))
+            done = 0
+            while done < kept:
+                piece = os.pread(self._fd, min(COPY_CHUNK, kept - done), src + done)
+                if not piece:
+                    raise OSError(errno.EIO, "the inbox is shorter than it was written")
+                f.write(piece)
+                begin = 0
+                while (nl := piece.find(b"\n", begin)) >= 0:
+                    if line_start is not None and line_start not in self.open:
+                        marks.append(line_start)
+                    line_start = low + done + nl + 1
+                    begin = nl + 1
+                done += len(piece)
+        if self._skipping and line_start is not None and line_start not in self.open:
+            marks.append(line_start)  # the over-long line being skipped, answered already
+        os.replace(self.path + ".tmp", self.path)  # inbox first: stale marks are harmless
+        with open(self.marks_path + ".tmp", "wb") as f:
+            f.write(marks.tobytes())
+        os.replace(self.marks_path + ".tmp", self.marks_path)
         self._reopen()
-        self._end = BASE.size + len(keep)
+        self._base = low
+        self._end = HEADER.size + kept

@@ -29,9 +29,15 @@ compactor is not keeping up; the next one says the same and more):
 child <-> supervisor (DEALER with identity = role -> ROUTER):
     child -> supervisor:  [READY, role, pid, recovery]     recovery: dict or None
                           [STATUS, rid]                    front asks for status
+                          [PONG, pid]                      the answer to a PING
     supervisor -> child:  [STATUS, rid, status_dict]
                           [PEER, role, state]              "ready" or "down"
+                          [PING]                           heartbeat: answer from the loop
                           [STOP]                           finish and exit 0
+                          [STOP, mode]                     to the front: STOP_DRAIN (read
+                                                           no more, answer what was read,
+                                                           exit 0) or STOP_NOW (answer what
+                                                           is in flight with its error now)
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ READY = "ready"
 STATUS = "status"
 PEER = "peer"
 STOP = "stop"
+STOP_DRAIN = "drain"
+STOP_NOW = "now"
+PING = "ping"
+PONG = "pong"
 NOTICE = "notice"
 
 OP_INIT = "init"

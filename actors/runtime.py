@@ -33,3 +33,15 @@ def die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def ignore_stop_signals() -> None:
+    """A child leaves SIGTERM, SIGINT and SIGHUP to the supervisor: a
+    terminal's Ctrl-C or a `kill` of the process group reaches every
+    process, and the supervisor stops them in order (front first, so every
+    request read is answered; the writer last)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -26,6 +26,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from actors.codes import Exit
 
 SERVER_KEY = "server"
+DEFAULT_KEY_NAME = "client"  # a front's key pair in KEYDIR
 CLIENTS_DIR = "clients"
 
 
@@ -36,7 +37,7 @@ class Remote:
 
     endpoint: str
     keys_dir: str | None
-    key_name: str = "client"
+    key_name: str = DEFAULT_KEY_NAME
 
     @property
     def writer(self) -> str:
@@ -57,7 +58,7 @@ class Remote:
 def add_remote_flags(p: argparse.ArgumentParser, flag: str) -> None:
     p.add_argument(flag, default=None, metavar="tcp://HOST:PORT")
     p.add_argument("--keys", default=None)
-    p.add_argument("--key-name", default="client")
+    p.add_argument("--key-name", default=DEFAULT_KEY_NAME)
     p.add_argument("--insecure", action="store_true")
 
 

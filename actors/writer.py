@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import zmq
 
 from actors import messages as m
 from actors import metrics, sockets
 from actors.codes import Code, Exit
-from actors.runtime import die_with_parent, setup_logging
+from actors.config import (
+    MAX_SEGMENT_BYTES,
+    MIN_SEGMENT_BYTES,
+    FsyncPolicy,
+    WriterConfig,
+    add_process_flags,
+)
+from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from wal import (
     CorruptionError,
     DataDir,
@@ -45,27 +49,8 @@ from wal.log import DEFAULT_MAX_SEGMENT_BYTES, OffsetOutOfRange
 log = setup_logging("writer")
 
 
-MIN_SEGMENT_BYTES = 64
-MAX_SEGMENT_BYTES = 1 << 30
 SCAN_MAX_BYTES = 4 * 1024 * 1024
 MAX_DRAIN_MESSAGES = 256  # messages taken into one group commit
-
-
-@dataclass(frozen=True)
-class FsyncPolicy:
-    """`always`, `interval:MS` or `never` (see PROTOCOL.md)."""
-
-    name: str
-    interval_s: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> FsyncPolicy:
-        if text == "always" or text == "never":
-            return cls(text)
-        match = re.fullmatch(r"interval:(\d+)ms", text)
-        if match and int(match.group(1)) > 0:
-            return cls(text, int(match.group(1)) / 1000)
-        raise ValueError(f"--fsync must be always, never or interval:MSms (got {text!r})")
 
 
 class GroupCommitStats:
@@ -363,6 +348,8 @@ def serve(
         if control in events:
             msg = m.unpack(control.recv())
             stopping = msg[0] == m.STOP
+            if msg[0] == m.PING:
+                control.send(m.pack([m.PONG, os.getpid()]))
         batches = []
         for router in routers:
             if router not in events:
@@ -390,19 +377,16 @@ def serve(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walnode-writer")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--fsync", default="always")
-    p.add_argument("--max-segment-bytes", type=int, default=None)
+    add_process_flags(p, data_dir=True)
     p.add_argument("--lock-fd", type=int, default=None)
-    p.add_argument("--parent-pid", type=int, default=None)
+    WriterConfig.add_flags(p)
     sockets.add_remote_flags(p, "--listen")
     args = p.parse_args(argv)
+    config = WriterConfig.from_args(args)
     if args.parent_pid:
         die_with_parent(args.parent_pid)
-    # Ctrl-C reaches the whole process group; the supervisor decides for us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    policy = FsyncPolicy.parse(args.fsync)
+    ignore_stop_signals()  # the supervisor decides for us
+    policy = config.fsync
     # Fault injection for tests: a slow start keeps the writer down for a while.
     time.sleep(float(os.environ.get("WALNODE_FAULT_WRITER_START_DELAY", "0")))
     datadir = DataDir(args.data_dir)
@@ -413,9 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.LOCKED
     try:
         meta = datadir.read_meta()
-        seg_bytes = args.max_segment_bytes or meta.get("max_segment_bytes")
-        if args.max_segment_bytes and args.max_segment_bytes != meta.get("max_segment_bytes"):
-            datadir.update_meta(max_segment_bytes=args.max_segment_bytes)
+        wanted = config.max_segment_bytes
+        seg_bytes = wanted or meta.get("max_segment_bytes")
+        if wanted and wanted != meta.get("max_segment_bytes"):
+            datadir.update_meta(max_segment_bytes=wanted)
         wal, report = Log.open(
             datadir.wal_dir, max_segment_bytes=seg_bytes or DEFAULT_MAX_SEGMENT_BYTES
         )

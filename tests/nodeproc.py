@@ -7,6 +7,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 
 from walnode import Client
@@ -156,3 +157,44 @@ def wait_until(pred, timeout: float = 5, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return pred()
+
+
+def request_line(body: dict, src: str = "c1", dest: str = "n1") -> bytes:
+    return (json.dumps({"src": src, "dest": dest, "body": body}) + "\n").encode()
+
+
+class StdoutReader:
+    """Reads a process's stdout in a thread, `chunk` bytes at a time with
+    `pause` seconds between reads (a slow client), keeping every byte."""
+
+    def __init__(self, stream, chunk: int = 1 << 16, pause: float = 0.0) -> None:
+        self.fd = stream.fileno()
+        self.chunk, self.pause = chunk, pause
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while block := os.read(self.fd, self.chunk):
+            self.data += block
+            if self.pause:
+                time.sleep(self.pause)
+
+    def lines(self) -> list[bytes]:
+        return bytes(self.data).split(b"\n")
+
+    def replies(self) -> list[dict]:
+        """Every complete line parsed; a malformed line fails the caller's test."""
+        *whole, rest = self.lines()
+        assert rest == b"", f"stdout ends inside a line: {rest[:200]!r}"
+        out = []
+        for line in whole:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"a malformed stdout line: {line[:300]!r}") from None
+        return out
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "stdout did not close in time"

@@ -21,6 +21,7 @@ import subprocess
 import pytest
 
 from actors import messages as m
+from actors.codes import Code
 from actors.writer import FsyncPolicy, Writer
 from tests.nodeproc import Node, walctl
 from wal import DataDir, Log
@@ -44,6 +45,23 @@ def assert_log_holds(node: Node, expected: list[str]) -> None:
     got = node.call_ok({"type": "wal_scan", "from_offset": 0, "max_entries": 10_000})
     assert [e["payload"] for e in got["entries"]] == expected
     assert got["next_offset"] == len(expected)
+
+
+def test_fsync_benchmark_on_a_full_disk_is_error_11_and_leaves_nothing(
+    node_factory, data_dir, tmp_path
+):
+    """The benchmark's scratch file cannot be written: definitely nothing
+    happened (11, not 13's 'may or may not'), and no scratch file is left."""
+    full = tmp_path / "disk-is-full"
+    node = faulty_node(node_factory, data_dir, "write:ENOSPC", full)
+    full.touch()
+    body = node.call({"type": "fsync_benchmark", "entries": 5, "strategies": ["none"]})
+    assert body["type"] == "error" and body["code"] == Code.TEMPORARILY_UNAVAILABLE, body
+    assert "no space left" in body["text"] and "free space, then retry" in body["text"], body
+    assert not glob.glob(os.path.join(data_dir, "fsync-benchmark-*")), "scratch file left"
+    full.unlink()
+    body = node.call_ok({"type": "fsync_benchmark", "entries": 5, "strategies": ["none"]})
+    assert [r["strategy"] for r in body["results"]] == ["none"]
 
 
 def test_disk_full_fails_appends_definitely_and_appends_resume(node_factory, data_dir, tmp_path):

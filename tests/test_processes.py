@@ -102,3 +102,76 @@ def test_front_restarts_goes_on_reading_and_never_repeats_msg_ids(node_factory):
     ids = [json.loads(line)["body"]["msg_id"] for line in node.raw]
     assert len(ids) == len(set(ids)) and ids == sorted(ids)
     assert all(json.loads(line)["src"] == "n1" for line in node.raw)
+
+
+def test_the_next_walnode_removes_run_directories_of_dead_supervisors(node_factory, tmp_path):
+    """A supervisor killed with SIGKILL cannot remove its run directory (the
+    sockets, the front's inbox); the next walnode to start does, and touches
+    nothing else: not a live walnode's, not one walnode did not make."""
+    live = node_factory()
+    live.init()
+    (live_run,) = {str(p) for p in tmp_path.glob("walnode-run-*")}
+    dead = node_factory()
+    dead.init()
+    dead.call({"type": "wal_append", "payload": "x" * 1000})  # something in its inbox
+    runs = {str(p) for p in tmp_path.glob("walnode-run-*")}
+    (stale,) = runs - {live_run}
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.proc.wait(5)
+    left = runs - {str(p) for p in tmp_path.glob("walnode-run-*")}
+    assert not left, "the killed supervisor removed its run directory itself?"
+    foreign = tmp_path / "walnode-run-not-made-by-walnode"
+    foreign.mkdir()
+    (foreign / "supervisor.pid").write_text("not a pid\n")
+    bare = tmp_path / "walnode-run-bare"
+    bare.mkdir()
+
+    after = node_factory()
+    after.init()
+    now = {str(p) for p in tmp_path.glob("walnode-run-*")}
+    mine = now - runs - {str(foreign), str(bare)}
+    assert len(mine) == 1, now  # the new one's own
+    assert now == {*mine, str(foreign), str(bare), *(runs - {stale})}
+    assert "removed" in after.stderr_text() and f"pid {dead.pid}" in after.stderr_text()
+    assert live.call({"type": "wal_append", "payload": "still fine"})["offset"] == 0
+
+
+def test_status_tells_a_stalled_writer_from_a_ready_one(node_factory):
+    """The supervisor's heartbeat: a SIGSTOPped writer stops answering it,
+    and status says "stalled" (with how long ago it was last seen) instead
+    of "ready"; once it runs again, it is "ready" again."""
+    node = node_factory()
+    node.init()
+    writer = node.process("writer")
+    assert writer["state"] == "ready", writer
+    os.kill(writer["pid"], signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: node.process("writer")["state"] == "stalled", timeout=8)
+        assert writer["last_seen_ms"] < 2000, writer  # before the stop
+        stalled = node.process("writer")
+        assert stalled["pid"] == writer["pid"] and stalled["last_seen_ms"] > 3000, stalled
+        assert {p["role"]: p["state"] for p in node.status()["processes"]} == {
+            "supervisor": "ready",
+            "writer": "stalled",
+            "compactor": "ready",
+            "front": "ready",
+        }
+    finally:
+        os.kill(writer["pid"], signal.SIGCONT)
+    assert wait_until(lambda: node.process("writer")["state"] == "ready", timeout=5)
+    assert node.process("writer")["last_seen_ms"] < 2000
+    assert node.call({"type": "wal_append", "payload": "after"})["offset"] == 0
+
+
+def test_a_stop_during_the_writers_recovery_is_prompt(node_factory):
+    """A writer still recovering reads no STOP: it is stopped at once (it has
+    served nothing), not after a 5 s wait and a 'did not stop' error."""
+    node = node_factory(env={"WALNODE_FAULT_WRITER_START_DELAY": "30"})
+    assert wait_until(lambda: "started writer" in node.stderr_text(), timeout=10)
+    time.sleep(0.3)
+    stop = time.monotonic()
+    os.kill(node.pid, signal.SIGTERM)
+    node.proc.wait(10)
+    assert time.monotonic() - stop < 3, node.stderr_text()
+    assert "did not stop" not in node.stderr_text()
+    assert "stopping the writer during its start" in node.stderr_text()

@@ -9,22 +9,31 @@ front answers each request that has a msg_id exactly once, with JSON.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import queue
+import sys
 import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from actors.front import APPEND_OK, APPEND_OK_LINE, parse_json
+from actors.requests import (
+    APPEND_OK,
+    APPEND_OK_LINE,
+    MAX_DEPTH,
+    Unreadable,
+    parse_json,
+    parse_nested,
+)
 from tests.nodeproc import Node
 from wal import CorruptionError, Entry, Log, crc_hex, record
 from wal.record import HEADER_SIZE, Damage, Decoded
@@ -388,33 +397,52 @@ def test_torn_append_of_a_record_shaped_payload_is_refused_not_cut(
 
 
 def strict_json(text: str | bytes) -> Any:
-    """json.loads without NaN/Infinity, which are not JSON (RFC 8259)."""
+    """json.loads without NaN/Infinity, which are not JSON (RFC 8259); with
+    integers of any length (as ("int", digits)) and room for deep nesting,
+    which are JSON: a reply may echo them."""
 
     def refuse(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
-    return json.loads(text, parse_constant=refuse)
+    def integer(digits: str) -> Any:
+        return int(digits) if len(digits) <= 4000 else ("int", digits)
+
+    with room_for_odd_depth():
+        return json.loads(text, parse_constant=refuse, parse_int=integer)
+
+
+@contextlib.contextmanager
+def room_for_odd_depth() -> Iterator[None]:
+    """Recursion room for json to read and write what odd_value nests."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 4 * MAX_ODD_DEPTH)  # '{"a": [' is two levels
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def expected_reply_key(line: bytes) -> str | None:
     """What PROTOCOL.md promises for `line`: a reply key, or None for no reply.
 
-    No reply for a line that is not JSON, or has no string body.type; for a
-    body with msg_id absent or null. Any other msg_id gets exactly one reply,
-    echoed in in_reply_to (a non-integer one gets error 12).
+    No reply for a line that is not JSON, or has no body.type; for a body
+    with msg_id absent or null. Any other msg_id gets exactly one reply,
+    echoed in in_reply_to (a non-integer one gets error 12), whatever the
+    line nests or holds (numbers past a double, integers of any length).
     """
     try:
-        msg = json.loads(line)  # the front's own parser
+        msg = strict_json(line)
     except ValueError:
         return None
     body = msg.get("body") if isinstance(msg, dict) else None
-    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+    if not isinstance(body, dict) or "type" not in body:
         return None
     return None if body.get("msg_id") is None else reply_key(body["msg_id"])
 
 
 def reply_key(msg_id: Any) -> str:
-    return json.dumps(msg_id, sort_keys=True)
+    with room_for_odd_depth():
+        return json.dumps(msg_id, sort_keys=True)
 
 
 TYPES = [  # wal_append first: hypothesis leans towards the first choice
@@ -470,6 +498,16 @@ wild_forwarded_int = st.one_of(
 wild_forwarded_text = st.one_of(
     forwarded_text,
     wild.filter(lambda v: not (isinstance(v, str) and any("\ud800" <= c <= "\udfff" for c in v))),
+)
+# JSON json.dumps cannot write: numbers past a double, integers past
+# Python's 4300 digits, nesting past the front's MAX_DEPTH (and past json's
+# recursion limit). Put in a line's text where ODD_MARK stands.
+MAX_ODD_DEPTH = 1500
+ODD_MARK = "\x00odd value\x00"
+odd_value = st.one_of(
+    st.sampled_from(["1e400", "-1e999", "1E+400", "9" * 4301, "-" + "3" * 5000]),
+    st.integers(MAX_DEPTH - 1, MAX_ODD_DEPTH).map(lambda d: "[" * d + "]" * d),
+    st.integers(MAX_DEPTH - 1, MAX_ODD_DEPTH).map(lambda d: '{"a": [' * d + "1e400" + "]}" * d),
 )
 payload_text = st.one_of(
     st.text(max_size=24),
@@ -587,7 +625,7 @@ def front_line(draw: st.DrawFn, n: int) -> bytes:
         body: Any = draw(request_body()) if kind == "request" else draw(wild)
         if kind == "bad body" and isinstance(body, dict):
             body.pop("type", None)
-            body["msg_id"] = n  # a msg_id without a type: still no reply
+            body["msg_id"] = n  # a msg_id without a type: still no reply; a non-string one: 10
             if draw(st.booleans()):
                 body["type"] = draw(st.one_of(st.none(), small_int, st.lists(any_text, max_size=1)))
         if kind == "request":
@@ -597,7 +635,18 @@ def front_line(draw: st.DrawFn, n: int) -> bytes:
         obj = {"src": draw(st.one_of(st.just("c1"), wild)), "dest": "n1", "body": body}
         if draw(st.integers(0, 9)) == 0:
             del obj[draw(st.sampled_from(["src", "dest"]))]
+        odd = draw(
+            st.sampled_from([None] * 6 + ["msg_id", "type", "field", "src", "two"]), label="odd"
+        )
+        if odd == "src":
+            obj["src"] = ODD_MARK
+        elif odd == "two" and isinstance(body, dict):  # say, digits first, then nesting
+            body["extra"] = body["extra2"] = ODD_MARK
+        elif odd is not None and isinstance(body, dict):
+            body[{"field": "extra"}.get(odd, odd)] = ODD_MARK
     text = json.dumps(obj, ensure_ascii=draw(st.booleans()), allow_nan=False)
+    parts = text.split(json.dumps(ODD_MARK))  # each place gets a value of its own
+    text = parts[0] + "".join(draw(odd_value, label="odd value") + part for part in parts[1:])
     # unescaped, a lone surrogate goes out as surrogatepass bytes, which
     # json.loads(bytes) takes back in (expected_reply_key uses it too)
     return text.encode("utf-8", "surrogatepass")
@@ -818,10 +867,50 @@ def test_parse_json_reads_what_json_reads(doc: Any, ascii_only: bool) -> None:
 
 
 def test_parse_json_refuses_what_is_not_json() -> None:
-    for line in [b"NaN", b'{"a": Infinity}', b'{"msg_id": 1e400}', b"-1e999", b"{"]:
+    for line in [b"NaN", b'{"a": Infinity}', b"-Infinity", b"{", b"[1,]", b'{"a" 1}', b"01"]:
         with pytest.raises(ValueError):
             parse_json(line)
     assert parse_json(b"123456789012345678901234567") == 123456789012345678901234567
+
+
+def test_parse_json_keeps_what_it_cannot_hold_as_text() -> None:
+    """Numbers past a double or past 4300 digits, and nesting past MAX_DEPTH,
+    become Unreadable, holding their exact text (a reply echoes it)."""
+    for number in ["1e400", "-1e999", "9" * 4301]:
+        got = parse_json(f'{{"msg_id": {number}}}'.encode())["msg_id"]
+        assert isinstance(got, Unreadable) and got.text == number
+    deep = "[" * (MAX_DEPTH + 900) + "]" * (MAX_DEPTH + 900)  # past json's recursion too
+    got = parse_json(f'{{"a": {deep}}}'.encode())["a"]
+    for _ in range(MAX_DEPTH - 2):  # "a" is at depth 2; MAX_DEPTH + 1 is kept as text
+        (got,) = got
+    (unreadable,) = got
+    assert unreadable == Unreadable(deep[MAX_DEPTH - 1 : -(MAX_DEPTH - 1)], unreadable.why)
+
+
+# Mutations that make JSON text invalid, or valid in another way.
+json_noise = st.sampled_from(list('[]{},:"\\ 0-1e.tfn') + ["true", "null", "1e400", "\\u"])
+
+
+@settings(FAST, max_examples=500)
+@given(json_docs, st.booleans(), st.data())
+def test_parse_nested_reads_what_json_reads(doc: Any, ascii_only: bool, data: Any) -> None:
+    """The front's loop parser for deep lines accepts exactly json's language,
+    and reads the same values (checked with and without random damage)."""
+    text = json.dumps(doc, ensure_ascii=ascii_only)
+    if data.draw(st.booleans(), label="damage"):
+        at = data.draw(st.integers(0, len(text)), label="at")
+        cut = data.draw(st.integers(0, 2), label="cut")
+        text = text[:at] + data.draw(json_noise, label="insert") + text[at + cut :]
+    try:
+        expected = strict_json(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_nested(text)
+        return
+    got = parse_nested(text)
+    if "1e400" in text:  # json reads inf, the front keeps the text
+        return
+    assert got == expected and json.dumps(got) == json.dumps(expected)
 
 
 @settings(FAST, max_examples=300)

@@ -12,11 +12,12 @@ removed afterwards:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 from wal import record
-from wal.fsutil import write_all
+from wal.fsutil import disk_full_undone, write_all
 
 STRATEGIES = {
     "always": ("every_write", "0ms"),
@@ -27,8 +28,26 @@ PAYLOAD = b"set benchmark=" + b"x" * 50
 
 
 def measure(directory: str, entries: int, strategy: str) -> dict:
+    """One strategy's run; DiskFull (and no scratch file left) if the disk is full."""
     data, _ = record.encode(PAYLOAD)
     path = os.path.join(directory, f"fsync-benchmark-{os.getpid()}.tmp")
+    try:
+        with disk_full_undone(path):
+            elapsed = _run(path, data, entries, strategy)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    durability, window = STRATEGIES[strategy]
+    return {
+        "strategy": strategy,
+        "ops_per_sec": round(entries / elapsed),
+        "durability": durability,
+        "data_loss_window": window,
+    }
+
+
+def _run(path: str, data: bytes, entries: int, strategy: str) -> float:
+    """Seconds to write `entries` records to a new file at `path` under `strategy`."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         start = last_sync = time.perf_counter()
@@ -41,14 +60,6 @@ def measure(directory: str, entries: int, strategy: str) -> dict:
                 last_sync = time.perf_counter()
         if strategy == "batch_10ms":
             os.fdatasync(fd)
-        elapsed = time.perf_counter() - start
+        return time.perf_counter() - start
     finally:
         os.close(fd)
-        os.remove(path)
-    durability, window = STRATEGIES[strategy]
-    return {
-        "strategy": strategy,
-        "ops_per_sec": round(entries / elapsed),
-        "durability": durability,
-        "data_loss_window": window,
-    }

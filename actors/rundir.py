@@ -1,0 +1,82 @@
+"""The run directory: a private (0700) temp directory per walnode run.
+
+It holds the sockets and the front's state and inbox (up to the inbox's
+size of stdin). The supervisor removes it at the end of a run; a supervisor
+killed with SIGKILL cannot, so each run directory names its supervisor (pid
+and kernel start time, in OWNER_FILE) and the next walnode to start removes
+those whose supervisor is gone. Only directories with that file are touched:
+walnode made them, for this user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import tempfile
+
+PREFIX = "walnode-run-"
+OWNER_FILE = "supervisor.pid"
+
+log = logging.getLogger("supervisor")
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None if no such process
+    runs (a zombie counts as gone). With the pid, it names one process: a
+    pid reused by another process has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])  # field 22 of proc(5); fields here start at field 3
+
+
+def create() -> str:
+    """A new run directory for this process, after removing stale ones."""
+    remove_stale()
+    path = tempfile.mkdtemp(prefix=PREFIX)
+    pid = os.getpid()
+    tmp = os.path.join(path, OWNER_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{pid} {process_start_time(pid)}\n")
+    os.replace(tmp, os.path.join(path, OWNER_FILE))  # whole, or not there at all
+    return path
+
+
+def _owner(path: str) -> tuple[int, int] | None:
+    """(pid, start time) of the supervisor a run directory names, or None if
+    it is not one walnode made for this user."""
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        with open(os.path.join(path, OWNER_FILE)) as f:
+            pid, started = f.read().split()
+        return int(pid), int(started)
+    except (OSError, ValueError):
+        return None
+
+
+def remove_stale(parent: str | None = None) -> list[str]:
+    """Remove the run directories (in `parent`, default the temp directory)
+    whose supervisor no longer runs; the paths removed."""
+    parent = parent or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = [name for name in os.listdir(parent) if name.startswith(PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(parent, name)
+        owner = _owner(path)
+        if owner is None or process_start_time(owner[0]) == owner[1]:
+            continue  # not walnode's, or its supervisor still runs
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by walnode supervisor pid %d, which is gone", path, owner[0])
+        removed.append(path)
+    return removed

@@ -69,7 +69,7 @@ BROKEN: dict[str, type[Replica]] = {
 
 
 DEFAULT_STEPS = 200
-SWARM = (0, 0.3, 1, 1, 3)  # the factors a schedule draws for its event weights
+SWARM = (0, 0.3, 1, 1, 3)  # the factors a schedule draws for its event weights (faults: 0 too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,7 @@ class Simulation:
         self.stores = {rid: MemoryStore() for rid in self.ids}
         self.replicas = {rid: self._boot(rid) for rid in self.ids}
         self.up = set(self.ids)
+        self.frozen: set[str] = set()  # up but stopped (SIGSTOP): doing nothing, receiving nothing
         self.network: list[InFlight] = []
         self.cut: set[frozenset[str]] = set()
         self.unsynced: set[str] = set()
@@ -128,12 +129,20 @@ class Simulation:
             (1, self.heal),
             (2, self.elect),
             (0.4, self.lease_runs_out),
+            (0.6, self.freeze),
+            (1, self.thaw),
             (1, self.compact),
         ]
         # Swarm testing: each schedule scales the weight of every event but delivery and fsync,
         # some to zero, so that rare mixes (say, many elections and no compaction) occur.
+        progress = (self.client_append, self.elect, self.restart, self.tick)
         self.weights = [
-            weight * (1 if event in (self.deliver, self.fsync) else self.rng.choice(SWARM))
+            weight
+            * (
+                1
+                if event in (self.deliver, self.fsync)
+                else self.rng.choice(SWARM[1:] if event in progress else SWARM)
+            )
             for weight, event in self.events
         ]
         self.any_candidate = self.rng.choice((0.1, 0.4, 0.8))
@@ -176,7 +185,7 @@ class Simulation:
     # --- events ---
 
     def client_append(self) -> str | None:
-        leaders = [rid for rid in sorted(self.up) if self.replicas[rid].is_leader()]
+        leaders = [rid for rid in sorted(self.running()) if self.replicas[rid].is_leader()]
         if not leaders:
             return None
         rid = self.rng.choice(leaders)
@@ -188,13 +197,24 @@ class Simulation:
     def _take(self) -> InFlight | None:
         if not self.network:
             return None
-        # Mostly the oldest message (links are mostly in order), else any: reordering.
-        index = 0 if self.rng.random() < 0.7 else self.rng.randrange(len(self.network))
+        # A random message's link, and on it mostly the oldest message (a link is mostly in
+        # order, links are independent of each other), else that message itself: reordering.
+        index = self.rng.randrange(len(self.network))
+        if self.rng.random() < 0.7:
+            chosen = self.network[index]
+            index = next(
+                i
+                for i, flight in enumerate(self.network)
+                if flight.source == chosen.source and flight.to == chosen.to
+            )
         return self.network.pop(index)
 
     def deliver(self) -> str | None:
         flight = self._take()
         if flight is None:
+            return None
+        if flight.to in self.frozen:  # it waits in the socket until the process is thawed
+            self.network.append(flight)
             return None
         if flight.to not in self.up or frozenset((flight.source, flight.to)) in self.cut:
             return f"lost {flight.source}->{flight.to} {flight.message}"
@@ -214,7 +234,7 @@ class Simulation:
         return f"duplicate {flight.source}->{flight.to} {flight.message}"
 
     def fsync(self) -> str | None:
-        rid = self.pick(self.unsynced & self.up)
+        rid = self.pick(self.unsynced & self.running())
         if rid is None:
             return None
         self.unsynced.discard(rid)
@@ -223,7 +243,7 @@ class Simulation:
         return f"fsync {rid} durable_end {self.stores[rid].durable_end()}"
 
     def tick(self) -> str | None:
-        rid = self.pick(self.up)
+        rid = self.pick(self.running())
         if rid is None:
             return None
         self.apply(rid, self.replicas[rid].on_tick())
@@ -235,6 +255,7 @@ class Simulation:
             return None
         self.stores[rid].crash()
         self.up.discard(rid)
+        self.frozen.discard(rid)
         self.unsynced.discard(rid)
         return f"crash {rid} (kept {self.stores[rid].durable_end()} entries)"
 
@@ -261,7 +282,7 @@ class Simulation:
         rid = self._candidate()
         if rid is None:
             return None
-        holder = self.replicas[self.holder] if self.holder in self.up else None
+        holder = self.replicas[self.holder] if self.holder in self.running() else None
         if (
             holder is not None
             and holder.role is not Role.FOLLOWER
@@ -275,24 +296,52 @@ class Simulation:
         self.apply(rid, self.replicas[rid].on_elected(self.epoch))
         return f"elect {rid} epoch {self.epoch}"
 
+    def running(self) -> set[str]:
+        return self.up - self.frozen
+
+    def freeze(self) -> str | None:
+        """SIGSTOP: mostly the key's holder (a leader frozen past its lease), else any."""
+        running = self.running()
+        if self.holder in running and self.rng.random() < 0.7:
+            rid = self.holder
+        else:
+            rid = self.pick(running)
+        if rid is None:
+            return None
+        self.frozen.add(rid)
+        return f"freeze {rid}"
+
+    def thaw(self) -> str | None:
+        """SIGCONT. A replica whose epoch etcd has moved past notices its lease deadline first
+        (or, at the schedule's rate of not noticing, goes on as it was)."""
+        rid = self.pick(self.frozen)
+        if rid is None:
+            return None
+        self.frozen.discard(rid)
+        replica = self.replicas[rid]
+        if replica.epoch < self.epoch and self.rng.random() < self.notice:
+            replica.on_lease_lost()
+        return f"thaw {rid}"
+
     def _candidate(self) -> str | None:
         """Mostly the live replica with the longest log (the wiring lets a replica that knows it
         is behind back off); sometimes any, so the position check is exercised."""
-        if not self.up:
+        running = self.running()
+        if not running:
             return None
         if self.rng.random() < self.any_candidate:
-            return self.pick(self.up)
-        best = max(self.replicas[rid].last_position() for rid in self.up)
-        return self.pick({rid for rid in self.up if self.replicas[rid].last_position() == best})
+            return self.pick(running)
+        best = max(self.replicas[rid].last_position() for rid in running)
+        return self.pick({rid for rid in running if self.replicas[rid].last_position() == best})
 
     def lease_runs_out(self) -> str | None:
-        if self.holder not in self.up:
+        if self.holder not in self.running():
             return None
         self.replicas[self.holder].on_lease_lost()
         return f"lease lost {self.holder}"
 
     def compact(self) -> str | None:
-        rid = self.pick(self.up)
+        rid = self.pick(self.running())
         if rid is None:
             return None
         store = self.stores[rid]

@@ -36,7 +36,7 @@ def test_a_ci_share_of_the_schedules_keeps_every_acknowledged_entry():
 @pytest.mark.timeout(300)
 def test_the_figure_8_family_keeps_every_acknowledged_entry_with_the_rules_intact():
     config = SimConfig(**FIGURE_8_FAMILY)
-    failure = run_schedules(0, 1000, config)
+    failure = run_schedules(0, 500, config)
     assert failure is None, explain(config, failure)
 
 
@@ -63,7 +63,7 @@ def test_the_schedules_do_what_they_claim():
     [
         ("one-replica-commit", {}, 5),
         ("no-up-to-date-check", {}, 100),
-        ("no-own-epoch-rule", FIGURE_8_FAMILY, 2000),
+        ("no-own-epoch-rule", FIGURE_8_FAMILY, 2500),
     ],
 )
 @pytest.mark.timeout(300)

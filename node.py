@@ -1,7 +1,7 @@
 """walnode: a durable write-ahead log node, JSON lines on stdin and stdout.
 
 The thin entry point a user or a harness launches; the supervisor does the
-rest. See README.md for the flags and ../shared/PROTOCOL.md for the messages.
+rest. See README.md for the flags and docs/PROTOCOL.md for the messages.
 """
 
 import sys

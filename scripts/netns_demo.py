@@ -6,7 +6,7 @@
 It builds four network namespaces: three "hosts" and a "switch" that holds
 a bridge, each host joined to the bridge by a veth pair:
 
-    wn<pid>-log  10.77.0.1  supervisor.py --roles writer,compactor
+    wn<pid>-log  10.77.0.1  node.py --roles writer,compactor
                             --listen tcp://10.77.0.1:7000 (compactor :7001)
     wn<pid>-a    10.77.0.2  node.py --connect tcp://10.77.0.1:7000   (node n1)
     wn<pid>-b    10.77.0.3  node.py --connect tcp://10.77.0.1:7000   (node n2)
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -49,12 +48,19 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
+
+from actors.codes import Code
+from walnode import Client, procfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBNET = "10.77.0"  # inside the namespaces only: it cannot clash with the host's network
 PORT = 7000
 HOSTS = {"log": 1, "a": 2, "b": 3}  # host -> last octet
 FRONTS = {"a": "n1", "b": "n2"}  # front host -> Maelstrom node id
+# A request's deadline in the client: long, since the demo waits with its own
+# limits and records a reply that comes late all the same.
+LOAD_TIMEOUT = 120.0
 NODE_IDS = ["n1", "n2"]
 EXIT_FAIL, EXIT_UNSUPPORTED = 1, 2
 
@@ -144,27 +150,8 @@ def _die_with_demo() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def proc_children(pid: int) -> list[tuple[int, list[str]]]:
-    """(pid, argv) of every process whose parent is pid."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != pid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except (OSError, ValueError, IndexError):
-            continue
-        out.append((int(entry), argv))
-    return out
-
-
 def writer_pid(supervisor_pid: int) -> int | None:
-    for pid, argv in proc_children(supervisor_pid):
+    for pid, argv in procfs.children(supervisor_pid).items():
         if any("actors.writer" in a for a in argv):
             return pid
     return None
@@ -187,16 +174,9 @@ def listening(pid: int, address: str, port: int) -> bool:
     return False
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class Front:
-    """One `node.py --connect ...` in a front namespace, driven over pipes."""
+    """One `node.py --connect ...` in a front namespace, driven over its pipes
+    by a walnode.Client; every request's send and reply times are kept."""
 
     def __init__(self, host: str, node_id: str, argv: list[str], stderr_path: str) -> None:
         self.host, self.node_id = host, node_id
@@ -212,53 +192,64 @@ class Front:
                 start_new_session=True,  # a Ctrl-C reaches the demo only: it stops them in order
             )
         self.cond = threading.Condition()
-        self.write_lock = threading.Lock()
-        self.next_id = 1
         self.sent: dict[int, tuple[float, dict]] = {}  # msg_id -> (time, body)
         self.replies: dict[int, tuple[float, dict]] = {}  # in_reply_to -> (time, body)
         self.duplicates: list[dict] = []
         self.pending_appends: set[int] = set()
         self.acked = 0  # wal_append_ok so far
         self.eof = False
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.client = Client(
+            self.proc,
+            src=f"c-{node_id}",
+            dest=node_id,
+            timeout=LOAD_TIMEOUT,
+            on_unmatched=self._unmatched,
+            on_eof=self._eof,
+        )
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            t = now()
-            try:
-                body = json.loads(line)["body"]
-            except (ValueError, KeyError, TypeError):
-                body = {"type": "unparseable", "line": line.decode(errors="replace")}
-            irt = body.get("in_reply_to")
+    def _replied(self, mid: int, body: dict) -> None:
+        t = now()
+        with self.cond:
+            if mid in self.replies:
+                self.duplicates.append(body)
+            else:
+                self.replies[mid] = (t, body)
+                if mid in self.pending_appends:
+                    self.pending_appends.discard(mid)
+                    if body.get("type") == "wal_append_ok":
+                        self.acked += 1
+            self.cond.notify_all()
+
+    def _unmatched(self, message: dict, raw: bytes, t: float) -> None:
+        body = message.get("body") or {"type": "unparseable", "line": raw.decode(errors="replace")}
+        irt = body.get("in_reply_to")
+        if isinstance(irt, int) and irt in self.sent:
+            self._replied(irt, body)  # a second reply, or one after the client's deadline
+        else:
             with self.cond:
-                if irt in self.replies:
-                    self.duplicates.append(body)
-                else:
-                    self.replies[irt] = (t, body)
-                    if irt in self.pending_appends:
-                        self.pending_appends.discard(irt)
-                        if body.get("type") == "wal_append_ok":
-                            self.acked += 1
-                self.cond.notify_all()
+                self.duplicates.append(body)
+
+    def _eof(self) -> None:
         with self.cond:
             self.eof = True
             self.cond.notify_all()
 
+    def _done(self, future: Future) -> None:
+        if future.exception() is None:  # else: no reply yet (deadline) or stdout closed
+            self._replied(future.msg_id, future.result())
+
     def send(self, body: dict) -> int:
-        with self.write_lock:
-            with self.cond:
-                mid = self.next_id
-                self.next_id += 1
-                self.sent[mid] = (now(), body)
-                if body["type"] == "wal_append":
-                    self.pending_appends.add(mid)
-            body = {**body, "msg_id": mid}
-            msg = {"src": f"c-{self.node_id}", "dest": self.node_id, "body": body}
-            try:
-                self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-                self.proc.stdin.flush()
-            except (OSError, ValueError) as err:  # ValueError: we closed it (cleanup)
-                raise DemoError(f"front {self.node_id}: cannot write its stdin: {err}") from None
+        t = now()
+        try:
+            future = self.client.request_async(body)
+        except (OSError, ValueError) as err:  # ValueError: we closed it (cleanup)
+            raise DemoError(f"front {self.node_id}: cannot write its stdin: {err}") from None
+        mid = future.msg_id
+        with self.cond:  # before its reply is recorded: _done is added below
+            self.sent[mid] = (t, body)
+            if body["type"] == "wal_append":
+                self.pending_appends.add(mid)
+        future.add_done_callback(self._done)
         return mid
 
     def wait(self, mid: int, timeout: float = 15) -> dict:
@@ -348,7 +339,7 @@ class Demo:
         master = os.path.join(self.work, "keys")
         for node_id in FRONTS.values():
             run = subprocess.run(
-                [self.py, os.path.join(REPO, "walctl.py"), "keygen", master, "--client", node_id],
+                [self.py, "-m", "walctl", "keygen", master, "--client", node_id],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -379,7 +370,7 @@ class Demo:
         self.data_dir = data
         self.log_stderr = os.path.join(self.work, "log", "stderr.log")
         argv = [
-            "ip", "netns", "exec", self.ns("log"), self.py, os.path.join(REPO, "supervisor.py"),
+            "ip", "netns", "exec", self.ns("log"), self.py, os.path.join(REPO, "node.py"),
             "--roles", "writer,compactor", "--listen", self.endpoint,
             "--data-dir", data, "--keys", keys,
         ]  # fmt: skip
@@ -479,7 +470,7 @@ class Demo:
         a = self.args
         say(f"walnode across hosts: network namespaces on one machine (work dir {self.work})")
         say(
-            f"  {self.ns('log'):<14} {self.addr('log'):<10} log host: supervisor.py --roles "
+            f"  {self.ns('log'):<14} {self.addr('log'):<10} log host: node.py --roles "
             f"writer,compactor --listen {self.endpoint} (compactor on :{PORT + 1})"
         )
         for host, node_id in FRONTS.items():
@@ -505,8 +496,6 @@ class Demo:
         self.start_log_side(keys["log"])
         for host in FRONTS:
             self.start_front(host, keys[host])
-        for front in self.fronts.values():
-            front.reader.start()
         t_listen = self.wait_listening()
         wpid = writer_pid(self.log_proc.pid)
         say(
@@ -662,9 +651,9 @@ class Demo:
                         after += 1
                         if t_sent >= t_kill and (first_back is None or t_rep < first_back):
                             first_back = t_rep
-                elif rep["type"] == "error" and rep.get("code") == 13:
+                elif rep["type"] == "error" and rep.get("code") == Code.CRASH:
                     indefinite[f.node_id].append(body["payload"])
-                elif rep["type"] == "error" and rep.get("code") == 11:
+                elif rep["type"] == "error" and rep.get("code") == Code.TEMPORARILY_UNAVAILABLE:
                     unavailable[f.node_id].append(body["payload"])
                 else:
                     other += 1
@@ -811,7 +800,7 @@ class Demo:
             code = "still running after 20 s"
         self.check(code == 0, f"log side exits 0 on SIGTERM ({code})")
         verify = subprocess.run(
-            [self.py, os.path.join(REPO, "walctl.py"), "verify", self.data_dir],
+            [self.py, "-m", "walctl", "verify", self.data_dir],
             capture_output=True,
             text=True,
             timeout=60,
@@ -861,7 +850,7 @@ class Demo:
                 p.kill()
                 p.wait(5)
         for f in self.fronts.values():
-            f.reader.join(2)
+            f.client.kill()  # reaped above; this joins its reader threads
         for name in reversed(self.namespaces):
             # anything still running inside (a child that outlived its parent), by pid
             pids = ip("netns", "pids", name, check=False).stdout.split()

@@ -7,71 +7,61 @@ import os
 import queue
 import subprocess
 import sys
-import threading
 import time
+
+from walnode import Client
+from walnode.procfs import pid_alive
+
+__all__ = ["NODE", "REPO", "WALCTL", "Node", "pid_alive", "wait_until", "walctl"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE = os.path.join(REPO, "node.py")
-WALCTL = os.path.join(REPO, "walctl.py")
+WALCTL = [sys.executable, "-m", "walctl"]  # the installed walctl package, as `walctl` runs it
 
 
 def walctl(*args: str) -> subprocess.CompletedProcess:
     """Run the operator tool and capture what it prints."""
-    return subprocess.run(
-        [sys.executable, WALCTL, *args], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([*WALCTL, *args], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
 class Node:
-    """One `python node.py ...` with pipes; reaped by the `node` fixture."""
+    """One `python node.py ...` (a walnode.Client that sends nothing of its
+    own) whose every stdout line is queued in order for the test to read;
+    reaped by the `node_factory` fixture."""
 
     def __init__(self, *args: str, env: dict | None = None) -> None:
         self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, NODE, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
-            env={**os.environ, **(env or {})},
-        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.raw: list[str] = []  # every stdout line, in order
-        self.stderr: list[str] = []
+        self.client = Client.spawn(
+            args=args,
+            init=False,
+            cwd=REPO,
+            env=env,
+            on_unmatched=self._on_line,
+            on_eof=lambda: self.lines.put(None),
+        )
+        self.proc = self.client.proc
+        self.stderr: list[str] = self.client.stderr_lines
         self.next_msg_id = 1000
         self.unclaimed: list[dict] = []
-        self._threads = [
-            threading.Thread(target=self._pump_stdout, daemon=True),
-            threading.Thread(target=self._pump_stderr, daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
 
-    def _pump_stdout(self) -> None:
-        for line in self.proc.stdout:
-            text = line.decode()
-            self.raw.append(text)
-            self.lines.put(text)
-        self.lines.put(None)
-
-    def _pump_stderr(self) -> None:
-        for line in self.proc.stderr:
-            self.stderr.append(line.decode())
+    def _on_line(self, message: dict, raw: bytes, t: float) -> None:
+        text = raw.decode() + "\n"
+        self.raw.append(text)
+        self.lines.put(text)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def stderr_text(self) -> str:
-        return "".join(self.stderr)
+        return self.client.stderr_text()
 
     # -- sending -----------------------------------------------------------
 
     def send_raw(self, data: str | bytes) -> None:
-        if isinstance(data, str):
-            data = data.encode()
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
+        self.client.send_lines(data.encode() if isinstance(data, str) else data)
 
     def send(self, body: dict, src: str = "c1", dest: str = "n1") -> int | None:
         if "msg_id" not in body:
@@ -138,12 +128,7 @@ class Node:
 
     def close(self, timeout: float = 20) -> int:
         """Close stdin (EOF) and wait for a clean exit; returns the exit code."""
-        if not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        rc = self.proc.wait(timeout)
-        for t in self._threads:
-            t.join(5)
-        return rc
+        return self.client.close(timeout)
 
     def remaining(self) -> list[dict]:
         """Every reply not yet consumed (after close)."""
@@ -161,23 +146,7 @@ class Node:
         return out
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL to the supervisor's pid; children die with it
-        self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-
-def pid_alive(pid: int) -> bool:
-    """True if `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+        self.client.kill()  # SIGKILL to the supervisor's pid; children die with it
 
 
 def wait_until(pred, timeout: float = 5, interval: float = 0.02) -> bool:

@@ -1,5 +1,9 @@
 """The course's test vectors, through the real process tree.
 
+The vectors are a copy of the course's published sample cases
+(tests/conformance/course/, README.md there says where they come from), so
+a clone with nothing beside it runs every one of them.
+
 Every expected line must appear in the output field by field, with the
 exact byte layout (separators, key order); extra fields are allowed, as the
 course allows them. Each case must finish well inside the course's 5 s.
@@ -17,7 +21,7 @@ import pytest
 
 from tests.nodeproc import NODE, REPO
 
-COURSE = os.path.join(REPO, "..", "shared", "conformance", "course")
+COURSE = os.path.join(REPO, "tests", "conformance", "course")
 CASES = [
     ("task-10-1-1-wal-impl", 1),
     ("task-10-1-1-wal-impl", 2),
@@ -60,12 +64,6 @@ def layout_matches(expected_line: str, actual_line: str) -> None:
     assert [k for k in keys if k in exp_keys] == exp_keys
 
 
-# Outside CI a clone may stand alone; CI always has shared/ beside it, so there
-# a missing vector directory fails instead of skipping.
-@pytest.mark.skipif(
-    not os.path.isdir(COURSE) and not os.environ.get("CI"),
-    reason="no ../shared/conformance beside the repo",
-)
 @pytest.mark.parametrize("task,n", CASES)
 def test_course_vector(task, n, tmp_path):
     lines, elapsed = run_case(task, n, tmp_path)
@@ -103,3 +101,10 @@ def test_course_vector(task, n, tmp_path):
         info = next(json.loads(ln)["body"] for ln in lines if "wal_segment_info_ok" in ln)
         assert any(s["sealed"] is False for s in info["segments"])
         assert info["active_segment"] == "00000000000000000000.log"
+
+
+def test_every_vector_is_in_the_repository():
+    """A lone clone carries every vector the cases above name."""
+    for task, n in CASES:
+        for name in (f"input-{n}.jsonl", f"expected-{n}.txt"):
+            assert os.path.isfile(os.path.join(COURSE, task, name)), (task, name)

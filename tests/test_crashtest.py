@@ -1,7 +1,7 @@
 """walctl crashtest: a short campaign through the real command, and a verdict
 that fails when it should.
 
-The campaign runs `python walctl.py crashtest` as a user would; crashtest
+The campaign runs `python -m walctl crashtest` as a user would; crashtest
 kills its own walnode's processes by pid and reaps the tree. Should the test
 time out and kill walctl, the walnode it started sees end of input and exits.
 """
@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-import crashtest
-import walctl
 from tests.nodeproc import REPO, WALCTL
+from walctl import cli as walctl
+from walctl import crashtest
 
 SEED = 27  # 12 random kills: writer 7, compactor 3, front 2
 KILLS = 12
@@ -35,7 +35,7 @@ except ImportError:
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("crashtest")
-    argv = [sys.executable, WALCTL, "crashtest", "--kills", str(KILLS), "--seed", str(SEED)]
+    argv = [*WALCTL, "crashtest", "--kills", str(KILLS), "--seed", str(SEED)]
     argv += ["--role", "random", "--in-flight", "64", "--interval", "0.3", "--no-progress"]
     argv += ["--max-back-to-service", "5", "--data-dir", str(out / "data")]
     argv += ["--json", str(out / "report.json"), "--node-log", str(out / "node.log")]

@@ -1,6 +1,6 @@
 """Distributed deployment (issue #6): fronts on other hosts reach one writer over tcp.
 
-The log side runs as `supervisor.py --roles writer,compactor --listen tcp://...`
+The log side runs as `node.py --roles writer,compactor --listen tcp://...`
 (no front, no stdin); each front is `node.py --connect tcp://...`, the usual
 JSON lines on its stdin and stdout. Everything runs on 127.0.0.1 with real
 processes, CURVE keys from `walctl keygen`, and real kills by pid.
@@ -21,9 +21,9 @@ from typing import IO
 
 import pytest
 
-from tests.nodeproc import REPO, Node, pid_alive, wait_until, walctl
+from tests.nodeproc import NODE, REPO, Node, pid_alive, wait_until, walctl
+from walnode import procfs
 
-SUPERVISOR = os.path.join(REPO, "supervisor.py")
 NODE_IDS = ["n1", "n2"]
 
 
@@ -48,25 +48,12 @@ def free_port_pair() -> int:
 
 
 def children(pid: int) -> dict[int, str]:
-    """The live children of `pid` and their command lines, from /proc."""
-    out: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if fields[0] == "Z" or int(fields[1]) != pid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                out[int(entry)] = f.read().replace(b"\0", b" ").decode()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue  # it went away while we looked
-    return out
+    """The live children of `pid` and their command lines."""
+    return {child: " ".join(argv) for child, argv in procfs.children(pid).items()}
 
 
 class LogSide:
-    """One `supervisor.py --roles writer,compactor` process, output in files."""
+    """One `node.py --roles writer,compactor` process, output in files."""
 
     def __init__(self, args: list[str], port: int, out_dir: Path, env: dict[str, str]) -> None:
         self.port = port
@@ -75,7 +62,7 @@ class LogSide:
         self._out: IO[bytes] = open(out_dir / f"logside-{port}.stdout", "wb")
         self._err: IO[bytes] = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, SUPERVISOR, *args],
+            [sys.executable, NODE, *args],
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
@@ -294,7 +281,7 @@ def test_front_with_a_key_the_writer_does_not_allow_gets_nothing_in(
 def test_plain_tcp_needs_keys_or_insecure(node_factory, log_side_factory, tmp_path):
     port = free_port_pair()
     res = subprocess.run(
-        [sys.executable, SUPERVISOR, "--roles", "writer,compactor"]
+        [sys.executable, NODE, "--roles", "writer,compactor"]
         + ["--listen", f"tcp://127.0.0.1:{port}", "--data-dir", str(tmp_path / "refused")],
         stdin=subprocess.DEVNULL,
         capture_output=True,

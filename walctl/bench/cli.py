@@ -33,7 +33,7 @@ def _levels(text: str) -> list[int]:
 
 
 def _peers(text: str) -> list[str]:
-    from bench.peers import PEERS
+    from walctl.bench.peers import PEERS
 
     names = [x.strip() for x in text.split(",") if x.strip()]
     bad = [n for n in names if n not in PEERS]
@@ -123,7 +123,7 @@ def say(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench import appends
+    from walctl.bench import appends
 
     try:
         return _run(args)
@@ -133,11 +133,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench import appends, peers, report
+    from walctl.bench import appends, peers, report
 
     s = _settings(args)
     if args.png:  # before minutes of measuring, not after
-        from bench import chart
+        from walctl.bench import chart
 
         try:
             chart.require()
@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     sampler = None
     if args.profile:
-        from bench import profile
+        from walctl.bench import profile
 
         try:
             sampler = profile.Sampler(args.profile, s["seconds"])
@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"{snapshot['with']['p99_us']} µs ({snapshot['cycles']} cycles)"
             )
         if sampler is not None:
-            from bench import profile
+            from walctl.bench import profile
 
             n = max(s["levels"])
             say(f"  profiling walnode at {n} in flight with py-spy (not in the table)")
@@ -254,13 +254,13 @@ def _run(args: argparse.Namespace) -> int:
         with open(args.markdown, "w") as f:
             f.write(report.table(results, markdown=True) + "\n")
     if args.png:
-        from bench import chart
+        from walctl.bench import chart
 
         chart.write_png(results, args.png)
     print(f"walctl bench, {results['date']}, {_machine_line(results['machine'])}")
     print(report.table(results))
     if "profile" in results:
-        from bench import profile
+        from walctl.bench import profile
 
         print()
         print(

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from bench.appends import LevelResult
+from walctl.bench.appends import LevelResult
 
 TARGET_RATE = 150_000  # durable acked appends/s at 1000 in flight (chart.py draws it too)
 TARGET_SQLITE_RATIO = 20  # x sqlite3's commit rate

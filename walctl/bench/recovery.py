@@ -8,8 +8,8 @@ every process is ready, then kill -9 the writer and time how long until a
 recovery time the restarted writer logs ("recovered N entries ... in X
 ms") and its memory (/proc/PID/status) once it serves.
 
-    .venv/bin/python bench/recovery.py                    # 10k, 100k, 1M, 10M
-    .venv/bin/python bench/recovery.py --sizes 10k,100k   # a quick run
+    .venv/bin/python -m walctl.bench.recovery                    # 10k, 100k, 1M, 10M
+    .venv/bin/python -m walctl.bench.recovery --sizes 10k,100k   # a quick run
 
 Building 10M entries takes a few minutes and ~290 MB of disk; starting the
 node on it takes longer still, because the compactor replays every entry at
@@ -29,12 +29,9 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from tests.nodeproc import Node, wait_until  # noqa: E402
-from wal import DataDir, Log  # noqa: E402
-from wal.log import DEFAULT_MAX_SEGMENT_BYTES  # noqa: E402
+from wal import DataDir, Log
+from wal.log import DEFAULT_MAX_SEGMENT_BYTES
+from walnode import Client
 
 BUILD_BATCH = 100_000  # entries per flush while building
 SLOW = 1800  # seconds: a ceiling for steps that scale with the log (before the index)
@@ -78,54 +75,53 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def append_until_ok(node: Node, timeout: float) -> None:
+def append_until_ok(node: Client, timeout: float) -> None:
     """Send appends until one is acknowledged (error 13/11 while the writer restarts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        reply = node.call({"type": "wal_append", "payload": "set bench=1"}, timeout=timeout)
+        reply = node.request({"type": "wal_append", "payload": "set bench=1"}, timeout=timeout)
         if reply["type"] == "wal_append_ok":
             return
     raise AssertionError(f"no wal_append_ok within {timeout} s")
 
 
-def logged_recovery(node: Node, since: int) -> tuple[int, float] | None:
+def logged_recovery(node: Client, since: int) -> tuple[int, float] | None:
     """(entries, ms) of the newest "recovered ..." line of the writer after `since`."""
-    for line in reversed(node.stderr[since:]):
+    for line in reversed(node.stderr_lines[since:]):
         if "writer" in line and (m := RECOVERED_RE.search(line)):
             return int(m.group(1)), float(m.group(2))
     return None
 
 
 def measure(path: str, kills: int) -> dict:
-    node = Node("--data-dir", path, "--no-auto-compact", "--unavailable-wait", str(SLOW))
+    started = time.monotonic()
+    # the writer may take long to open a big log the first time: wait for it
+    args = ["--no-auto-compact", "--unavailable-wait", str(SLOW)]
+    node = Client.spawn(data_dir=path, args=args, timeout=SLOW)
     try:
-        started = time.monotonic()
-        # the writer may take long to open a big log the first time: wait for it
-        init = {"type": "init", "node_id": "n1", "node_ids": ["n1"]}
-        node.call_ok(init, timeout=SLOW, src="c0")
-        if not wait_until(
-            lambda: all(p["state"] == "ready" for p in node.status()["processes"]),
-            timeout=SLOW,
-            interval=0.5,
-        ):
-            raise AssertionError("the node did not become ready")
+        while not all(p.state == "ready" for p in node.status().processes):
+            if time.monotonic() - started > SLOW:
+                raise AssertionError("the node did not become ready")
+            time.sleep(0.5)
         result: dict = {"start_s": round(time.monotonic() - started, 1)}
         first = logged_recovery(node, 0)
         result["first_open_ms"] = first[1] if first else None  # may build missing indexes
         to_append, logged, rss = [], [], []
         for _ in range(kills):
-            pid = node.process("writer")["pid"]
-            mark = len(node.stderr)
+            pid = node.status().process("writer").pid
+            mark = len(node.stderr_lines)
             t0 = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             append_until_ok(node, SLOW)
             to_append.append((time.monotonic() - t0) * 1000)
-            new_pid = node.process("writer")["pid"]
-            wait_until(lambda m=mark: logged_recovery(node, m) is not None, timeout=5)
+            new_pid = node.status().process("writer").pid
+            deadline = time.monotonic() + 5
+            while logged_recovery(node, mark) is None and time.monotonic() < deadline:
+                time.sleep(0.02)
             entries, ms = logged_recovery(node, mark) or (None, None)
             result["entries"] = entries
             logged.append(ms)
-            rss.append(memory_kib(new_pid))
+            rss.append(memory_kib(new_pid))  # type: ignore[arg-type]
         result["kill_to_append_ms"] = round(statistics.median(to_append), 1)
         result["kill_to_append_all_ms"] = [round(t, 1) for t in to_append]
         result["logged_recovery_ms"] = statistics.median(x for x in logged if x is not None)

@@ -21,17 +21,20 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
+
+from actors.codes import Code
+from walnode import Client, WalnodeError, node_command, procfs
 
 ROLES = ("writer", "compactor", "front")
 RANDOM_WEIGHTS = {"writer": 70, "compactor": 15, "front": 15}
-NODE_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node.py")
 CONTROL_IDS = 10**12  # an append's msg_id is its request index; other requests' start here
 FENCE = "crashtest fence"
 # An append still unanswered this long after a kill is written off: its slot
@@ -43,7 +46,11 @@ VIOLATIONS = ("lost", "duplicated", "phantoms", "misordered", "state_mismatches"
 
 # what became of an append (Ledger.outcome)
 PENDING, ACKED, CRASHED, TIMED_OUT, UNAVAILABLE, REJECTED = range(6)
-OUTCOME_OF_ERROR = {13: CRASHED, 0: TIMED_OUT, 11: UNAVAILABLE}  # other codes: REJECTED
+OUTCOME_OF_ERROR = {
+    Code.CRASH: CRASHED,
+    Code.TIMEOUT: TIMED_OUT,
+    Code.TEMPORARILY_UNAVAILABLE: UNAVAILABLE,
+}  # other codes: REJECTED
 INDEFINITE = (PENDING, CRASHED, TIMED_OUT)  # may or may not be in the log
 
 # what was read at an offset (History.at), when it is not one of our requests
@@ -103,14 +110,23 @@ class Ledger:
 
 
 class Waiter:
+    """A control request's reply: `body` stays None if none came in time
+    (or a killed front took it); `at` is when it was read."""
+
     def __init__(self) -> None:
-        self.event = threading.Event()
         self.body: dict | None = None
         self.at = 0.0
 
+    def done(self, future: Future) -> None:  # runs in the reader, as the reply is read
+        self.at = time.monotonic()
+        if future.exception() is None:
+            self.body = future.result()
+
 
 class Node:
-    """One `python node.py ...`: requests out on stdin, replies dispatched from stdout."""
+    """One walnode (the walnode.Client) under load: appends go out as raw
+    lines whose msg_id is their ledger index, and their replies come back
+    through `on_append_reply`; control requests are the client's own."""
 
     def __init__(
         self,
@@ -124,59 +140,39 @@ class Node:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
         self.alerts: list[str] = []  # CRITICAL lines, tracebacks, garbage on stdout
         self.on_append_reply = on_append_reply
-        self.write_lock = threading.Lock()  # one writer of stdin at a time
-        self.lock = threading.Lock()  # inflight and waiters
-        self.inflight: set[int] = set()  # msg_ids sent, not answered
-        self.waiters: dict[int, Waiter] = {}
-        self.next_control = CONTROL_IDS
-        self.closed = threading.Event()  # stdout ended
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        self.lock = threading.Lock()  # inflight
+        self.inflight: set[int] = set()  # append msg_ids sent, not answered
+        self.client = Client.spawn(
+            command=argv,
+            init=False,
+            first_msg_id=CONTROL_IDS,
+            on_unmatched=self._on_append_reply,
+            on_stderr=self._on_stderr,
         )
-        self.threads = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for t in self.threads:
-            t.start()
+        self.proc = self.client.proc
 
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None and not self.closed.is_set()
+        return self.client.alive
 
     def send(self, items: list[tuple[int, str]], stamp: Callable[[float], None] | None = None):
         """Write (msg_id, body as JSON) lines at once; `stamp(t)` runs right before."""
         data = "".join(f'{{"src": "c1", "dest": "n1", "body": {body}}}\n' for _, body in items)
-        view = memoryview(data.encode())
-        with self.write_lock:
-            if stamp is not None:
-                stamp(time.monotonic())
-            with self.lock:
-                self.inflight.update(msg_id for msg_id, _ in items)
-            try:
-                while view:
-                    view = view[os.write(self.proc.stdin.fileno(), view) :]
-            except OSError:
-                self.closed.set()
+        if stamp is not None:
+            stamp(time.monotonic())
+        with self.lock:
+            self.inflight.update(msg_id for msg_id, _ in items)
+        self.client.send_lines(data.encode())
 
     def call_many(self, bodies: Sequence[dict], timeout: float) -> list[Waiter]:
-        """Send requests together and wait up to `timeout` for their replies.
-        A waiter's body stays None if no reply came (or a killed front took it)."""
-        waiters, items = [], []
-        with self.lock:
-            for body in bodies:
-                msg_id, self.next_control = self.next_control, self.next_control + 1
-                self.waiters[msg_id] = w = Waiter()
-                waiters.append(w)
-                items.append((msg_id, json.dumps({**body, "msg_id": msg_id})))
-        self.send(items)
-        deadline = time.monotonic() + timeout
-        for w in waiters:
-            w.event.wait(max(0.0, deadline - time.monotonic()))
-        with self.lock:
-            for msg_id, _ in items:
-                self.waiters.pop(msg_id, None)
-                self.inflight.discard(msg_id)
+        """Send requests together and wait up to `timeout` for their replies."""
+        futures = self.client.requests_async(bodies, timeout)
+        waiters = []
+        for future in futures:
+            waiters.append(w := Waiter())
+            future.add_done_callback(w.done)
+        for future in futures:
+            future.exception()  # waits; the client fails it at its deadline
         return waiters
 
     def call(self, body: dict, timeout: float = 2.0) -> dict | None:
@@ -184,7 +180,7 @@ class Node:
 
     def unanswered_appends(self) -> list[int]:
         with self.lock:
-            return [i for i in self.inflight if i < CONTROL_IDS]
+            return list(self.inflight)
 
     def write_off(self, ids: list[int]) -> list[int]:
         """Stop waiting for these appends; the ones still unanswered."""
@@ -193,36 +189,24 @@ class Node:
             self.inflight.difference_update(gone)
             return gone
 
-    def _read_stdout(self) -> None:
-        fd, rest = self.proc.stdout.fileno(), b""
-        while chunk := os.read(fd, 1 << 20):
-            t = time.monotonic()
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                try:
-                    body = json.loads(line)["body"]
-                    msg_id = int(body["in_reply_to"])
-                except (ValueError, KeyError, TypeError):
-                    self.alerts.append(f"not a reply on stdout: {line[:200]!r}")
-                    continue
-                with self.lock:  # popped here or by write_off, never both
-                    held = msg_id in self.inflight
-                    self.inflight.discard(msg_id)
-                    waiter = self.waiters.pop(msg_id, None)
-                if msg_id < CONTROL_IDS:
-                    self.on_append_reply(msg_id, body, t, held)
-                elif waiter is not None:
-                    waiter.body, waiter.at = body, t
-                    waiter.event.set()
-        self.closed.set()
+    def _on_append_reply(self, message: dict, raw: bytes, t: float) -> None:
+        try:
+            body = message["body"]
+            msg_id = int(body["in_reply_to"])
+        except (KeyError, TypeError, ValueError):
+            self.alerts.append(f"not a reply on stdout: {raw[:200]!r}")
+            return
+        if msg_id >= CONTROL_IDS:
+            return  # a control request's reply after its waiter gave up
+        with self.lock:  # popped here or by write_off, never both
+            held = msg_id in self.inflight
+            self.inflight.discard(msg_id)
+        self.on_append_reply(msg_id, body, t, held)
 
-    def _read_stderr(self) -> None:
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.note(line)
-            if (" CRITICAL " in line or "Traceback" in line) and len(self.alerts) < 50:
-                self.alerts.append(line)
+    def _on_stderr(self, line: str) -> None:
+        self.note(line)
+        if (" CRITICAL " in line or "Traceback" in line) and len(self.alerts) < 50:
+            self.alerts.append(line)
 
     def note(self, line: str) -> None:
         """A line of the node log (--node-log): its stderr and our kills, timed."""
@@ -235,19 +219,14 @@ class Node:
     def close(self, timeout: float = 30.0) -> int | None:
         """End of input: the node answers what it read and exits; its status."""
         try:
-            self.proc.stdin.close()
-            return self.proc.wait(timeout)
-        except (OSError, subprocess.TimeoutExpired):
+            return self.client.close(timeout)
+        except WalnodeError:
             return None
         finally:
             self.kill()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # the supervisor; its children die with it (PDEATHSIG)
-        self.proc.wait()
-        for t in self.threads:
-            t.join(5)
+        self.client.kill()
         with self.log_lock:
             if self.log_file is not None:
                 self.log_file.close()
@@ -256,14 +235,7 @@ class Node:
 
 def child_of(pid: int, parent: int, role: str) -> bool:
     """`pid` is `parent`'s child running actors.<role>: the only kind we kill."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except (OSError, ValueError):
-        return False
-    return ppid == parent and f"actors.{role}".encode() in argv
+    return procfs.is_child_running(pid, parent, f"actors.{role}")
 
 
 # -- the load and the tail ------------------------------------------------
@@ -387,11 +359,14 @@ class Tail:
                 self.history.entry(e["offset"], e["payload"])
             self.cursor = r["next_offset"]
             return bool(r["entries"])
-        if r.get("code") == 20 and r.get("first_offset", 0) > self.cursor:
+        if r.get("code") == Code.KEY_DOES_NOT_EXIST and r.get("first_offset", 0) > self.cursor:
             self.gaps.append((self.cursor, r["first_offset"]))
             self.cursor = r["first_offset"]
             return True
-        if r.get("code") == 20 and r.get("next_offset", self.cursor) < self.cursor:
+        if (
+            r.get("code") == Code.KEY_DOES_NOT_EXIST
+            and r.get("next_offset", self.cursor) < self.cursor
+        ):
             self.end_moved_back.append((self.cursor, r["next_offset"]))
             self.cursor = r["next_offset"]
             return True
@@ -561,7 +536,7 @@ class Campaign:
         self.args = args
         self.rng = random.Random(args.seed)
         self.roles = draw_roles(args.role, args.kills, self.rng)
-        self.node_argv = [sys.executable, NODE_PY, "--data-dir", data_dir]
+        self.node_argv = [*node_command(), "--data-dir", data_dir]
         for flag in ("snapshot_every", "keep_entries", "max_segment_bytes"):
             self.node_argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         # The restart limit stops a node that crash-loops; these kills are
@@ -683,7 +658,9 @@ class Campaign:
                 self.back.wait(0.01)
                 continue
             w = self.node.call_many([{"type": "kv_get", "key": "k0"}], timeout=1.0)[0]
-            if w.body is not None and (w.body["type"] == "kv_get_ok" or w.body.get("code") == 20):
+            if w.body is not None and (
+                w.body["type"] == "kv_get_ok" or w.body.get("code") == Code.KEY_DOES_NOT_EXIST
+            ):
                 kill.back_at, kill.measured_by = w.at, "kv_get answered"
             else:
                 time.sleep(0.002)
@@ -1029,8 +1006,9 @@ def run(args: argparse.Namespace) -> int:
             return usage("--png needs matplotlib: pip install 'walnode[chart]'")
     if args.data_dir and os.path.isdir(args.data_dir) and os.listdir(args.data_dir):
         return usage(f"{args.data_dir} is not empty; give a new or empty directory")
-    from tqdm import tqdm
-
+    progress_bar = progress_factory(args.no_progress)
+    if progress_bar is None:
+        return usage("the progress bar needs tqdm: pip install 'walnode[tools]' (or --no-progress)")
     if args.seed is None:
         args.seed = random.randrange(1 << 32)
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="walnode-crashtest-")
@@ -1040,7 +1018,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             c.start()
-            with tqdm(total=args.kills, unit="kill", disable=args.no_progress) as progress:
+            with progress_bar(total=args.kills, unit="kill") as progress:
                 c.run_kills(progress)
         except CampaignAborted as err:
             c.failures.append(f"campaign stopped: {err}")
@@ -1068,6 +1046,36 @@ def run(args: argparse.Namespace) -> int:
     elif not args.data_dir:
         print(f"walctl crashtest: data kept in {data_dir}", file=sys.stderr)
     return 0 if report["passed"] else 1
+
+
+class NoProgress:
+    """Stands in for tqdm's bar under --no-progress (tqdm may not be installed)."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def __enter__(self) -> NoProgress:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+
+def progress_factory(disabled: bool) -> Callable[..., Any] | None:
+    """tqdm, or NoProgress when disabled; None if tqdm is wanted but missing."""
+    if disabled:
+        return NoProgress
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
 
 
 def usage(text: str) -> int:

@@ -18,12 +18,11 @@ crashtest starts a walnode of its own (docs/CRASHTEST.md).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 
-import crashtest
-from bench import cli as bench_cli
 from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex, repair
 
 
@@ -107,34 +106,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    """CURVE key pairs for tcp (docs/DEPLOY.md): the log side's, a front's,
-    and the allowed set. Existing keys are kept, never overwritten."""
-    import shutil
-
-    import zmq.auth
-
-    from actors import sockets
-
-    keys = os.path.abspath(args.keydir)
-    allowed = os.path.join(keys, sockets.CLIENTS_DIR)
-    os.makedirs(allowed, mode=0o700, exist_ok=True)
-    os.chmod(keys, 0o700)
-    made = []
-    for name in (sockets.SERVER_KEY, args.client):
-        if not os.path.exists(os.path.join(keys, name + ".key_secret")):
-            zmq.auth.create_certificates(keys, name)
-            os.chmod(os.path.join(keys, name + ".key_secret"), 0o600)
-            made.append(name)
-    if not args.no_allow:
-        shutil.copy(os.path.join(keys, args.client + ".key"), allowed)
-    print(f"keys in {keys} ({'made: ' + ', '.join(made) if made else 'all there already'})")
-    print("  log side:  server.key_secret, server.key, clients/ (fronts it lets in)")
-    print(f"  front:     {args.client}.key_secret, {args.client}.key, server.key")
-    print(f"  {args.client} is {'NOT ' if args.no_allow else ''}in clients/")
-    return 0
-
-
 def cmd_repair(args: argparse.Namespace) -> int:
     datadir = DataDir(args.dir, create=False)
     if not os.path.isdir(datadir.wal_dir):
@@ -160,6 +131,20 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+# Tools that bring their own flags and run: name -> (module, one-line summary).
+TOOLS = {
+    "keygen": ("walctl.keygen", "make CURVE keys for tcp deployments (DEPLOY.md)"),
+    "crashtest": (
+        "walctl.crashtest",
+        "kill a live walnode's processes under load; check nothing acknowledged is lost",
+    ),
+    "bench": (
+        "walctl.bench.cli",
+        "durable appends/s and latency of a live walnode beside sqlite3, lmdb, fsync...",
+    ),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walctl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,31 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     fix.add_argument("dir")
     fix.add_argument("--yes", action="store_true", help="really remove what is listed")
     fix.set_defaults(func=cmd_repair)
-    keygen = sub.add_parser("keygen", help="make CURVE keys for tcp deployments (DEPLOY.md)")
-    keygen.add_argument("keydir")
-    keygen.add_argument("--client", default="client", help="the front key pair's name (client)")
-    keygen.add_argument(
-        "--no-allow", action="store_true", help="do not add it to KEYDIR/clients (the allowed set)"
-    )
-    keygen.set_defaults(func=cmd_keygen)
-    tools = [
-        (
-            "crashtest",
-            crashtest,
-            "kill a live walnode's processes under load; check nothing acknowledged is lost",
-        ),
-        (
-            "bench",
-            bench_cli,
-            "durable appends/s and latency of a live walnode beside sqlite3, lmdb, fsync...",
-        ),
-    ]
-    for name, tool, summary in tools:  # each tool's module holds its flags and its run
-        tool_parser = sub.add_parser(
-            name, help=summary, description=tool.__doc__.split("\n\n")[1].replace("\n", " ")
-        )
-        tool.add_arguments(tool_parser)
-        tool_parser.set_defaults(func=tool.run)
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if a[:1] != "-"), None)
+    for name, (module, summary) in TOOLS.items():
+        tool_parser = sub.add_parser(name, help=summary)
+        if name == command:  # a tool's module (and what it imports) loads only when it runs
+            tool = importlib.import_module(module)
+            paragraphs = tool.__doc__.split("\n\n")  # the first names the command
+            tool_parser.description = paragraphs[min(1, len(paragraphs) - 1)].replace("\n", " ")
+            tool.add_arguments(tool_parser)
+            tool_parser.set_defaults(func=tool.run)
     args = p.parse_args(argv)
     try:
         return args.func(args)
@@ -211,11 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     except CorruptionError as err:
         print(f"walctl: {err}", file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # the reader went away (`walctl dump DIR | head`): what it wanted was
+        # printed. Point stdout at /dev/null so the flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (WalError, OSError) as err:
         print(f"walctl: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

@@ -17,18 +17,15 @@ cannot report acks the node did not give.
 from __future__ import annotations
 
 import array
-import fcntl
 import json
 import os
 import re
 import select
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NODE_PY = os.path.join(REPO, "node.py")
+from walnode import LeanPipes, WalnodeError, procfs
+
 PAYLOAD_BYTES = 100
 KEYS = 10_000  # payloads are `set kNNNNN=vvv...`: a state machine of at most 10,000 keys
 CONTROL_BASE = 10**12  # msg_ids of non-append requests (info, status, snapshot, compact)
@@ -51,13 +48,9 @@ SUFFIX = [f', "payload": "{payload(k)}"}}}}\n'.encode() for k in range(KEYS)]
 
 
 def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, from /proc (None if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process (None if it is gone)."""
+    st = procfs.stat(pid)
+    return None if st is None else st.cpu_seconds
 
 
 @dataclass
@@ -84,30 +77,19 @@ class LevelResult:
 
 
 class WalnodeDriver:
-    """One walnode process tree, started fresh in `data_dir`."""
+    """One walnode process tree, started fresh in `data_dir`, through the
+    client's lean path (walnode.LeanPipes: no threads, the loop below reads
+    and writes the pipes itself)."""
 
     def __init__(self, data_dir: str, node_args: list[str], stderr_path: str) -> None:
         self.data_dir = data_dir
         self.stderr_path = stderr_path
-        cmd = (
-            [sys.executable, NODE_PY] if os.path.exists(NODE_PY) else [sys.executable, "-m", "node"]
-        )
-        self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [*cmd, "--data-dir", data_dir, *node_args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            bufsize=0,
-            cwd=REPO if os.path.exists(NODE_PY) else None,
-        )
-        self.wfd = self.proc.stdin.fileno()
-        self.rfd = self.proc.stdout.fileno()
-        for fd in (self.wfd, self.rfd):
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in kill()
+        self.pipes = LeanPipes.spawn(data_dir, node_args, stderr=self._stderr)
+        self.proc = self.pipes.proc
+        self.wfd, self.rfd = self.pipes.wfd, self.pipes.rfd
         self.next_id = 1  # append msg_ids: 1, 2, 3, ...
         self.next_control = CONTROL_BASE
-        self.leftover = b""
         self.pids: dict[str, int] = {}
 
     # -- plumbing ----------------------------------------------------------
@@ -122,46 +104,25 @@ class WalnodeDriver:
     def _fail(self, why: str) -> NodeFailed:
         return NodeFailed(f"{why}; walnode's stderr ends with:\n{self.stderr_tail()}")
 
-    def _write_all(self, data: bytes, timeout: float = 30) -> None:
-        view = memoryview(data)
-        deadline = time.monotonic() + timeout
-        while view:
-            try:
-                n = os.write(self.wfd, view)
-                view = view[n:]
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise self._fail("walnode stopped reading stdin") from None
-                select.select([], [self.wfd], [], 0.1)
-            except BrokenPipeError:
-                raise self._fail("walnode closed stdin") from None
-
     def _read(self) -> bytes:
         try:
-            chunk = os.read(self.rfd, READ_CHUNK)
-        except BlockingIOError:
-            return b""
-        if not chunk:
-            raise self._fail(f"walnode closed stdout (exit status {self.proc.poll()})")
-        return chunk
+            return self.pipes.read_chunk()
+        except WalnodeError as err:
+            raise self._fail(err.text) from None
 
     def call(self, body: dict, timeout: float = 30) -> dict:
         """Send one control request (nothing else in flight) and return its reply body."""
         msg_id = self.next_control
         self.next_control += 1
-        line = json.dumps({"src": "c0", "dest": "n1", "body": {**body, "msg_id": msg_id}})
-        self._write_all(line.encode() + b"\n")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            select.select([self.rfd], [], [], 0.2)
-            data = self.leftover + self._read()
-            *lines, self.leftover = data.split(b"\n")
-            for raw in lines:
-                reply = json.loads(raw)["body"]
-                if reply.get("in_reply_to") == msg_id:
-                    return reply
-                raise self._fail(f"unexpected reply while waiting for {body['type']}: {raw!r}")
-        raise self._fail(f"no reply to {body['type']} within {timeout} s")
+        try:
+            reply = self.pipes.call(body, msg_id, timeout)
+        except WalnodeError as err:
+            raise self._fail(err.text) from None
+        if self.pipes.unmatched:
+            raise self._fail(
+                f"unexpected reply while waiting for {body['type']}: {self.pipes.unmatched[0]!r}"
+            )
+        return reply
 
     def call_ok(self, body: dict, timeout: float = 30) -> dict:
         reply = self.call(body, timeout)
@@ -176,29 +137,17 @@ class WalnodeDriver:
         self.pids.setdefault("supervisor", self.proc.pid)
 
     def close(self, timeout: float = 60) -> int:
-        """End of input: walnode answers everything and exits."""
+        """End of input: walnode answers everything and exits (killed if not in time)."""
         try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(10)
-        self.proc.stdout.close()
-        self._stderr.close()
-        return rc
+            return self.pipes.close(timeout)
+        except WalnodeError:
+            return self.proc.returncode
+        finally:
+            self._stderr.close()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # the supervisor; its children die with it (PDEATHSIG)
-            self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout, self._stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        self.pipes.kill()
+        self._stderr.close()
 
     def cpu_sample(self) -> dict[str, float | None]:
         sample = {role: proc_cpu_seconds(pid) for role, pid in self.pids.items()}
@@ -237,7 +186,7 @@ class WalnodeDriver:
         next_ctl = None
         wfd, rfd = self.wfd, self.rfd
         prefix, suffix = PREFIX, SUFFIX
-        leftover = self.leftover
+        leftover = self.pipes.leftover
         finditer = REPLY_RE.finditer
         perf = time.perf_counter
 
@@ -333,7 +282,7 @@ class WalnodeDriver:
                 if t_win <= t <= t_end:
                     window_acks += 1
 
-        self.leftover = leftover
+        self.pipes.leftover = leftover
         self.next_id = next_id
         info_after = self.call_ok({"type": "wal_info"})
         cpu = {}

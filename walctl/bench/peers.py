@@ -28,8 +28,8 @@ import shutil
 import time
 from collections.abc import Callable
 
-from bench.appends import PAYLOAD_BYTES, payload
 from wal import record
+from walctl.bench.appends import PAYLOAD_BYTES, payload
 
 PEERS = ("sqlite", "rocksdict", "lmdb", "raw", "ceiling")
 LABELS = {

@@ -1,0 +1,93 @@
+"""walctl as a package: output into a closed pipe, and tools loaded only
+when their command runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.nodeproc import REPO, WALCTL
+from wal import DataDir, Log
+
+ENTRIES = 20_000  # ~1.6 MB of dump output: far more than a pipe holds
+
+
+def make_log(path: str) -> None:
+    datadir = DataDir(path)
+    log, _ = Log.open(datadir.wal_dir)
+    try:
+        for i in range(ENTRIES):
+            log.append(b"set k%d=%d" % (i, i))
+        log.flush()
+        log.sync()
+    finally:
+        log.close()
+
+
+def test_dump_into_a_pipe_closed_after_one_line_prints_it_and_exits_0(tmp_path):
+    """`walctl dump DIR | head -n 1`: one entry, exit 0, nothing on stderr."""
+    data = os.fspath(tmp_path / "data")
+    make_log(data)
+    proc = subprocess.Popen(
+        [*WALCTL, "dump", data], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what head does after its line
+        rc = proc.wait(30)
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert json.loads(first)["offset"] == 0
+    assert json.loads(first)["payload"] == "set k0=0"
+    assert rc == 0, stderr
+    assert stderr == ""
+
+
+def test_dump_through_head_in_a_shell(tmp_path):
+    data = os.fspath(tmp_path / "data")
+    make_log(data)
+    walctl = " ".join(WALCTL)
+    run = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {walctl} dump {data} | head -n 1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 1 and run.stderr == ""
+
+
+def test_offline_commands_do_not_load_the_tools():
+    """walctl info/dump/verify need neither crashtest nor bench (nor tqdm,
+    matplotlib): those load only when their command runs."""
+    code = (
+        "import sys; import walctl.cli as cli; "
+        "cli.main(['verify', '/nonexistent-walnode-dir']); "
+        "print(sorted(m for m in sys.modules if m.startswith(('walctl.', 'tqdm', 'matplotlib'))))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert run.stdout.strip() == "['walctl.cli']", run.stdout + run.stderr
+
+
+def test_crashtest_without_tqdm_says_what_to_install():
+    """tqdm is optional (extra `tools`): without it the progress bar is
+    refused with what to do, not a traceback."""
+    code = (
+        "import sys; sys.modules['tqdm'] = None; "  # import tqdm fails, as if not installed
+        "from walctl.cli import main; sys.exit(main(['crashtest', '--kills', '1']))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 2, run.stderr
+    assert "pip install 'walnode[tools]'" in run.stderr and "--no-progress" in run.stderr
+    assert "Traceback" not in run.stderr

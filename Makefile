@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,tools,chart,bench]'
+	$(BIN)/pip install --quiet -e '.[test,tools,chart,bench,cluster]'
 	touch $@
 
 demo: $(BIN)/.installed

@@ -27,3 +27,15 @@ def node_factory(tmp_path, monkeypatch):
 def data_dir(tmp_path) -> str:
     path = tmp_path / "data"
     return os.fspath(path)
+
+
+@pytest.fixture
+def etcd_server(tmp_path):
+    """A real single-member etcd (tests/etcd.py), killed with its process group at the end."""
+    from tests.etcd import EtcdServer
+
+    server = EtcdServer(os.fspath(tmp_path / "etcd"))
+    os.makedirs(server.data_dir)
+    server.start()
+    yield server
+    server.stop()

@@ -222,8 +222,8 @@ class Front:
                 )
             if typ == "status":
                 rid = self.new_rid()
-                request = Pending(src, dest, msg_id, typ, start, deadline=time.monotonic() + 5)
-                self.status_waiting[rid] = request
+                status = Pending(src, dest, msg_id, typ, start, deadline=time.monotonic() + 5)
+                self.status_waiting[rid] = status
                 self.control.send(m.pack([m.STATUS, rid]))
                 return True
             arg = self.forwarded[typ](body)  # check_request refused unknown types
@@ -233,11 +233,11 @@ class Front:
             arg = [arg, self.state.acked_next]
         if typ == m.OP_INIT:
             self.init_pending = True
-        request = Pending(
+        pending = Pending(
             src, dest, msg_id, typ, start, ROUTES[typ], arg if typ == m.OP_INIT else None
         )
         op = m.OP_SYNC if typ == m.OP_SNAPSHOT else typ
-        self.forward(self.new_rid(), op, arg, request)
+        self.forward(self.new_rid(), op, arg, pending)
         return True
 
     def refuse_overlong(self, head: OverlongLine, start: int, inherited: bool) -> bool:
@@ -296,7 +296,7 @@ class Front:
                 request.peer = "compactor"  # the barrier passed: now the snapshot itself
                 self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], request)
                 continue
-            if typ == m.OP_INIT and code == m.OK:
+            if typ == m.OP_INIT and code == m.OK and request.init_arg is not None:
                 self.state.store_node_id(request.init_arg[0])
                 request.src = request.init_arg[0]
             if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:

@@ -208,6 +208,7 @@ class Peers:
 
     def on_monitor(self, peer: Peer, poller: zmq.Poller) -> list[Failure]:
         """A remote peer's connection changed (see Peer)."""
+        assert peer.monitor is not None  # only a remote peer's monitor is polled
         event = zmq.utils.monitor.recv_monitor_message(peer.monitor)["event"]
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             log.info("connected to the %s at %s", peer.name, peer.endpoint)

@@ -377,6 +377,7 @@ class Replica:
         start = self.store.start()
         if progress.next_offset < start:  # compacted away here: the snapshot first
             snapshot = self.store.snapshot()
+            assert snapshot is not None  # the store starts past 0 only below a snapshot
             progress.next_offset = start
             return Send(peer, InstallSnapshot(self.epoch, self.id, snapshot, self.commit_offset))
         prev = progress.next_offset - 1

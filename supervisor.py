@@ -436,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
         FsyncPolicy.parse(args.fsync)
     except ValueError as err:
         p.error(str(err))
+    if args.keep_snapshots < 1:
+        # with none kept, the log is compacted below a snapshot that is then deleted
+        p.error(
+            f"--keep-snapshots must be at least 1 (got {args.keep_snapshots}): the log is "
+            f"compacted below the snapshots kept, so without one the state would be lost"
+        )
     check_topology(p, args)
     run_dir = tempfile.mkdtemp(prefix="walnode-run-")  # 0700: only this user can connect
     try:

@@ -3,18 +3,23 @@
 The compactor uses this to apply entries to its state machine without the
 writer shipping payloads to it. It only reads entries the caller knows are
 written (below the writer's acknowledged offset), so it never meets a
-record that is still being written. After a compaction rewrites or removes
-the segment it was reading, it finds its place again by file name.
+record that is still being written: a record there that fails its CRC is
+rot, and is yielded as damaged (payload None) at its offset, not an error.
+A sealed segment is followed through its index file, so even a damaged
+length field costs one entry. After a compaction rewrites or removes the
+segment it was reading, it finds its place again by file name.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 
+from wal import index
 from wal.errors import CorruptionError, WalError
 from wal.log import read_start_offset
-from wal.record import HEADER, HEADER_SIZE, Damage, decode_at
+from wal.record import HEADER, HEADER_SIZE, LOST_FLAG, Damage, Decoded, decode_at
 from wal.segment import parse_name
 
 CHUNK = 1 << 20
@@ -27,14 +32,21 @@ class LogTail:
         self._fd = -1
         self._path = ""
         self._pos = 0  # byte of the next record in the open file
+        self._base = 0
+        self._index: index.LoadedIndex | None = None  # the open segment's, if sealed
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._index is not None:
+            if self._index.mapping is not None:
+                self._index.positions.release()
+                self._index.mapping.close()
+            self._index = None
 
     def _open_for(self, offset: int) -> None:
-        """Open the segment holding `offset` and seek to its record."""
+        """Open the segment holding `offset` and find its record."""
         names = sorted(
             (b, n) for n in os.listdir(self.directory) if (b := parse_name(n)) is not None
         )
@@ -47,43 +59,125 @@ class LogTail:
         self.close()
         self._path = os.path.join(self.directory, name)
         self._fd = os.open(self._path, os.O_RDONLY)
+        self._base = base
+        sealed = len(holding) < len(names)
+        size = os.fstat(self._fd).st_size
+        if sealed:
+            self._index = index.load(index.index_path(self._path), base, size)
+        if self._index is not None:
+            positions = self._index.positions
+            i = offset - base
+            self._pos = positions[i] if i < len(positions) else size
+            return
         pos = 0
         for _ in range(offset - base):  # skip to the entry: headers only
             head = os.pread(self._fd, HEADER_SIZE, pos)
             if len(head) < HEADER_SIZE:
                 raise WalError(f"entry {offset} is not in {self._path} yet")
-            pos += HEADER_SIZE + HEADER.unpack(head)[0]
+            pos += HEADER_SIZE + (HEADER.unpack(head)[0] & ~LOST_FLAG)
         self._pos = pos
 
-    def read(self, until: int) -> Iterator[tuple[int, bytes]]:
-        """Yield (offset, payload) for every entry from here up to `until` (exclusive)."""
+    def read(self, until: int) -> Iterator[tuple[int, bytes | None]]:
+        """Yield (offset, payload) for every entry from here up to `until`
+        (exclusive); payload None for an entry whose record cannot be read."""
         stalled = False
         while self.offset < until:
             if self._fd < 0:
                 self._open_for(self.offset)
-            want = CHUNK
-            buf = os.pread(self._fd, want, self._pos)
-            p = 0
-            while self.offset < until:
-                got = decode_at(buf, p)
-                if isinstance(got, Damage):
-                    if got is Damage.BAD_CRC:
-                        raise CorruptionError(self._path, self._pos + p, got.value)
-                    if got is Damage.INCOMPLETE_PAYLOAD and p == 0 and len(buf) == want:
-                        want = HEADER_SIZE + HEADER.unpack_from(buf)[0]  # one big record
-                        buf = os.pread(self._fd, want, self._pos)
-                        continue
-                    break
-                yield self.offset, bytes(buf[got.payload_start : got.end])
-                self.offset += 1
-                p = got.end
-            self._pos += p
-            if self.offset < until and p == 0:
+            if self._index is not None:
+                read = self._read_indexed(until)
+            else:
+                read = self._read_scanned(until)
+            moved = False
+            for item in read:
+                moved = True
+                yield item
+            if moved:
+                stalled = False
+            elif self.offset < until:
                 # End of this file: the entry is in the next segment, or this
                 # one was rewritten by a compaction. Look it up by name once.
                 if stalled:
-                    raise WalError(f"entry {self.offset} is not in {self.directory}")
+                    self._stalled()
                 stalled = True
                 self.close()
-            elif p:
-                stalled = False
+
+    def _stalled(self) -> None:
+        """The entry should be here and is not: name the file and byte."""
+        head = os.pread(self._fd, HEADER_SIZE, self._pos) if self._fd >= 0 else b""
+        if len(head) == HEADER_SIZE:
+            length = HEADER.unpack(head)[0] & ~LOST_FLAG
+            raise CorruptionError(
+                self._path,
+                self._pos,
+                f"entry {self.offset}'s record claims {length} bytes, past the end of the "
+                f"file (a damaged length field)",
+            )
+        raise WalError(f"entry {self.offset} is not in {self.directory}")
+
+    def _read_indexed(self, until: int) -> Iterator[tuple[int, bytes | None]]:
+        """A sealed segment, at the positions its index gives: one pread per chunk."""
+        positions = self._index.positions
+        size = os.fstat(self._fd).st_size
+        first = self.offset - self._base
+        if first >= len(positions):
+            return
+        last = min(len(positions), until - self._base)
+        start = positions[first]
+        stop = max(first + 1, bisect.bisect_right(positions, start + CHUNK, first, last) - 1)
+        stop = min(stop, last)
+        end = positions[stop] if stop < len(positions) else size
+        buf = os.pread(self._fd, end - start, start)
+        for i in range(first, stop):
+            s = positions[i] - start
+            e = (positions[i + 1] if i + 1 < len(positions) else size) - start
+            got = decode_at(buf[:e], s)
+            ok = isinstance(got, Decoded) and got.end == e and not got.lost
+            self._pos = start + e
+            self.offset += 1
+            yield self.offset - 1, bytes(buf[got.payload_start : e]) if ok else None
+
+    def _read_scanned(self, until: int) -> Iterator[tuple[int, bytes | None]]:
+        """A segment without an index (the newest): records walked by their headers."""
+        origin = self._pos
+        want = CHUNK
+        buf = os.pread(self._fd, want, origin)
+        p = 0
+        while self.offset < until:
+            got = decode_at(buf, p)
+            if got is Damage.BAD_CRC:
+                # written (below `until`), so not a tear: rot, kept at its offset
+                # as long as its length is believable (the next record decodes)
+                end = p + HEADER_SIZE + (HEADER.unpack_from(buf, p)[0] & ~LOST_FLAG)
+                if self.offset + 1 < until and not self._next_decodes(buf, end, p):
+                    if end == len(buf):
+                        break  # the next record is past this chunk: read again from here
+                    raise CorruptionError(
+                        self._path,
+                        origin + p,
+                        f"entry {self.offset}'s record fails its CRC and the one after it "
+                        f"does not decode (a damaged length field?): the entries after it "
+                        f"cannot be placed",
+                    )
+                payload = None
+            elif isinstance(got, Damage):
+                if got is Damage.INCOMPLETE_PAYLOAD and p == 0 and len(buf) == want:
+                    want = HEADER_SIZE + (HEADER.unpack_from(buf)[0] & ~LOST_FLAG)  # one big record
+                    buf = os.pread(self._fd, want, origin)
+                    continue
+                break
+            else:
+                end = got.end
+                payload = None if got.lost else bytes(buf[got.payload_start : end])
+            self._pos = origin + end
+            self.offset += 1
+            yield self.offset - 1, payload
+            p = end
+
+    @staticmethod
+    def _next_decodes(buf: bytes, end: int, p: int) -> bool:
+        """True if a record decodes at `end`; also when it cannot be told because
+        this bad record alone fills the chunk (it is then accepted)."""
+        if end == len(buf):
+            return p == 0
+        return isinstance(decode_at(buf, end), Decoded)

@@ -25,7 +25,7 @@ def walctl(*args: str) -> subprocess.CompletedProcess:
 class Node:
     """One `python node.py ...` with pipes; reaped by the `node` fixture."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, preexec_fn=None) -> None:  # noqa: ANN001
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, NODE, *args],
@@ -34,6 +34,7 @@ class Node:
             stderr=subprocess.PIPE,
             cwd=REPO,
             env={**os.environ, **(env or {})},
+            preexec_fn=preexec_fn,  # e.g. resource limits for the whole tree
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.raw: list[str] = []  # every stdout line, in order

@@ -147,7 +147,7 @@ class Segment:
         positions: array | memoryview,
         size: int,
         sealed: bool,
-        mapping: mmap.mmap | None = None,
+        mapping: index.Mapping | None = None,
         files: FileCache | None = None,
     ) -> None:
         self.path = path

@@ -34,6 +34,7 @@ class LogTail:
         self._pos = 0  # byte of the next record in the open file
         self._base = 0
         self._index: index.LoadedIndex | None = None  # the open segment's, if sealed
+        self._names: list[tuple[int, str]] = []  # the last listing: (base, name), in order
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -45,22 +46,40 @@ class LogTail:
                 self._index.mapping.close()
             self._index = None
 
-    def _open_for(self, offset: int) -> None:
-        """Open the segment holding `offset` and find its record."""
-        names = sorted(
+    def _list(self) -> list[tuple[int, str]]:
+        self._names = sorted(
             (b, n) for n in os.listdir(self.directory) if (b := parse_name(n)) is not None
         )
-        start = read_start_offset(self.directory)
-        holding = [(b, n) for b, n in names if b <= offset]
-        if not holding or (start is not None and offset < start):
+        return self._names
+
+    def _holding(self, offset: int, fresh: bool) -> tuple[int, str, bool]:
+        """The segment holding `offset` (base, name, sealed). The directory is
+        listed again only when the cached listing cannot tell (the newest
+        segment may have rolled since), so following 10,000 segments does not
+        list 10,000 times."""
+        names = self._names if not fresh and self._names else self._list()
+        i = bisect.bisect_right(names, (offset, "\uffff")) - 1
+        if not fresh and (i < 0 or i == len(names) - 1):
+            return self._holding(offset, True)
+        start = read_start_offset(self.directory) if fresh else None
+        if i < 0 or (start is not None and offset < start):
             first = start if start is not None else (names[0][0] if names else 0)
             raise WalError(f"entry {offset} is no longer in the log (it starts at {first})")
-        base, name = holding[-1]
+        base, name = names[i]
+        return base, name, i < len(names) - 1
+
+    def _open_for(self, offset: int) -> None:
+        """Open the segment holding `offset` and find its record."""
+        try:
+            base, name, sealed = self._holding(offset, False)
+            fd = os.open(os.path.join(self.directory, name), os.O_RDONLY)
+        except FileNotFoundError:  # compacted or rewritten since the listing
+            base, name, sealed = self._holding(offset, True)
+            fd = os.open(os.path.join(self.directory, name), os.O_RDONLY)
         self.close()
         self._path = os.path.join(self.directory, name)
-        self._fd = os.open(self._path, os.O_RDONLY)
+        self._fd = fd
         self._base = base
-        sealed = len(holding) < len(names)
         size = os.fstat(self._fd).st_size
         if sealed:
             self._index = index.load(index.index_path(self._path), base, size)
@@ -80,7 +99,7 @@ class LogTail:
     def read(self, until: int) -> Iterator[tuple[int, bytes | None]]:
         """Yield (offset, payload) for every entry from here up to `until`
         (exclusive); payload None for an entry whose record cannot be read."""
-        stalled = False
+        stalled = 0
         while self.offset < until:
             if self._fd < 0:
                 self._open_for(self.offset)
@@ -93,14 +112,17 @@ class LogTail:
                 moved = True
                 yield item
             if moved:
-                stalled = False
+                stalled = 0
             elif self.offset < until:
                 # End of this file: the entry is in the next segment, or this
-                # one was rewritten by a compaction. Look it up by name once.
-                if stalled:
+                # one was rewritten by a compaction. Look it up by name, then
+                # once more in a fresh listing.
+                if stalled >= 2:
                     self._stalled()
-                stalled = True
+                stalled += 1
                 self.close()
+                if stalled == 2:
+                    self._names = []
 
     def _stalled(self) -> None:
         """The entry should be here and is not: name the file and byte."""

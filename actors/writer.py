@@ -346,8 +346,8 @@ def _lost_text(e: Entry) -> str:
     """What reading a lost-record marker says (docs/FORMAT.md)."""
     note = e.payload.decode("utf-8", "replace").strip()
     return (
-        "its record could not be read (rot) and `walctl repair` put a lost-record "
-        "marker in its place; the payload is gone" + (f" (the damage: {note})" if note else "")
+        "its record could not be read and `walctl repair` put a lost-record marker in "
+        "its place; the payload is gone" + (f" (what was found: {note})" if note else "")
     )
 
 

@@ -23,7 +23,7 @@ from wal.datadir import DataDir
 from wal.errors import CorruptionError, WalError
 from wal.fsutil import atomic_write, fsync_dir, write_all
 from wal.log import LOG_START, _settle_compaction, check_reach, read_start_offset
-from wal.segment import next_valid_record, scan_bytes, segment_name
+from wal.segment import next_valid_record, parse_name, scan_bytes, segment_name
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,14 @@ def verify(wal_dir: str, lost: list[int] | None = None) -> tuple[list[Problem], 
     receives the offsets of lost-record markers (losses already repaired).
     """
     problems: list[Problem] = []
-    segments = _settle_compaction(wal_dir, True, [])
+    try:
+        segments = _settle_compaction(wal_dir, True, [])
+    except CorruptionError:  # a damaged LOG_START: check_files reports it
+        segments = sorted(
+            (b, os.path.join(wal_dir, n))
+            for n in os.listdir(wal_dir)
+            if (b := parse_name(n)) is not None
+        )
     valid = 0
     expected: int | None = None
     for i, (base, path) in enumerate(segments):
@@ -245,8 +252,8 @@ def plan(datadir: DataDir) -> Plan:
             if not p.counted:
                 why += " (assumed to hold one record: no later segment counts them)"
             if p.missing_file:
-                why = p.reason
-                end = p.records * record.HEADER_SIZE
+                why = "its segment file was missing"
+                end = p.records * (record.HEADER_SIZE + len(why))
             if end - p.position < p.records * record.HEADER_SIZE:
                 out.refusals.append(f"{p.file}: {p.records} records cannot fit in {why}")
                 continue

@@ -111,7 +111,14 @@ class Compactor:
         try:
             for offset, payload in self.tail.read(until):
                 if payload is None:
-                    log.error("entry %d cannot be read (rot or a lost record): not applied", offset)
+                    path, byte = self.tail.damage_at
+                    log.error(
+                        "entry %d cannot be read (%s at byte %d: a failed checksum or a lost "
+                        "record): not applied; kv_get names it for the keys it could have changed",
+                        offset,
+                        path,
+                        byte,
+                    )
                     self.sm.apply_damaged()
                 else:
                     apply(payload.decode("utf-8", "replace"))

@@ -76,6 +76,8 @@ def test_flipped_byte_in_a_sealed_segment_costs_one_record(node_factory, data_di
     refused = kv(node, "k01")
     assert refused["type"] == "error" and refused["code"] == 22
     assert refused["damaged_offsets"] == [3] and "entry 3" in refused["text"]
+    # reported with file, byte and offset (by the compactor, which met it replaying)
+    assert f"entry 3 cannot be read ({first} at byte {3 * RECORD}" in node.stderr_text()
     assert node.call_ok({"type": "wal_append", "payload": "set k01=again"})["offset"] == N
     assert kv(node, "k01")["value"] == "again"  # set after the damage: certain again
     assert node.close() == 0

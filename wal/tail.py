@@ -35,6 +35,7 @@ class LogTail:
         self._base = 0
         self._index: index.LoadedIndex | None = None  # the open segment's, if sealed
         self._names: list[tuple[int, str]] = []  # the last listing: (base, name), in order
+        self.damage_at: tuple[str, int] | None = None  # file and byte of the last damaged entry
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -155,6 +156,8 @@ class LogTail:
             e = (positions[i + 1] if i + 1 < len(positions) else size) - start
             got = decode_at(buf[:e], s)
             ok = isinstance(got, Decoded) and got.end == e and not got.lost
+            if not ok:
+                self.damage_at = (self._path, positions[i])
             self._pos = start + e
             self.offset += 1
             yield self.offset - 1, bytes(buf[got.payload_start : e]) if ok else None
@@ -191,6 +194,8 @@ class LogTail:
             else:
                 end = got.end
                 payload = None if got.lost else bytes(buf[got.payload_start : end])
+            if payload is None:
+                self.damage_at = (self._path, origin + p)
             self._pos = origin + end
             self.offset += 1
             yield self.offset - 1, payload

@@ -132,7 +132,7 @@ def _check_indexed(
     problems, markers = [], []
     for i, start in enumerate(positions):
         end = positions[i + 1] if i + 1 < len(positions) else len(buf)
-        got = record.decode_at(buf[:end], start)
+        got = record.decode_at(buf, start)  # valid only if it ends where the next starts
         if isinstance(got, record.Decoded) and got.end == end:
             if got.lost:
                 markers.append(base + i)

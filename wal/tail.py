@@ -13,6 +13,7 @@ segment it was reading, it finds its place again by file name.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -104,15 +105,12 @@ class LogTail:
         while self.offset < until:
             if self._fd < 0:
                 self._open_for(self.offset)
+            before = self.offset
             if self._index is not None:
-                read = self._read_indexed(until)
+                yield from self._read_indexed(until)
             else:
-                read = self._read_scanned(until)
-            moved = False
-            for item in read:
-                moved = True
-                yield item
-            if moved:
+                yield from self._read_scanned(until)
+            if self.offset != before:
                 stalled = 0
             elif self.offset < until:
                 # End of this file: the entry is in the next segment, or this
@@ -151,16 +149,16 @@ class LogTail:
         stop = min(stop, last)
         end = positions[stop] if stop < len(positions) else size
         buf = os.pread(self._fd, end - start, start)
-        for i in range(first, stop):
-            s = positions[i] - start
-            e = (positions[i + 1] if i + 1 < len(positions) else size) - start
-            got = decode_at(buf[:e], s)
-            ok = isinstance(got, Decoded) and got.end == e and not got.lost
+        bounds = [p - start for p in positions[first:stop].tolist()]
+        bounds.append(end - start)
+        for s, e in itertools.pairwise(bounds):
+            got = decode_at(buf, s)  # a record is valid only if it ends where the next starts
+            ok = type(got) is Decoded and got.end == e and not got.lost
             if not ok:
-                self.damage_at = (self._path, positions[i])
+                self.damage_at = (self._path, start + s)
             self._pos = start + e
             self.offset += 1
-            yield self.offset - 1, bytes(buf[got.payload_start : e]) if ok else None
+            yield self.offset - 1, buf[got.payload_start : e] if ok else None
 
     def _read_scanned(self, until: int) -> Iterator[tuple[int, bytes | None]]:
         """A segment without an index (the newest): records walked by their headers."""

@@ -8,7 +8,15 @@ file, fsynced, renamed into place and the directory fsynced before anyone
 hears of it; only then may the writer drop the entries below it.
 
 At start: load the newest snapshot that passes its checks (falling back to
-older ones), then replay the log from there.
+older ones), then replay the log from there. Automatic retention keeps the
+log back to the oldest snapshot kept, so that falling back always works.
+
+An entry whose record cannot be read is not applied, and not skipped in
+silence either: the state machine records its offset (and a snapshot
+carries it), and kv_get answers error 22 naming it for every key that a
+readable entry has not set or deleted since. If the log cannot be followed
+past some byte at all (a damaged length field in the newest segment), the
+state stops there and kv_get says so for every key.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from wal.tail import LogTail
 log = setup_logging("compactor")
 
 AUTO_RETRY_DELAY = 5.0  # seconds between tries of a failing automatic snapshot
+MAX_NAMED = 20  # damaged offsets named in one reply (the newest ones)
 
 
 class Compactor:
@@ -61,6 +70,7 @@ class Compactor:
         self.auto_busy = False
         self.auto_retry_at = 0.0  # after a failed automatic snapshot, wait before the next
         self.metrics = metrics.for_compactor()  # None without --metrics-listen
+        self.stuck: str | None = None  # why the log cannot be followed past applied_offset
 
     # -- recovery ----------------------------------------------------------
 
@@ -73,7 +83,10 @@ class Compactor:
         for note in skipped:
             log.warning("%s", note)
         start = snap.offset if snap else 0
-        self.sm = StateMachine(snap.state if snap else {}, start)
+        if snap is None:
+            self.sm = StateMachine()
+        else:
+            self.sm = StateMachine(snap.state, start, snap.damage.damaged, snap.damage.rewritten)
         self.snapshot_offset = snap.offset if snap else None
         self.tail = LogTail(self.datadir.wal_dir, start)
         self.catch_up(durable_next)
@@ -81,6 +94,7 @@ class Compactor:
         return {
             "snapshot_offset": self.snapshot_offset,
             "snapshots_skipped": len(skipped),
+            "damaged_offsets": self.sm.damaged[-MAX_NAMED:],
             "entries_recovered": self.sm.applied_offset - start,
             "bytes_truncated": 0,
             "first_offset": start,
@@ -92,11 +106,26 @@ class Compactor:
 
     def catch_up(self, until: int) -> None:
         """Apply entries up to `until` (exclusive); they are written already."""
-        if until <= self.sm.applied_offset:
+        if until <= self.sm.applied_offset or self.stuck is not None:
             return
         apply = self.sm.apply
-        for _offset, payload in self.tail.read(until):
-            apply(payload.decode("utf-8", "replace"))
+        try:
+            for offset, payload in self.tail.read(until):
+                if payload is None:
+                    path, byte = self.tail.damage_at
+                    log.error(
+                        "entry %d cannot be read (%s at byte %d: a failed checksum or a lost "
+                        "record): not applied; kv_get names it for the keys it could have changed",
+                        offset,
+                        path,
+                        byte,
+                    )
+                    self.sm.apply_damaged()
+                else:
+                    apply(payload.decode("utf-8", "replace"))
+        except CorruptionError as err:
+            self.stuck = str(err)
+            log.error("the state stops before entry %d: %s", self.sm.applied_offset, err)
 
     def on_notice(self, durable_next: int, bytes_appended: int) -> None:
         self.durable_next = max(self.durable_next, durable_next)
@@ -108,6 +137,8 @@ class Compactor:
     def auto_due(self) -> bool:
         if not self.auto or self.auto_busy or self.sm.applied_offset > self.durable_next:
             return False
+        if self.stuck is not None:
+            return False  # the state cannot advance: a snapshot would cover nothing new
         if time.monotonic() < self.auto_retry_at:
             return False
         since = self.durable_next - (self.snapshot_offset or 0)
@@ -119,6 +150,9 @@ class Compactor:
 
     def kv_get(self, key: str, min_offset: int) -> tuple[int, dict]:
         self.catch_up(min_offset)
+        refusal = self.damaged_refusal(key, min_offset)
+        if refusal is not None:
+            return Code.PRECONDITION_FAILED, refusal
         if key not in self.sm.state:
             return Code.KEY_DOES_NOT_EXIST, {
                 "text": f"key {key!r} does not exist (as of offset {self.sm.applied_offset})",
@@ -128,6 +162,29 @@ class Compactor:
             "key": key,
             "value": self.sm.state[key],
             "applied_offset": self.sm.applied_offset,
+        }
+
+    def damaged_refusal(self, key: str, min_offset: int) -> dict | None:
+        """Why `key`'s value cannot be told, or None: the fields of error 22."""
+        applied = self.sm.applied_offset
+        if self.stuck is not None and min_offset > applied:
+            return {
+                "text": f"the state stops before entry {applied}: {self.stuck}; no key can be "
+                f"read past it until the log is repaired",
+                "damaged_offsets": [applied],
+                "applied_offset": applied,
+            }
+        damaged = self.sm.uncertain(key)
+        if not damaged:
+            return None
+        named = damaged[-MAX_NAMED:]
+        return {
+            "text": f"the value of key {key!r} may depend on entry {damaged[-1]}, whose record "
+            f"cannot be read (it failed its checksum, or walctl repair marked it lost), and "
+            f"{key!r} was not set or deleted after it; damaged entries: {named}. Set the "
+            f"key again to make it certain, or restore the entries from a replica",
+            "damaged_offsets": named,
+            "applied_offset": applied,
         }
 
     def take_snapshot(self, durable_next: int) -> tuple[int, dict]:
@@ -140,8 +197,11 @@ class Compactor:
                 "text": f"the state holds entries past the durable offset {durable_next}; "
                 f"retry (wal_sync first under --fsync never)"
             }
+        damage = snapshot.Damage(tuple(self.sm.damaged), frozenset(self.sm.rewritten))
         t0 = time.perf_counter()
-        snap = snapshot.write(self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state)
+        snap = snapshot.write(
+            self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state, damage
+        )
         if self.metrics is not None:
             self.metrics.snapshot_written(time.perf_counter() - t0)
         self.snapshot_offset = max(self.snapshot_offset or 0, snap.offset)
@@ -149,6 +209,13 @@ class Compactor:
         for name in snapshot.prune(self.datadir.snapshot_dir, self.keep_snapshots):
             log.info("pruned snapshot %s", name)
         return m.OK, {"snapshot_offset": snap.offset, "snapshot_size_bytes": snap.size_bytes}
+
+    def retention_target(self, snapshot_offset: int) -> int:
+        """Where automatic retention may cut: keep_entries behind the new
+        snapshot, and never past the oldest snapshot kept, so that a damaged
+        newer one can be fallen back on (its entries are still in the log)."""
+        oldest = min(snapshot.list_offsets(self.datadir.snapshot_dir), default=snapshot_offset)
+        return max(0, min(snapshot_offset - self.keep_entries, oldest))
 
     def compact_check(self, offset: int) -> list | None:
         """None if a snapshot covers `offset`, else the refusal (error 22)."""
@@ -296,7 +363,7 @@ def serve(
                 comp.auto_retry_at = time.monotonic() + AUTO_RETRY_DELAY
                 log.error("automatic snapshot failed: %s (retrying later)", snap["text"])
                 continue
-            target = max(0, snap["snapshot_offset"] - comp.keep_entries)
+            target = comp.retention_target(snap["snapshot_offset"])
             log.info("automatic snapshot at offset %d", snap["snapshot_offset"])
             if target > 0:
                 ask_writer(m.OP_TRUNCATE, [target, None, True], ("auto", target))

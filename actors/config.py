@@ -18,14 +18,13 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from actors.sockets import Remote
+from wal.datadir import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES  # the range is the log's own
 
 if typing.TYPE_CHECKING:
     from actors.metrics import ListenAddress
 
 MiB = 1 << 20
 GiB = 1 << 30
-MIN_SEGMENT_BYTES = 64
-MAX_SEGMENT_BYTES = GiB
 MAX_PAYLOAD_BYTES = 64 * MiB  # a record's payload, escaped as JSON, must fit a line
 MAX_SECONDS = 24 * 3600.0
 # A payload within --max-payload-bytes fits a request line this long whatever
@@ -197,7 +196,13 @@ class CompactorConfig(RoleConfig):
         "after an automatic snapshot, delete whole segments more than R entries behind it",
         minimum=0,
     )
-    keep_snapshots: int = setting(3, "snapshot files kept; older ones are deleted", minimum=1)
+    keep_snapshots: int = setting(
+        3,
+        "snapshot files kept; older ones are deleted",
+        minimum=1,
+        # why, in the refusal: the log is compacted below the oldest snapshot kept
+        shown="the log is compacted below the snapshots kept, so with none the state is lost",
+    )
     auto_compact: bool = setting(
         True, "no automatic snapshots or compaction", off="--no-auto-compact"
     )

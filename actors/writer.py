@@ -27,8 +27,6 @@ from actors import messages as m
 from actors import metrics, sockets
 from actors.codes import Code, Exit
 from actors.config import (
-    MAX_SEGMENT_BYTES,
-    MIN_SEGMENT_BYTES,
     FsyncPolicy,
     WriterConfig,
     add_process_flags,
@@ -44,7 +42,9 @@ from wal import (
     crc_hex,
     snapshot,
 )
-from wal.log import DEFAULT_MAX_SEGMENT_BYTES, OffsetOutOfRange
+from wal.datadir import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
+from wal.errors import DataMissing
+from wal.log import DEFAULT_MAX_SEGMENT_BYTES, Entry, OffsetOutOfRange
 
 log = setup_logging("writer")
 
@@ -106,6 +106,10 @@ class Writer:
         # after it are not written, whatever was decided for them before.
         self.disk_full_at: int | None = None
         self.metrics = metrics.for_writer(wal)  # None without --metrics-listen
+        # The data directory as it was when the lock was taken: checked after
+        # every commit, before any reply, so that a directory deleted or
+        # replaced under the writer stops it before an offset is reused.
+        self.identity = datadir.identity()
 
     # -- request handlers: return (code, fields) or a callable giving them
     # after the commit (for answers that must describe the committed state).
@@ -121,6 +125,12 @@ class Writer:
             e = self.log.read(offset)
         except OffsetOutOfRange as err:
             return _out_of_range(err)
+        if e.lost:
+            return Code.KEY_DOES_NOT_EXIST, {
+                "text": f"entry {offset} is lost: {_lost_text(e)}",
+                "offset": offset,
+                "lost": True,
+            }
         return m.OK, {
             "offset": e.offset,
             "payload": e.payload.decode("utf-8", "replace"),
@@ -136,7 +146,10 @@ class Writer:
         out = []
         for e in entries:
             item = {"offset": e.offset, "payload": e.payload.decode("utf-8", "replace")}
-            if not e.checksum_valid:
+            if e.lost:
+                item = {"offset": e.offset, "payload": "", "checksum_valid": False}
+                item["lost"] = _lost_text(e)
+            elif not e.checksum_valid:
                 item["checksum_valid"] = False
             out.append(item)
         return m.OK, {"entries": out, "next_offset": from_offset + len(out)}
@@ -275,12 +288,14 @@ class Writer:
 
     def commit(self) -> None:
         """Make what was handled as durable as the policy promises. On a full
-        disk, what fitted is still made durable before any reply leaves."""
+        disk, what fitted is still made durable before any reply leaves.
+        DataMissing if the data directory is not the one locked any more."""
         try:
             self._commit()
         except DiskFull as err:
             self.disk_full(err)
             self._commit()
+        self.datadir.check_identity(self.identity)
 
     def _commit(self) -> None:
         policy = self.policy.name
@@ -317,6 +332,15 @@ DISK_FULL_REPLY = (
         "free space on the data directory's file system, then retry"
     },
 )
+
+
+def _lost_text(e: Entry) -> str:
+    """What reading a lost-record marker says (docs/FORMAT.md)."""
+    note = e.payload.decode("utf-8", "replace").strip()
+    return (
+        "its record could not be read and `walctl repair` put a lost-record marker in "
+        "its place; the payload is gone" + (f" (what was found: {note})" if note else "")
+    )
 
 
 def _out_of_range(err: OffsetOutOfRange) -> tuple[int, dict]:
@@ -402,8 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         if wanted and wanted != meta.get("max_segment_bytes"):
             datadir.update_meta(max_segment_bytes=wanted)
         wal, report = Log.open(
-            datadir.wal_dir, max_segment_bytes=seg_bytes or DEFAULT_MAX_SEGMENT_BYTES
+            datadir.wal_dir,
+            max_segment_bytes=seg_bytes or DEFAULT_MAX_SEGMENT_BYTES,
+            reached=meta.get("reached_segment"),
         )
+        # recorded before the first entry of each new segment is staged: how
+        # far the log reached, so that a start-up notices a deleted newest segment
+        wal.on_reach = lambda base: datadir.update_meta(reached_segment=base)
     except CorruptionError as err:
         log.error("refusing to start: %s", err)
         return Exit.CORRUPT
@@ -417,6 +446,14 @@ def main(argv: list[str] | None = None) -> int:
             report.truncated_at,
             report.truncated_file,
             report.truncation_reason,
+        )
+    for d in report.damaged:
+        log.error(
+            "entry %d fails its checksum (%s at byte %d): kept at its offset, read back "
+            "with checksum_valid false",
+            d.offset,
+            d.file,
+            d.byte,
         )
     log.info(
         "recovered %d entries (next offset %d) in %d segments in %.1f ms",
@@ -438,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     writer = Writer(datadir, wal, policy)
     try:
         serve(writer, routers, control, notices)
+    except DataMissing as err:
+        log.critical("stopping without replying to this batch: %s", err)
+        os._exit(Exit.CORRUPT)
     except OSError as err:
         # Never retried: what is on disk is whatever recovery will find.
         log.critical("I/O failure, exiting without acknowledging the batch: %s", err)

@@ -13,8 +13,8 @@ def node_factory(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # runs without --data-dir land here
     started: list[Node] = []
 
-    def start(*args: str, env: dict | None = None) -> Node:
-        node = Node(*args, env=env)
+    def start(*args: str, env: dict | None = None, preexec_fn=None) -> Node:  # noqa: ANN001
+        node = Node(*args, env=env, preexec_fn=preexec_fn)
         started.append(node)
         return node
 

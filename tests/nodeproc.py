@@ -30,7 +30,7 @@ class Node:
     own) whose every stdout line is queued in order for the test to read;
     reaped by the `node_factory` fixture."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, preexec_fn=None) -> None:  # noqa: ANN001
         self.args = args
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.raw: list[str] = []  # every stdout line, in order
@@ -39,6 +39,7 @@ class Node:
             init=False,
             cwd=REPO,
             env=env,
+            preexec_fn=preexec_fn,  # e.g. resource limits for the whole tree
             on_unmatched=self._on_line,
             on_eof=lambda: self.lines.put(None),
         )

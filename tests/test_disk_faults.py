@@ -121,6 +121,7 @@ def test_writer_fails_the_rest_of_a_batch_after_a_full_disk(tmp_path, monkeypatc
     batch so far. Every append of the batch is refused, including one after
     it that would fit (it must not take the offset of a refused one)."""
     datadir = DataDir(str(tmp_path / "d"))
+    datadir.lock("test writer")  # a writer checks the directory it locked after each commit
     wal, _ = Log.open(datadir.wal_dir, max_segment_bytes=100)
     writer = Writer(datadir, wal, FsyncPolicy.parse("always"))
     writer.handle([[1, m.OP_APPEND, b"set a=1"]])

@@ -36,6 +36,7 @@ from actors.requests import (
 )
 from tests.nodeproc import Node
 from wal import CorruptionError, Entry, Log, crc_hex, record
+from wal.errors import DataMissing
 from wal.record import HEADER_SIZE, Damage, Decoded
 from wal.segment import scan_bytes
 
@@ -166,7 +167,8 @@ def test_decode_at_is_total_and_only_vouches_for_matching_crcs(buf: bytes) -> No
         if pos + HEADER_SIZE > len(buf):
             assert got is Damage.INCOMPLETE_HEADER
             continue
-        length, stored = u32(buf, pos), u32(buf, pos + 4)
+        field, stored = u32(buf, pos), u32(buf, pos + 4)
+        length = field & ~record.LOST_FLAG  # the flag marks a lost-record marker
         end = pos + HEADER_SIZE + length
         if end > len(buf):
             assert got is Damage.INCOMPLETE_PAYLOAD
@@ -175,7 +177,8 @@ def test_decode_at_is_total_and_only_vouches_for_matching_crcs(buf: bytes) -> No
         if not matches:
             assert got is Damage.BAD_CRC
             continue
-        assert got == Decoded(pos + HEADER_SIZE, length, stored, end)
+        lost = bool(field & record.LOST_FLAG)
+        assert got == Decoded(pos + HEADER_SIZE, length, stored, end, lost)
 
 
 @settings(FAST, max_examples=200)
@@ -247,22 +250,27 @@ def test_damaged_log_opens_to_a_clean_prefix_or_names_the_damage(
             assert dir_bytes(d) == before, "a refused open must change nothing"
             check_corruption_names_the_damage(err, segs, target, hurt)
             return
-        # what survives of the damaged segment is exactly its good prefix;
-        # a sealed segment can only have opened if the damage undid itself
-        good_end, good_count = valid_prefix(hurt)
-        expect_next = base + good_count if last else len(payloads)
+        # every entry kept is the original at its offset, or reads back invalid
+        # there (one rotted record costs one record); a sealed segment is
+        # never cut, the last one only by a torn tail
+        kept_end = os.path.getsize(segs[target])
         try:
-            assert hurt == original or last, "damage in a sealed segment was not reported"
-            assert_entries_are_originals(log, payloads)
-            assert log.next_offset == expect_next
-            # the file was cut back to the good prefix, and the cut reported
-            assert report.bytes_truncated == len(hurt) - good_end
-            assert os.path.getsize(segs[target]) == good_end
+            assert log.next_offset == len(payloads) or last
+            for off in range(log.first_offset, log.next_offset):
+                e = log.read(off)
+                assert not e.checksum_valid or e.payload == payloads[off], off
+            assert {d.offset for d in report.damaged} <= {
+                o
+                for o in range(log.first_offset, log.next_offset)
+                if not log.read(o).checksum_valid
+            }
+            assert report.bytes_truncated == len(hurt) - kept_end
             # cutting never drops a record that is still intact after the damage
             for i, pos in enumerate(record_positions(payloads, segs, target)):
                 rec = encoded(payloads[base + i])
-                if pos >= good_end and hurt[pos : pos + len(rec)] == rec:
+                if pos >= kept_end and hurt[pos : pos + len(rec)] == rec:
                     pytest.fail(f"record {base + i} is intact at byte {pos} but was cut")
+            expect_next = log.next_offset
         finally:
             log.close()
         # the cut is durable: a second open finds nothing to cut
@@ -283,17 +291,21 @@ def record_positions(payloads: list[bytes], segs: list[str], target: int) -> lis
 def check_corruption_names_the_damage(
     err: CorruptionError, segs: list[str], target: int, hurt: bytes
 ) -> None:
-    assert f"{err.path} at byte {err.position}" in str(err)
-    assert "walctl" in str(err)  # names the repair tool
+    where = err.path if err.position is None else f"{err.path} at byte {err.position}"
+    assert where in str(err)
+    assert "walctl" in str(err) or "restore" in str(err)  # names the way out
     good_end, _ = valid_prefix(hurt)
-    if good_end < len(hurt):
-        # the damaged file itself, at the byte where its first bad record starts
-        assert err.path == segs[target] and err.position == good_end, (err, good_end)
+    if good_end < len(hurt) and err.path == segs[target]:
+        # the damaged file itself, at or after the byte where its first bad
+        # record starts (rotted records before the refused damage are kept)
+        assert err.position >= good_end, (err, good_end)
     else:
-        # the damaged file still decodes (cut or grown at a record boundary):
-        # the segment after it no longer chains
+        # the damaged file still decodes, its rotted records kept (cut or
+        # grown at a record boundary): the segment after it no longer chains
         assert target + 1 < len(segs)
-        assert err.path == segs[target + 1] and err.position == 0, err
+        assert err.path == segs[target + 1] and err.position in (0, None), err
+        if isinstance(err, DataMissing):
+            assert os.path.basename(segs[target]) in str(err)  # named as maybe cut short
 
 
 @settings(FAST, max_examples=150)
@@ -334,9 +346,11 @@ def test_torn_tail_keeps_exactly_the_records_before_the_cut(
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
 )
 @given(st.lists(st.binary(min_size=4, max_size=30), min_size=3, max_size=12), st.data())
-def test_damage_in_a_sealed_segment_is_always_corruption(
+def test_damage_in_a_sealed_segment_is_corruption_or_costs_its_records_only(
     payloads: list[bytes], data: st.DataObject
 ) -> None:
+    """A sealed segment is never cut: its damage is refused (naming it), or
+    each damaged record is kept at its offset, read back invalid."""
     with tempfile.TemporaryDirectory() as d:
         segs = write_log(d, payloads, 48)
         assume(len(segs) >= 2)
@@ -348,11 +362,19 @@ def test_damage_in_a_sealed_segment_is_always_corruption(
         with open(segs[target], "wb") as f:
             f.write(hurt)
         before = dir_bytes(d)
-        with pytest.raises(CorruptionError) as info:
-            log, _ = Log.open(d, max_segment_bytes=48)
+        try:
+            log, report = Log.open(d, max_segment_bytes=48)
+        except CorruptionError as err:
+            assert dir_bytes(d) == before
+            check_corruption_names_the_damage(err, segs, target, hurt)
+            return
+        try:
+            assert len(hurt) == len(original) and report.damaged  # rot in place, reported
+            assert log.next_offset == len(payloads) and report.bytes_truncated == 0
+            for e in read_back(log):
+                assert not e.checksum_valid or e.payload == payloads[e.offset]
+        finally:
             log.close()
-        assert dir_bytes(d) == before
-        check_corruption_names_the_damage(info.value, segs, target, hurt)
 
 
 def record_shaped_payload() -> st.SearchStrategy[tuple[bytes, int]]:

@@ -104,12 +104,19 @@ def test_open_trusts_the_index_and_does_not_read_the_sealed_segment(tmp_path):
         (seg(tmp_path, 3), RECORD, False)
     ]
     assert valid == 9
-    # without its index, the same segment is checked and refused, as before
+    # without its index, the same segment is scanned: the rotted record is
+    # found, reported and kept at its offset
     os.remove(idx(tmp_path, 3))
-    with pytest.raises(CorruptionError) as err:
-        open_log(tmp_path)
-    assert (err.value.path, err.value.position) == (seg(tmp_path, 3), RECORD)
-    assert not os.path.exists(idx(tmp_path, 3))  # a refused open writes nothing
+    log, report = open_log(tmp_path)
+    try:
+        assert [(d.file, d.byte, d.offset) for d in report.damaged] == [
+            (os.path.basename(seg(tmp_path, 3)), RECORD, 4)
+        ]
+        assert log.read(4).checksum_valid is False
+        assert_all_entries(log, 5, 10)
+    finally:
+        log.close()
+    assert os.path.exists(idx(tmp_path, 3))  # rebuilt, the rotted record in it
 
 
 # -- ignored, rescanned and rewritten -------------------------------------------

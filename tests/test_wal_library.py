@@ -212,61 +212,85 @@ def test_zero_filled_tail_is_end_of_log(tmp_path):
 
 
 # -- 6. corruption that is not a torn tail ---------------------------------
+# One rotted record costs one record: a whole record failing its CRC with a
+# valid record right after it (or ending a sealed segment) keeps its offset,
+# is reported, and reads back invalid; everything else reads and appends on.
 
 
-def test_corruption_in_first_record_of_last_segment(tmp_path):
+def assert_rot_kept(tmp_path, path: str, offset: int, byte: int, entries: int, **kw) -> None:
+    size = os.path.getsize(path)
+    log, report = Log.open(os.fspath(tmp_path), **kw)
+    try:
+        assert [(d.file, d.byte, d.offset) for d in report.damaged] == [
+            (os.path.basename(path), byte, offset)
+        ]
+        assert report.bytes_truncated == 0 and os.path.getsize(path) == size  # nothing cut
+        assert log.next_offset == entries
+        assert log.read(offset).checksum_valid is False
+        valid = [e.offset for e in log.scan(0, entries, 1 << 20) if e.checksum_valid]
+        assert valid == [i for i in range(entries) if i != offset]
+        assert log.append(b"after")[0] == entries
+        log.sync()
+    finally:
+        log.close()
+
+
+def test_rot_in_first_record_of_last_segment_is_kept(tmp_path):
     write_log(tmp_path, 5)
     path = seg_path(tmp_path)
-    size = os.path.getsize(path)
     flip_byte(path, HEADER_SIZE + 2)
-
-    with pytest.raises(CorruptionError) as ei:
-        Log.open(os.fspath(tmp_path))
-    err = ei.value
-    assert err.path == path
-    assert err.position == 0
-    assert err.reason == Damage.BAD_CRC.value
-    assert "walctl repair" in str(err)
-    assert os.path.getsize(path) == size  # nothing cut
+    assert_rot_kept(tmp_path, path, 0, 0, 5)
 
 
-def test_corruption_in_middle_record_of_last_segment(tmp_path):
+def test_rot_in_middle_record_of_last_segment_is_kept(tmp_path):
     write_log(tmp_path, 5)
     path = seg_path(tmp_path)
     pos = record_positions(5)[2]
     flip_byte(path, pos + HEADER_SIZE)
+    assert_rot_kept(tmp_path, path, 2, pos, 5)
+
+
+def test_damaged_length_field_in_last_segment_names_file_and_byte(tmp_path):
+    write_log(tmp_path, 5)
+    path = seg_path(tmp_path)
+    size = os.path.getsize(path)
+    pos = record_positions(5)[2]
+    flip_byte(path, pos, 0x40)  # the length field: the record's end is unknown
     with pytest.raises(CorruptionError) as ei:
         Log.open(os.fspath(tmp_path))
     assert ei.value.path == path and ei.value.position == pos
+    assert f"corruption in {path} at byte {pos}" in str(ei.value)
+    assert os.path.getsize(path) == size  # nothing cut
 
 
-def test_corruption_in_sealed_segment(tmp_path):
+def test_two_rotted_records_in_a_row_are_refused(tmp_path):
+    write_log(tmp_path, 5)
+    path = seg_path(tmp_path)
+    first, second = record_positions(5)[1:3]
+    flip_byte(path, first + HEADER_SIZE)
+    flip_byte(path, second + HEADER_SIZE)
+    with pytest.raises(CorruptionError) as ei:
+        Log.open(os.fspath(tmp_path))
+    assert ei.value.path == path and ei.value.position == first
+
+
+def test_rot_in_unindexed_sealed_segment_is_kept(tmp_path):
     write_log(tmp_path, 10, max_segment_bytes=64)  # 18-byte records: 3 per segment
     drop_indexes(tmp_path)
-    names = sorted(os.listdir(tmp_path))
-    assert len(names) == 4
+    assert len(os.listdir(tmp_path)) == 4
     first = seg_path(tmp_path, 0)
     flip_byte(first, HEADER_SIZE + 1)
-    with pytest.raises(CorruptionError) as ei:
-        Log.open(os.fspath(tmp_path), max_segment_bytes=64)
-    assert ei.value.path == first
-    assert ei.value.position == 0
-    assert "walctl repair" in str(ei.value)
+    assert_rot_kept(tmp_path, first, 0, 0, 10, max_segment_bytes=64)
 
 
-def test_corruption_in_last_record_of_sealed_segment(tmp_path):
-    # the same damage that is cut as a torn tail in the last segment must be
-    # refused in a sealed one
+def test_rot_in_last_record_of_sealed_segment_is_kept(tmp_path):
+    # what is cut as a torn tail in the last segment is rot in a sealed one
+    # (sealed segments were fsynced whole): kept, not cut
     write_log(tmp_path, 10, max_segment_bytes=64)
     drop_indexes(tmp_path)
     first = seg_path(tmp_path, 0)
-    size = os.path.getsize(first)
-    flip_byte(first, size - 1)
-    with pytest.raises(CorruptionError) as ei:
-        Log.open(os.fspath(tmp_path), max_segment_bytes=64)
-    assert ei.value.path == first
-    assert ei.value.position == record_positions(3)[2]
-    assert os.path.getsize(first) == size
+    flip_byte(first, os.path.getsize(first) - 1)
+    assert_rot_kept(tmp_path, first, 2, record_positions(3)[2], 10, max_segment_bytes=64)
 
 
 @pytest.mark.parametrize("cut", [1, 5, 10])
@@ -289,7 +313,7 @@ def test_sealed_segment_cut_at_record_boundary_is_corruption(tmp_path):
     with pytest.raises(CorruptionError) as ei:
         Log.open(os.fspath(tmp_path), max_segment_bytes=64)
     assert ei.value.path == seg_path(tmp_path, 3)
-    assert "gap" in str(ei.value)
+    assert "a gap or overlap): entries 2 to 2 are gone" in str(ei.value)
 
 
 # -- 7. segment roll -------------------------------------------------------

@@ -1,4 +1,5 @@
-"""walctl verify finds every bad record; walctl repair keeps the longest valid prefix."""
+"""walctl verify finds every bad record; walctl repair marks them lost in place,
+keeping every valid record at its offset."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ def test_verify_and_repair_a_corrupt_sealed_segment(node_factory, data_dir):
     wal = os.path.join(data_dir, "wal")
     seg8 = os.path.join(wal, "00000000000000000008.log")
     seg16 = os.path.join(wal, "00000000000000000016.log")
-    seg24 = os.path.join(wal, "00000000000000000024.log")
     flip_byte(seg8, 3 * 18 + 10, 0x20)  # a payload byte of offset 11
     flip_byte(seg16, 5 * 18 + 9, 0x20)  # and of offset 21
 
@@ -33,27 +33,26 @@ def test_verify_and_repair_a_corrupt_sealed_segment(node_factory, data_dir):
 
     dry = walctl("repair", data_dir)
     assert dry.returncode == 1 and "nothing changed" in dry.stdout
-    assert f"90 bytes from {seg8}, from byte 54 on" in dry.stdout
-    assert f"the whole file {seg16}" in dry.stdout and f"the whole file {seg24}" in dry.stdout
-    assert os.path.exists(seg16) and os.path.getsize(seg8) == 144
+    marks = "with lost-record markers for entry"
+    assert f"overwrite bytes 54 to 72 of {seg8} {marks} 11" in dry.stdout
+    assert f"overwrite bytes 90 to 108 of {seg16} {marks} 21" in dry.stdout
+    before = {n: os.path.getsize(os.path.join(wal, n)) for n in os.listdir(wal)}
 
     done = walctl("repair", data_dir, "--yes")
     assert done.returncode == 0, done.stderr
-    # the cut segment and the deleted ones lose their index files; sealed 0 keeps its own
-    assert sorted(os.listdir(wal)) == [
-        "00000000000000000000.idx",
-        "00000000000000000000.log",
-        "00000000000000000008.log",
-    ]
-    assert os.path.getsize(seg8) == 54
-    assert walctl("verify", data_dir).returncode == 0
+    # nothing removed, nothing moved: every file keeps its size, the indexes stay
+    assert {n: os.path.getsize(os.path.join(wal, n)) for n in os.listdir(wal)} == before
+    out = walctl("verify", data_dir)
+    assert out.returncode == 0 and "[11, 21]" in out.stdout
 
     node = node_factory("--data-dir", data_dir)
     node.init()
     info = node.call({"type": "wal_info"})
-    assert (info["first_offset"], info["next_offset"]) == (0, 11)
-    assert node.call({"type": "wal_read", "offset": 10})["payload"] == "entry-0010"
-    assert node.call({"type": "wal_append", "payload": "new"})["offset"] == 11
+    assert (info["first_offset"], info["next_offset"]) == (0, 25)
+    assert node.call({"type": "wal_read", "offset": 11})["code"] == 20
+    for i in (10, 12, 20, 22, 24):
+        assert node.call({"type": "wal_read", "offset": i})["payload"] == f"entry-{i:04d}"
+    assert node.call({"type": "wal_append", "payload": "new"})["offset"] == 25
 
 
 def test_repair_refuses_while_walnode_runs(node_factory, data_dir):

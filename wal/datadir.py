@@ -17,13 +17,37 @@ import fcntl
 import json
 import os
 import socket
+from collections.abc import Callable
 
-from wal.errors import WalError
+from wal.errors import CorruptionError, DataMissing, WalError
 from wal.fsutil import atomic_write, make_dirs
+from wal.segment import parse_name
 
 FORMAT_VERSION = 1
 META_NAME = "walnode.meta"
 LOCK_NAME = "LOCK"
+MIN_SEGMENT_BYTES = 64
+MAX_SEGMENT_BYTES = 1 << 30
+
+
+def _is_id(v: object) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# walnode.meta's fields: what a valid value is, and how to say it
+META_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "node_id": (_is_id, "a non-empty string"),
+    "node_ids": (lambda v: isinstance(v, list) and all(map(_is_id, v)), "a list of node ids"),
+    "max_segment_bytes": (
+        lambda v: _is_count(v) and MIN_SEGMENT_BYTES <= v <= MAX_SEGMENT_BYTES,
+        f"an integer from {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}",
+    ),
+    "reached_segment": (_is_count, "a segment's base offset (an integer from 0)"),
+}
 
 
 class DirectoryLocked(WalError):
@@ -72,34 +96,95 @@ class DataDir:
         self._lock_fd = fd
         return fd
 
+    # -- identity ----------------------------------------------------------
+
+    def identity(self) -> tuple[int, int, int]:
+        """(device, inode of the directory, inode of the LOCK file held): what
+        `check_identity` compares against, taken once the lock is held."""
+        if self._lock_fd is None:
+            raise WalError("identity() needs the lock held")
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino, os.fstat(self._lock_fd).st_ino
+
+    def check_identity(self, expected: tuple[int, int, int]) -> None:
+        """DataMissing if the directory was deleted, replaced or moved away,
+        or its LOCK file is not the one this process holds: two stats."""
+        try:
+            st = os.stat(self.path)
+            lock_ino = os.stat(os.path.join(self.path, LOCK_NAME)).st_ino
+        except FileNotFoundError as err:
+            raise DataMissing(err.filename or self.path, "deleted while walnode used it") from None
+        if (st.st_dev, st.st_ino) != expected[:2]:
+            raise DataMissing(self.path, "replaced by another directory while walnode used it")
+        if lock_ino != expected[2]:
+            raise DataMissing(
+                os.path.join(self.path, LOCK_NAME),
+                "is not the lock this walnode holds (removed or replaced): another walnode "
+                "could start here",
+            )
+
     # -- metadata ----------------------------------------------------------
 
     @property
     def meta_path(self) -> str:
         return os.path.join(self.path, META_NAME)
 
-    def read_meta(self) -> dict:
+    def _load_meta(self) -> dict | None:
+        """The metadata object as stored; None if the file is missing."""
         try:
             with open(self.meta_path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            return {"format": FORMAT_VERSION}
+            return None
         try:
             meta = json.loads(raw)
             if not isinstance(meta, dict):
                 raise ValueError("not an object")
         except ValueError:
-            raise WalError(
-                f"{self.meta_path} is not a JSON object; it is replaced atomically, "
-                f"so this is damage from outside walnode: restore it or remove it "
-                f"(the node id and segment size setting are then forgotten)"
+            raise CorruptionError(
+                self.meta_path,
+                None,
+                f"it is not a JSON object ({raw[:40]!r}); it is replaced atomically, so "
+                f"this is damage from outside walnode",
             ) from None
+        return meta
+
+    def read_meta(self) -> dict:
+        """The metadata, every known field checked: CorruptionError names the
+        file, the field and its bad value."""
+        meta = self._load_meta()
+        if meta is None:  # a new directory, or one no walnode recorded anything in yet
+            return {"format": FORMAT_VERSION}
         if meta.get("format") != FORMAT_VERSION:
             raise WalError(
                 f"{self.meta_path} has format {meta.get('format')!r}; this walnode "
                 f"reads format {FORMAT_VERSION}"
             )
+        for name, value in meta.items():
+            check = META_FIELDS.get(name)
+            if check is not None and not check[0](value):
+                raise CorruptionError(self.meta_path, None, f"{name} is {value!r}, not {check[1]}")
         return meta
+
+    def repaired_meta(self) -> dict:
+        """The metadata with every field that fails its check left out (for
+        walctl repair); the log's reach is taken from its newest segment."""
+        try:
+            meta = self._load_meta() or {}
+        except CorruptionError:
+            meta = {}
+        kept = {k: v for k, v in meta.items() if k not in META_FIELDS or META_FIELDS[k][0](v)}
+        kept["format"] = FORMAT_VERSION
+        if "reached_segment" not in kept and (bases := self.segment_bases()):
+            kept["reached_segment"] = bases[-1]
+        return kept
+
+    def segment_bases(self) -> list[int]:
+        try:
+            names = os.listdir(self.wal_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(b for n in names if (b := parse_name(n)) is not None)
 
     def update_meta(self, **changes: object) -> dict:
         meta = self.read_meta()

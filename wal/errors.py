@@ -14,16 +14,31 @@ class DiskFull(WalError):
 class CorruptionError(WalError):
     """A damaged record or file that is not a torn tail.
 
-    Carries the file and byte position so an operator can look at it, and
-    names the repair command: the writer refuses to start on it.
+    Carries the file and byte position (None: the file as a whole) so an
+    operator can look at it, and names the repair command: the writer
+    refuses to start on it.
     """
 
-    def __init__(self, path: str, position: int, reason: str) -> None:
+    def __init__(self, path: str, position: int | None, reason: str) -> None:
         self.path = path
         self.position = position
         self.reason = reason
+        where = path if position is None else f"{path} at byte {position}"
         super().__init__(
-            f"corruption in {path} at byte {position}: {reason}; "
-            f"inspect with `walctl verify DIR` and, to keep the longest valid "
-            f"prefix, run `walctl repair DIR`"
+            f"corruption in {where}: {reason}; inspect with `walctl verify DIR` and "
+            f"see what `walctl repair DIR` would do (it keeps every valid record at its offset)"
+        )
+
+
+class DataMissing(CorruptionError):
+    """Acknowledged data is gone: a file walnode recorded is missing (deleted
+    by hand, or the directory replaced). Serving on would reuse offsets."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.position, self.reason = path, None, reason
+        WalError.__init__(
+            self,
+            f"acknowledged data is missing: {path}: {reason}; walnode will not serve "
+            f"offsets again that it acknowledged once: restore the file (from a backup "
+            f"or a replica), or point --data-dir at the right directory",
         )

@@ -9,12 +9,17 @@ is scanned as without one and the index written again. Layout in
 docs/FORMAT.md.
 
 A loaded index is mmapped and read through a memoryview, so it costs the
-process no memory per entry: the kernel pages in what reads touch.
+process no memory per entry: the kernel pages in what reads touch. It is
+mapped with libc's mmap directly, not Python's mmap module, which keeps a
+duplicate of the file descriptor for as long as the mapping lives (until
+Python 3.13's trackfd=False): 10,000 sealed segments must not hold 10,000
+descriptors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import re
@@ -51,9 +56,41 @@ def parse_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+class Mapping:
+    """A read-only shared mapping of a whole file that holds no descriptor."""
+
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.mmap.restype = ctypes.c_void_p
+    _libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    FAILED = ctypes.c_void_p(-1).value
+
+    def __init__(self, fd: int, size: int) -> None:
+        addr = self._libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, self.FAILED):
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self._addr, self._size = addr, size
+        self.view = memoryview((ctypes.c_char * size).from_address(addr)).cast("B")
+
+    def close(self) -> None:
+        """Unmap; every view of it must have been released first."""
+        if self._addr is not None:
+            self.view.release()
+            self._libc.munmap(self._addr, self._size)
+            self._addr = None
+
+
 class LoadedIndex(NamedTuple):
     positions: memoryview | array  # start byte of every record (format "I")
-    mapping: mmap.mmap | None  # the mapped file, to close once positions are released
+    mapping: Mapping | None  # the mapped file, to close once positions are released
 
 
 def encode(base_offset: int, positions: memoryview | array, segment_size: int) -> bytes | None:
@@ -108,12 +145,12 @@ def load(path: str, base_offset: int, segment_size: int) -> LoadedIndex | None:
         entries = _check(fd, base_offset, segment_size)
         if entries is None:
             return None
-        mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        mapping = Mapping(fd, HEADER.size + entries * POSITION_SIZE + CRC.size)
     except OSError:
         return None
     finally:
         os.close(fd)
-    raw = memoryview(mapping)[HEADER.size : HEADER.size + entries * POSITION_SIZE]
+    raw = mapping.view[HEADER.size : HEADER.size + entries * POSITION_SIZE]
     if sys.byteorder == "big":  # the file is little-endian: copy and swap
         positions = array("I", raw.tobytes())
         positions.byteswap()

@@ -14,12 +14,14 @@ from __future__ import annotations
 import bisect
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from wal import faults, index, record
-from wal.errors import CorruptionError, DiskFull, WalError
+from wal.errors import CorruptionError, DataMissing, DiskFull, WalError
+from wal.filecache import FileCache
 from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
-from wal.segment import Segment, parse_name, segment_name
+from wal.segment import ReadRecord, ScanResult, Segment, parse_name, segment_name
 
 LOG_START = "LOG_START"  # the compaction commit point: the first retained offset
 TMP_SUFFIX = ".tmp"  # a segment rewritten by compaction, before it is committed
@@ -33,6 +35,17 @@ class Entry:
     payload: bytes
     crc: int
     checksum_valid: bool
+    lost: bool = False  # a lost-record marker left by walctl repair; payload says what was lost
+
+
+@dataclass(frozen=True)
+class DamagedRecord:
+    """A record that fails its CRC, kept at its offset (reads say it is invalid)."""
+
+    file: str
+    byte: int
+    offset: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,8 @@ class RecoveryReport:
     truncation_reason: str | None = None
     duration_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
+    damaged: list[DamagedRecord] = field(default_factory=list)  # rotted records found in scans
+    lost: list[int] = field(default_factory=list)  # offsets of lost-record markers scanned
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,8 +95,15 @@ class OffsetOutOfRange(WalError):
 class Log:
     """A segmented write-ahead log in one directory."""
 
-    def __init__(self, directory: str, segments: list[Segment], max_segment_bytes: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        segments: list[Segment],
+        max_segment_bytes: int,
+        files: FileCache | None = None,
+    ) -> None:
         self.directory = directory
+        self._files = files if files is not None else FileCache()
         self._segments = segments
         self._bases = [s.base_offset for s in segments]
         self.max_segment_bytes = max_segment_bytes
@@ -89,6 +111,11 @@ class Log:
         self._flushed_next = self.next_offset
         self.bytes_appended = 0  # record bytes appended since open (a counter for notices)
         self._bytes_flushed = 0
+        # Told the base of the active segment before its first entry is staged,
+        # so that the data directory can record how far the log reached (and
+        # a start-up can tell a deleted newest segment from a short log).
+        self.on_reach: Callable[[int], None] | None = None
+        self.reached: int | None = None  # the last base on_reach was told
 
     # -- opening ---------------------------------------------------------
 
@@ -99,41 +126,45 @@ class Log:
         *,
         max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES,
         readonly: bool = False,
+        reached: int | None = None,
     ) -> tuple[Log, RecoveryReport]:
         """Open (creating if needed) and check the log in `directory`.
 
         readonly: check and report, change nothing (a torn tail is reported,
         not cut, and no segment is created): for offline tools.
+        reached: the newest segment base the data directory recorded; a log
+        whose newest segment starts before it lost acknowledged entries
+        (DataMissing).
         """
         t0 = time.monotonic()
         report = RecoveryReport()
         if not readonly:
             make_dirs(directory)
         names = _settle_compaction(directory, readonly, report.notes)
+        check_reach(directory, names, reached)
+        files = FileCache()
         segments: list[Segment] = []
         unindexed: list[Segment] = []  # sealed, checked by a scan: their index is written
         try:
             for i, (base, path) in enumerate(names):
                 last = i == len(names) - 1
-                seg = None if last else Segment.open_indexed(path, base, writable=not readonly)
+                seg = None if last else Segment.open_indexed(path, base, files=files)
                 scan = None
                 if seg is not None:
                     report.segments_indexed += 1
                 else:
-                    seg, scan = Segment.open_checked(path, base, last=last, writable=not readonly)
+                    seg, scan = Segment.open_checked(
+                        path, base, last=last, writable=not readonly, files=files
+                    )
                 if segments and segments[-1].next_offset != base:
                     seg.close()
-                    raise CorruptionError(
-                        path,
-                        0,
-                        f"segment starts at offset {base} but the previous one "
-                        f"ends before offset {segments[-1].next_offset} (a gap or overlap)",
-                    )
+                    raise _gap(segments[-1], base, path)
                 segments.append(seg)
                 if scan is None:
                     continue
                 if not last:
                     unindexed.append(seg)
+                _report_rot(report, seg, scan)
                 if scan.damage is not None:  # a torn tail of the last segment
                     report.truncated_file = os.path.basename(path)
                     report.truncated_at = scan.valid_end
@@ -146,7 +177,8 @@ class Log:
                 seg.close()
             raise
         if not segments and not readonly:
-            segments.append(Segment.create(directory, read_start_offset(directory) or 0))
+            start = read_start_offset(directory) or 0
+            segments.append(Segment.create(directory, start, files))
             fsync_dir(directory)
         elif not readonly:
             # A killed writer may have left written but unsynced records: make
@@ -157,7 +189,8 @@ class Log:
             for seg in unindexed:
                 seg.write_index()  # it was missing, damaged or stale; the next open trusts it
             _remove_stale_indexes(directory, [s.base_offset for s in segments], report.notes)
-        log = cls(directory, segments, max_segment_bytes)
+        log = cls(directory, segments, max_segment_bytes, files)
+        log.reached = reached
         report.segments = len(segments)
         report.first_offset = log.first_offset
         report.next_offset = log.next_offset
@@ -168,6 +201,7 @@ class Log:
     def close(self) -> None:
         for seg in self._segments:
             seg.close()
+        self._files.close()
 
     # -- shape -------------------------------------------------------------
 
@@ -226,6 +260,11 @@ class Log:
         if active.entries and active.size + len(data) > self.max_segment_bytes:
             self.roll()
             active = self._segments[-1]
+        if self.on_reach is not None and self.reached != active.base_offset:
+            # Before any entry of this segment can be acknowledged (a failure
+            # here fails this append and stages nothing).
+            self.on_reach(active.base_offset)
+            self.reached = active.base_offset
         offset = active.next_offset
         active.stage(data)
         self.bytes_appended += len(data)
@@ -346,7 +385,8 @@ class Log:
             except BaseException:
                 os.close(fd)
                 raise
-        return Segment(path, offset, fd, seg.positions_from(first, start), len(data), seg.sealed)
+        positions = seg.positions_from(first, start)
+        return Segment(path, offset, fd, positions, len(data), seg.sealed, files=self._files)
 
     # -- reading -----------------------------------------------------------
 
@@ -359,8 +399,7 @@ class Log:
 
     def read(self, offset: int) -> Entry:
         seg, index = self._locate(offset)
-        payload, crc, valid = seg.read_range(index, 1)[0]
-        return Entry(offset, payload, crc, valid)
+        return _entry(offset, seg.read_range(index, 1)[0])
 
     def scan(self, from_offset: int, max_entries: int, max_bytes: int) -> list[Entry]:
         """Up to `max_entries` entries from `from_offset`, about `max_bytes` at most.
@@ -386,10 +425,55 @@ class Log:
                 count += 1
             if count == 0:
                 break
-            for payload, crc, valid in seg.read_range(index, count):
-                out.append(Entry(offset, payload, crc, valid))
+            for got in seg.read_range(index, count):
+                out.append(_entry(offset, got))
                 offset += 1
         return out
+
+
+def _entry(offset: int, got: ReadRecord) -> Entry:
+    # a marker's CRC holds, but what it stands for is gone: not a valid entry
+    return Entry(offset, got.payload, got.crc, got.valid and not got.lost, got.lost)
+
+
+def _gap(previous: Segment, base: int, path: str) -> CorruptionError:
+    """The refusal for a segment that does not start where the previous ends."""
+    text = (
+        f"segment starts at offset {base} but the previous one ends before offset "
+        f"{previous.next_offset} (a gap or overlap)"
+    )
+    if base > previous.next_offset:
+        return DataMissing(
+            path,
+            f"{text}: entries {previous.next_offset} to {base - 1} are gone ({previous.name} "
+            f"was cut short, or a segment after it removed)",
+        )
+    return CorruptionError(path, 0, text)
+
+
+def check_reach(directory: str, names: list[tuple[int, str]], reached: int | None) -> None:
+    """DataMissing if the newest segment starts before the recorded reach: the
+    segment at `reached` (and what it held) was removed. A newer segment than
+    recorded is fine: a crash between its creation and the record leaves that,
+    and none of its entries was acknowledged before the record."""
+    if reached is None:
+        return
+    newest = names[-1][0] if names else None
+    if newest is None or newest < reached:
+        held = f"the newest segment is {segment_name(newest)}" if names else "no segment is left"
+        raise DataMissing(
+            os.path.join(directory, segment_name(reached)),
+            f"the log reached this segment (walnode.meta records reached_segment {reached}) "
+            f"but it is gone and {held}",
+        )
+
+
+def _report_rot(report: RecoveryReport, seg: Segment, scan: ScanResult) -> None:
+    """Record every rotted record and lost-record marker a scan kept."""
+    for pos in scan.rotted:
+        offset = seg.base_offset + bisect.bisect_left(scan.positions, pos)
+        report.damaged.append(DamagedRecord(seg.name, pos, offset, record.Damage.BAD_CRC.value))
+    report.lost.extend(seg.base_offset + bisect.bisect_left(scan.positions, p) for p in scan.lost)
 
 
 def read_start_offset(directory: str) -> int | None:
@@ -399,12 +483,14 @@ def read_start_offset(directory: str) -> int | None:
             text = f.read()
     except FileNotFoundError:
         return None
-    try:
-        return int(text)
-    except ValueError:
+    if not (text.endswith(b"\n") and text[:-1].isdigit()):
         raise CorruptionError(
-            os.path.join(directory, LOG_START), 0, f"not an offset: {text[:40]!r}"
-        ) from None
+            os.path.join(directory, LOG_START),
+            None,
+            f"it holds {text[:40]!r}, not an offset (decimal digits and a newline); it "
+            f"is replaced atomically, so this is damage from outside walnode",
+        )
+    return int(text)
 
 
 def _settle_compaction(directory: str, readonly: bool, notes: list[str]) -> list[tuple[int, str]]:

@@ -16,6 +16,10 @@ from typing import NamedTuple
 
 HEADER = struct.Struct("<II")
 HEADER_SIZE = HEADER.size  # 8
+# A length field with this bit set marks a *lost* record: `walctl repair` put
+# it where a record had rotted, so that the offset stays taken and says what
+# was lost. Payloads are far below 2 GiB, so no ordinary record has the bit.
+LOST_FLAG = 0x8000_0000
 
 
 def encode(payload: bytes) -> tuple[bytes, int]:
@@ -35,6 +39,13 @@ def crc_hex(crc: int) -> str:
     return f"{crc:08x}"
 
 
+def encode_lost(text: bytes) -> bytes:
+    """A lost-record marker: the header with LOST_FLAG in the length, then
+    `text` (what was lost, UTF-8). Its CRC is computed like any record's."""
+    length = (LOST_FLAG | len(text)).to_bytes(4, "little")
+    return length + checksum(length, text).to_bytes(4, "little") + text
+
+
 class Damage(Enum):
     """Why a record could not be decoded."""
 
@@ -48,6 +59,7 @@ class Decoded(NamedTuple):
     length: int
     crc: int
     end: int
+    lost: bool = False  # a marker of a lost record (LOST_FLAG), its payload the loss's text
 
 
 def valid_run(buf: bytes | memoryview | mmap.mmap, pos: int, positions: array) -> int:
@@ -87,10 +99,12 @@ def decode_at(buf: bytes | memoryview, pos: int) -> Decoded | Damage:
     if pos + HEADER_SIZE > size:
         return Damage.INCOMPLETE_HEADER
     length, crc = HEADER.unpack_from(buf, pos)
+    lost = bool(length & LOST_FLAG)
+    length &= ~LOST_FLAG
     start = pos + HEADER_SIZE
     end = start + length
     if end > size:
         return Damage.INCOMPLETE_PAYLOAD
     if zlib.crc32(buf[start:end], zlib.crc32(buf[pos : pos + 4])) != crc:
         return Damage.BAD_CRC
-    return Decoded(start, length, crc, end)
+    return Decoded(start, length, crc, end, lost)

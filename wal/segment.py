@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from wal import index, record
 from wal.errors import CorruptionError, DiskFull, WalError
+from wal.filecache import FileCache
 from wal.fsutil import DISK_FULL_ERRNOS, write_all
 from wal.record import HEADER_SIZE, Damage
 
@@ -37,31 +38,63 @@ def parse_name(name: str) -> int | None:
 class ScanResult(NamedTuple):
     """What a sequential check of a segment file found."""
 
-    positions: array  # start byte of every valid record, in order
-    valid_end: int  # the byte after the last valid record
+    positions: array  # start byte of every record kept, in order (rotted ones included)
+    valid_end: int  # the byte after the last record kept
     file_size: int
     damage: Damage | None  # why decoding stopped before the end of the file
     # True when the damage is shaped like an interrupted append: no valid
     # record follows it, and a whole record with a bad CRC ends the file (or
     # only zero bytes follow it).
     tail_shaped: bool
+    # Start bytes of whole records that fail their CRC but are kept in place,
+    # their offset taken: the next record starts right after them (rot, not a
+    # tear), or they end a sealed segment (which was fsynced whole).
+    rotted: tuple[int, ...] = ()
+    lost: tuple[int, ...] = ()  # start bytes of lost-record markers (walctl repair)
 
 
-def scan_bytes(buf: bytes | memoryview | mmap.mmap) -> ScanResult:
-    """Decode records from the start of `buf` until the end or the first damage."""
+def scan_bytes(buf: bytes | memoryview | mmap.mmap, *, sealed: bool = False) -> ScanResult:
+    """Decode records from the start of `buf` until the end or the first damage
+    that is not one rotted record (see ScanResult.rotted)."""
     positions = array("Q")
     size = len(buf)
-    pos = record.valid_run(buf, 0, positions)
-    if pos == size:
-        return ScanResult(positions, pos, size, None, False)
-    got = record.decode_at(buf, pos)
-    assert isinstance(got, Damage), "valid_run stops only at a record that does not decode"
+    rotted: list[int] = []
+    lost: list[int] = []
+    pos = 0
+    while True:
+        pos = record.valid_run(buf, pos, positions)
+        if pos == size:
+            return ScanResult(positions, pos, size, None, False, tuple(rotted), tuple(lost))
+        got = record.decode_at(buf, pos)
+        if isinstance(got, record.Decoded):  # valid_run leaves markers to decode_at
+            lost.append(pos)
+        elif got is Damage.BAD_CRC and _rotted_in_place(buf, pos, sealed):
+            rotted.append(pos)
+        else:
+            break
+        positions.append(pos)
+        pos = _record_end(buf, pos)
     tail_shaped = not any(buf[pos:size]) or next_valid_record(buf, pos) is None
     if got is Damage.BAD_CRC and tail_shaped:
         # a whole record with a bad CRC is a tear only at the very end
-        length = int.from_bytes(buf[pos : pos + 4], "little")
-        tail_shaped = pos + HEADER_SIZE + length >= size or not any(buf[pos:size])
-    return ScanResult(positions, pos, size, got, tail_shaped)
+        tail_shaped = _record_end(buf, pos) >= size or not any(buf[pos:size])
+    return ScanResult(positions, pos, size, got, tail_shaped, tuple(rotted), tuple(lost))
+
+
+def _record_end(buf: bytes | memoryview | mmap.mmap, pos: int) -> int:
+    length = int.from_bytes(buf[pos : pos + 4], "little") & ~record.LOST_FLAG
+    return pos + HEADER_SIZE + length
+
+
+def _rotted_in_place(buf: bytes | memoryview | mmap.mmap, pos: int, sealed: bool) -> bool:
+    """A whole record failing its CRC at `pos` is rot kept in place (not a
+    tear) when a record that decodes starts right after it, or when it ends
+    a sealed segment exactly. Anything else (two bad records in a row, a bad
+    length field) cannot be placed with certainty: the caller refuses it."""
+    end = _record_end(buf, pos)
+    if end == len(buf):
+        return sealed
+    return end < len(buf) and isinstance(record.decode_at(buf, end), record.Decoded)
 
 
 def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | None:
@@ -80,17 +113,31 @@ def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | No
     return None
 
 
-def scan_file(path: str) -> ScanResult:
+def scan_file(path: str, *, sealed: bool = False) -> ScanResult:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return scan_bytes(b"")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return scan_bytes(m)
+            return scan_bytes(m, sealed=sealed)
+
+
+class ReadRecord(NamedTuple):
+    """One entry as read back from its segment."""
+
+    payload: bytes
+    crc: int  # as stored
+    valid: bool  # the stored CRC matches the bytes
+    lost: bool  # a lost-record marker (walctl repair): payload is what was lost
 
 
 class Segment:
-    """One open segment file and its offset index."""
+    """One segment file and its offset index.
+
+    Only the active segment holds a descriptor of its own. A sealed one,
+    once its index file is written, is read through the log's FileCache,
+    so descriptors stay bounded however many segments there are.
+    """
 
     def __init__(
         self,
@@ -100,12 +147,14 @@ class Segment:
         positions: array | memoryview,
         size: int,
         sealed: bool,
-        mapping: mmap.mmap | None = None,
+        mapping: index.Mapping | None = None,
+        files: FileCache | None = None,
     ) -> None:
         self.path = path
         self.name = os.path.basename(path)
         self.base_offset = base_offset
-        self._fd = fd
+        self._fd = fd  # -1: read through self._files
+        self._files = files if files is not None else FileCache()
         self._positions = positions  # array('Q'), or a view of the mmapped index file
         self._mapping = mapping
         self._written = size  # bytes in the file
@@ -116,44 +165,53 @@ class Segment:
     # -- opening ---------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str, base_offset: int) -> Segment:
+    def create(cls, directory: str, base_offset: int, files: FileCache | None = None) -> Segment:
         """Create a new, empty active segment. The caller fsyncs the directory."""
         path = os.path.join(directory, segment_name(base_offset))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        return cls(path, base_offset, fd, array("Q"), 0, sealed=False)
+        return cls(path, base_offset, fd, array("Q"), 0, sealed=False, files=files)
 
     @classmethod
     def open_checked(
-        cls, path: str, base_offset: int, *, last: bool, writable: bool
+        cls,
+        path: str,
+        base_offset: int,
+        *,
+        last: bool,
+        writable: bool,
+        files: FileCache | None = None,
     ) -> tuple[Segment, ScanResult]:
         """Open a segment and check every record.
 
-        Damage in a sealed segment, or damage in the last one that is not
-        shaped like an interrupted append, raises CorruptionError. A torn
-        tail of the last segment is left for the caller to cut.
+        A whole record that fails its CRC in place is kept (ScanResult.rotted:
+        the caller reports it; reads return it as invalid). Other damage in a
+        sealed segment, or damage in the last one that is not shaped like an
+        interrupted append, raises CorruptionError. A torn tail of the last
+        segment is left for the caller to cut.
         """
-        scan = scan_file(path)
+        scan = scan_file(path, sealed=not last)
         if scan.damage is not None and not (last and scan.tail_shaped):
-            raise CorruptionError(path, scan.valid_end, scan.damage.value)
+            raise CorruptionError(path, scan.valid_end, _refusal(scan))
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         size = scan.valid_end if scan.damage is not None else scan.file_size
-        seg = cls(path, base_offset, fd, scan.positions, size, sealed=not last)
+        seg = cls(path, base_offset, fd, scan.positions, size, sealed=not last, files=files)
         return seg, scan
 
     @classmethod
-    def open_indexed(cls, path: str, base_offset: int, *, writable: bool) -> Segment | None:
-        """Open a sealed segment through its index file, reading none of its records.
+    def open_indexed(
+        cls, path: str, base_offset: int, *, files: FileCache | None = None
+    ) -> Segment | None:
+        """Open a sealed segment through its index file, reading none of its records
+        and holding no descriptor (reads go through `files`).
 
         None if the index is missing, damaged, or records another size than
         the segment has: the caller then checks the segment with open_checked.
         """
-        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        size = os.fstat(fd).st_size
+        size = os.stat(path).st_size
         loaded = index.load(index.index_path(path), base_offset, size)
         if loaded is None:
-            os.close(fd)
             return None
-        return cls(path, base_offset, fd, loaded.positions, size, True, loaded.mapping)
+        return cls(path, base_offset, -1, loaded.positions, size, True, loaded.mapping, files)
 
     def write_index(self) -> bool:
         """Store this sealed segment's offset index in its index file, then read
@@ -162,6 +220,7 @@ class Segment:
         if not self.sealed:
             raise WalError(f"segment {self.name} is active: its index still grows")
         self.sync()  # the index must never be durable before the records it points at
+        self._release_fd()  # a sealed segment is read through the FileCache from now on
         path = index.index_path(self.path)
         if not index.write(path, self.base_offset, self._positions, self.size):
             return False
@@ -170,6 +229,16 @@ class Segment:
             self._release_positions()
             self._positions, self._mapping = loaded
         return True
+
+    @property
+    def fd(self) -> int:
+        """The descriptor to read (or sync) this segment through."""
+        return self._fd if self._fd >= 0 else self._files.fd(self.path)
+
+    def _release_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def cut_tail(self, file_size: int) -> int:
         """Cut the file back to the last valid record; returns bytes removed."""
@@ -229,7 +298,7 @@ class Segment:
 
     def sync(self) -> None:
         """fdatasync the file. A failure propagates: it is never retried."""
-        os.fdatasync(self._fd)
+        os.fdatasync(self.fd)
 
     def seal(self) -> None:
         """Flush and fsync; the segment takes no more writes."""
@@ -238,9 +307,8 @@ class Segment:
         self.sealed = True
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._release_fd()
+        self._files.forget(self.path)
         self._release_positions()
 
     def _release_positions(self) -> None:
@@ -256,8 +324,8 @@ class Segment:
         end = self._positions[index + 1] if index + 1 < len(self._positions) else self.size
         return start, end
 
-    def read_range(self, first: int, count: int) -> list[tuple[bytes, int, bool]]:
-        """Read `count` entries from index `first`: (payload, stored crc, crc valid).
+    def read_range(self, first: int, count: int) -> list[ReadRecord]:
+        """Read `count` entries from index `first`.
 
         One pread for the whole run; every record's CRC is checked again, so
         bit rot since it was written shows up as valid=False.
@@ -266,27 +334,28 @@ class Segment:
             self.flush()
         start = self._positions[first]
         end = self._span(first + count - 1)[1]
-        buf = os.pread(self._fd, end - start, start)
+        buf = os.pread(self.fd, end - start, start)
         out = []
         for i in range(first, first + count):
             s, e = self._span(i)
             s -= start
             e -= start
             length_bytes = buf[s : s + 4]
+            length = int.from_bytes(length_bytes, "little")
             stored_crc = int.from_bytes(buf[s + 4 : s + 8], "little")
             payload = buf[s + HEADER_SIZE : e]
             valid = (
                 len(buf) >= e
-                and int.from_bytes(length_bytes, "little") == e - s - HEADER_SIZE
+                and length & ~record.LOST_FLAG == e - s - HEADER_SIZE
                 and record.checksum(length_bytes, payload) == stored_crc
             )
-            out.append((payload, stored_crc, valid))
+            out.append(ReadRecord(payload, stored_crc, valid, bool(length & record.LOST_FLAG)))
         return out
 
     def read_bytes(self, start: int, length: int) -> bytes:
         if self._staged:
             self.flush()
-        return os.pread(self._fd, length, start)
+        return os.pread(self.fd, length, start)
 
     def positions_from(self, index: int, start: int) -> array:
         """The index of entries from `index` on, as positions in a file that starts at `start`."""
@@ -301,4 +370,18 @@ class Segment:
         return self._positions[index] if index < len(self._positions) else self.size
 
     def file_size(self) -> int:
-        return os.fstat(self._fd).st_size
+        return os.fstat(self.fd).st_size
+
+
+def _refusal(scan: ScanResult) -> str:
+    """Why a scan's damage cannot be kept in place, for CorruptionError."""
+    if scan.damage is Damage.BAD_CRC:
+        return (
+            f"{scan.damage.value}, and the record after it does not decode either "
+            f"(its length field or the next record is damaged too), so the offsets "
+            f"after it cannot be placed"
+        )
+    return (
+        f"{scan.damage.value}: a damaged length field, or a sealed segment cut short; "
+        f"the entries from here on cannot be placed at their offsets"
+    )

@@ -9,6 +9,11 @@ Layout (docs/FORMAT.md):
     body     msgpack map {key: value} (str -> str)
     crc      u32 LE    CRC-32 (zlib) of every byte before it
 
+A state that depends on damaged entries (records that failed their CRC, or
+lost-record markers) is written as version 2 instead: the body is the map
+{"state": {...}, "damaged": [offsets], "rewritten": [keys set or deleted
+since the last damaged offset]}, so a snapshot never silently skips one.
+
 Written to `<name>.tmp`, fsynced, renamed into place, the directory fsynced:
 a crash leaves the old set of snapshots or the new one. A file that fails
 any check is never loaded; the loader falls back to the one before.
@@ -28,9 +33,18 @@ from wal import faults
 from wal.fsutil import disk_full_undone, fsync_dir, make_dirs, write_all
 
 MAGIC = b"WNSNAP\x00\x01"
+MAGIC_DAMAGED = b"WNSNAP\x00\x02"  # version 2: the state with its damaged offsets
 HEAD = struct.Struct("<8sQQ")
 CRC = struct.Struct("<I")
 NAME_RE = re.compile(r"^(\d{20})\.snap$")
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What a state machine could not apply, carried in a version 2 snapshot."""
+
+    damaged: tuple[int, ...] = ()  # offsets whose records could not be read
+    rewritten: frozenset[str] = frozenset()  # keys set or deleted since the last damaged one
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class Snapshot:
     state: dict[str, str]
     path: str
     size_bytes: int
+    damage: Damage = Damage()
 
 
 def snapshot_name(offset: int) -> str:
@@ -54,18 +69,33 @@ def list_offsets(directory: str) -> list[int]:
     return sorted(int(m.group(1)) for n in names if (m := NAME_RE.match(n)))
 
 
-def encode(offset: int, state: dict[str, str]) -> bytes:
-    body = msgpack.packb(state, use_bin_type=True)
-    data = HEAD.pack(MAGIC, offset, len(body)) + body
+def encode(offset: int, state: dict[str, str], damage: Damage | None = None) -> bytes:
+    if damage is not None and damage.damaged:
+        magic = MAGIC_DAMAGED
+        fields = {
+            "state": state,
+            "damaged": list(damage.damaged),
+            "rewritten": sorted(damage.rewritten),
+        }
+        body = msgpack.packb(fields, use_bin_type=True)
+    else:
+        magic, body = MAGIC, msgpack.packb(state, use_bin_type=True)
+    data = HEAD.pack(magic, offset, len(body)) + body
     return data + CRC.pack(zlib.crc32(data))
 
 
 def decode(data: bytes) -> tuple[int, dict[str, str]]:
     """Check and decode a snapshot file's bytes; ValueError says what is wrong."""
+    offset, state, _ = decode_with_damage(data)
+    return offset, state
+
+
+def decode_with_damage(data: bytes) -> tuple[int, dict[str, str], Damage]:
+    """decode, and the damaged offsets a version 2 snapshot carries."""
     if len(data) < HEAD.size + CRC.size:
         raise ValueError(f"too short ({len(data)} bytes)")
     magic, offset, length = HEAD.unpack_from(data)
-    if magic != MAGIC:
+    if magic not in (MAGIC, MAGIC_DAMAGED):
         raise ValueError(f"bad magic {magic!r}")
     if HEAD.size + length + CRC.size != len(data):
         raise ValueError(f"body length {length} does not match the file size {len(data)}")
@@ -75,13 +105,21 @@ def decode(data: bytes) -> tuple[int, dict[str, str]]:
     state = msgpack.unpackb(data[HEAD.size : HEAD.size + length], raw=False)
     if not isinstance(state, dict):
         raise ValueError("body is not a map")
-    return offset, state
+    if magic == MAGIC:
+        return offset, state, Damage()
+    try:
+        damage = Damage(tuple(state["damaged"]), frozenset(state["rewritten"]))
+        return offset, state["state"], damage
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"a version 2 body without its fields: {err}") from None
 
 
-def write(directory: str, offset: int, state: dict[str, str]) -> Snapshot:
+def write(
+    directory: str, offset: int, state: dict[str, str], damage: Damage | None = None
+) -> Snapshot:
     """Write a snapshot durably: temp file, fsync, rename, fsync the directory."""
     make_dirs(directory)
-    data = encode(offset, state)
+    data = encode(offset, state, damage)
     path = os.path.join(directory, snapshot_name(offset))
     tmp = path + ".tmp"
     faults.point("snapshot.before_temp")
@@ -99,7 +137,7 @@ def write(directory: str, offset: int, state: dict[str, str]) -> Snapshot:
     faults.point("snapshot.after_rename")
     fsync_dir(directory)
     faults.point("snapshot.after_dir_fsync")
-    return Snapshot(offset, state, path, len(data))
+    return Snapshot(offset, state, path, len(data), damage or Damage())
 
 
 def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
@@ -114,7 +152,7 @@ def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            got_offset, state = decode(data)
+            got_offset, state, damage = decode_with_damage(data)
             if got_offset != offset:
                 raise ValueError(f"holds offset {got_offset}, not the {offset} of its name")
         except (OSError, ValueError, msgpack.UnpackException) as err:
@@ -122,7 +160,7 @@ def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
             os.rename(path, path + ".corrupt")
             fsync_dir(directory)
             continue
-        return Snapshot(offset, state, path, len(data)), skipped
+        return Snapshot(offset, state, path, len(data), damage), skipped
     return None, skipped
 
 

@@ -3,18 +3,24 @@
 The compactor uses this to apply entries to its state machine without the
 writer shipping payloads to it. It only reads entries the caller knows are
 written (below the writer's acknowledged offset), so it never meets a
-record that is still being written. After a compaction rewrites or removes
-the segment it was reading, it finds its place again by file name.
+record that is still being written: a record there that fails its CRC is
+rot, and is yielded as damaged (payload None) at its offset, not an error.
+A sealed segment is followed through its index file, so even a damaged
+length field costs one entry. After a compaction rewrites or removes the
+segment it was reading, it finds its place again by file name.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 from collections.abc import Iterator
 
+from wal import index
 from wal.errors import CorruptionError, WalError
 from wal.log import read_start_offset
-from wal.record import HEADER, HEADER_SIZE, Damage, decode_at
+from wal.record import HEADER, HEADER_SIZE, LOST_FLAG, Damage, Decoded, decode_at
 from wal.segment import parse_name
 
 CHUNK = 1 << 20
@@ -27,63 +33,176 @@ class LogTail:
         self._fd = -1
         self._path = ""
         self._pos = 0  # byte of the next record in the open file
+        self._base = 0
+        self._index: index.LoadedIndex | None = None  # the open segment's, if sealed
+        self._names: list[tuple[int, str]] = []  # the last listing: (base, name), in order
+        self.damage_at: tuple[str, int] | None = None  # file and byte of the last damaged entry
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._index is not None:
+            if self._index.mapping is not None:
+                self._index.positions.release()
+                self._index.mapping.close()
+            self._index = None
 
-    def _open_for(self, offset: int) -> None:
-        """Open the segment holding `offset` and seek to its record."""
-        names = sorted(
+    def _list(self) -> list[tuple[int, str]]:
+        self._names = sorted(
             (b, n) for n in os.listdir(self.directory) if (b := parse_name(n)) is not None
         )
-        start = read_start_offset(self.directory)
-        holding = [(b, n) for b, n in names if b <= offset]
-        if not holding or (start is not None and offset < start):
+        return self._names
+
+    def _holding(self, offset: int, fresh: bool) -> tuple[int, str, bool]:
+        """The segment holding `offset` (base, name, sealed). The directory is
+        listed again only when the cached listing cannot tell (the newest
+        segment may have rolled since), so following 10,000 segments does not
+        list 10,000 times."""
+        names = self._names if not fresh and self._names else self._list()
+        i = bisect.bisect_right(names, (offset, "\uffff")) - 1
+        if not fresh and (i < 0 or i == len(names) - 1):
+            return self._holding(offset, True)
+        start = read_start_offset(self.directory) if fresh else None
+        if i < 0 or (start is not None and offset < start):
             first = start if start is not None else (names[0][0] if names else 0)
             raise WalError(f"entry {offset} is no longer in the log (it starts at {first})")
-        base, name = holding[-1]
+        base, name = names[i]
+        return base, name, i < len(names) - 1
+
+    def _open_for(self, offset: int) -> None:
+        """Open the segment holding `offset` and find its record."""
+        try:
+            base, name, sealed = self._holding(offset, False)
+            fd = os.open(os.path.join(self.directory, name), os.O_RDONLY)
+        except FileNotFoundError:  # compacted or rewritten since the listing
+            base, name, sealed = self._holding(offset, True)
+            fd = os.open(os.path.join(self.directory, name), os.O_RDONLY)
         self.close()
         self._path = os.path.join(self.directory, name)
-        self._fd = os.open(self._path, os.O_RDONLY)
+        self._fd = fd
+        self._base = base
+        size = os.fstat(self._fd).st_size
+        if sealed:
+            self._index = index.load(index.index_path(self._path), base, size)
+        if self._index is not None:
+            positions = self._index.positions
+            i = offset - base
+            self._pos = positions[i] if i < len(positions) else size
+            return
         pos = 0
         for _ in range(offset - base):  # skip to the entry: headers only
             head = os.pread(self._fd, HEADER_SIZE, pos)
             if len(head) < HEADER_SIZE:
                 raise WalError(f"entry {offset} is not in {self._path} yet")
-            pos += HEADER_SIZE + HEADER.unpack(head)[0]
+            pos += HEADER_SIZE + (HEADER.unpack(head)[0] & ~LOST_FLAG)
         self._pos = pos
 
-    def read(self, until: int) -> Iterator[tuple[int, bytes]]:
-        """Yield (offset, payload) for every entry from here up to `until` (exclusive)."""
-        stalled = False
+    def read(self, until: int) -> Iterator[tuple[int, bytes | None]]:
+        """Yield (offset, payload) for every entry from here up to `until`
+        (exclusive); payload None for an entry whose record cannot be read."""
+        stalled = 0
         while self.offset < until:
             if self._fd < 0:
                 self._open_for(self.offset)
-            want = CHUNK
-            buf = os.pread(self._fd, want, self._pos)
-            p = 0
-            while self.offset < until:
-                got = decode_at(buf, p)
-                if isinstance(got, Damage):
-                    if got is Damage.BAD_CRC:
-                        raise CorruptionError(self._path, self._pos + p, got.value)
-                    if got is Damage.INCOMPLETE_PAYLOAD and p == 0 and len(buf) == want:
-                        want = HEADER_SIZE + HEADER.unpack_from(buf)[0]  # one big record
-                        buf = os.pread(self._fd, want, self._pos)
-                        continue
-                    break
-                yield self.offset, bytes(buf[got.payload_start : got.end])
-                self.offset += 1
-                p = got.end
-            self._pos += p
-            if self.offset < until and p == 0:
+            before = self.offset
+            if self._index is not None:
+                yield from self._read_indexed(until)
+            else:
+                yield from self._read_scanned(until)
+            if self.offset != before:
+                stalled = 0
+            elif self.offset < until:
                 # End of this file: the entry is in the next segment, or this
-                # one was rewritten by a compaction. Look it up by name once.
-                if stalled:
-                    raise WalError(f"entry {self.offset} is not in {self.directory}")
-                stalled = True
+                # one was rewritten by a compaction. Look it up by name, then
+                # once more in a fresh listing.
+                if stalled >= 2:
+                    self._stalled()
+                stalled += 1
                 self.close()
-            elif p:
-                stalled = False
+                if stalled == 2:
+                    self._names = []
+
+    def _stalled(self) -> None:
+        """The entry should be here and is not: name the file and byte."""
+        head = os.pread(self._fd, HEADER_SIZE, self._pos) if self._fd >= 0 else b""
+        if len(head) == HEADER_SIZE:
+            length = HEADER.unpack(head)[0] & ~LOST_FLAG
+            raise CorruptionError(
+                self._path,
+                self._pos,
+                f"entry {self.offset}'s record claims {length} bytes, past the end of the "
+                f"file (a damaged length field)",
+            )
+        raise WalError(f"entry {self.offset} is not in {self.directory}")
+
+    def _read_indexed(self, until: int) -> Iterator[tuple[int, bytes | None]]:
+        """A sealed segment, at the positions its index gives: one pread per chunk."""
+        positions = self._index.positions
+        size = os.fstat(self._fd).st_size
+        first = self.offset - self._base
+        if first >= len(positions):
+            return
+        last = min(len(positions), until - self._base)
+        start = positions[first]
+        stop = max(first + 1, bisect.bisect_right(positions, start + CHUNK, first, last) - 1)
+        stop = min(stop, last)
+        end = positions[stop] if stop < len(positions) else size
+        buf = os.pread(self._fd, end - start, start)
+        bounds = [p - start for p in positions[first:stop].tolist()]
+        bounds.append(end - start)
+        for s, e in itertools.pairwise(bounds):
+            got = decode_at(buf, s)  # a record is valid only if it ends where the next starts
+            ok = type(got) is Decoded and got.end == e and not got.lost
+            if not ok:
+                self.damage_at = (self._path, start + s)
+            self._pos = start + e
+            self.offset += 1
+            yield self.offset - 1, buf[got.payload_start : e] if ok else None
+
+    def _read_scanned(self, until: int) -> Iterator[tuple[int, bytes | None]]:
+        """A segment without an index (the newest): records walked by their headers."""
+        origin = self._pos
+        want = CHUNK
+        buf = os.pread(self._fd, want, origin)
+        p = 0
+        while self.offset < until:
+            got = decode_at(buf, p)
+            if got is Damage.BAD_CRC:
+                # written (below `until`), so not a tear: rot, kept at its offset
+                # as long as its length is believable (the next record decodes)
+                end = p + HEADER_SIZE + (HEADER.unpack_from(buf, p)[0] & ~LOST_FLAG)
+                if self.offset + 1 < until and not self._next_decodes(buf, end, p):
+                    if end == len(buf):
+                        break  # the next record is past this chunk: read again from here
+                    raise CorruptionError(
+                        self._path,
+                        origin + p,
+                        f"entry {self.offset}'s record fails its CRC and the one after it "
+                        f"does not decode (a damaged length field?): the entries after it "
+                        f"cannot be placed",
+                    )
+                payload = None
+            elif isinstance(got, Damage):
+                if got is Damage.INCOMPLETE_PAYLOAD and p == 0 and len(buf) == want:
+                    want = HEADER_SIZE + (HEADER.unpack_from(buf)[0] & ~LOST_FLAG)  # one big record
+                    buf = os.pread(self._fd, want, origin)
+                    continue
+                break
+            else:
+                end = got.end
+                payload = None if got.lost else bytes(buf[got.payload_start : end])
+            if payload is None:
+                self.damage_at = (self._path, origin + p)
+            self._pos = origin + end
+            self.offset += 1
+            yield self.offset - 1, payload
+            p = end
+
+    @staticmethod
+    def _next_decodes(buf: bytes, end: int, p: int) -> bool:
+        """True if a record decodes at `end`; also when it cannot be told because
+        this bad record alone fills the chunk (it is then accepted)."""
+        if end == len(buf):
+            return p == 0
+        return isinstance(decode_at(buf, end), Decoded)

@@ -3,7 +3,7 @@
     walctl info DIR                 what the directory holds (read-only)
     walctl dump DIR [--from N]      print entries as JSON lines (read-only)
     walctl verify DIR               check every record, report every bad one
-    walctl repair DIR [--yes]       keep the longest valid prefix
+    walctl repair DIR [--yes]       mark lost records in place, cut a torn tail
     walctl keygen KEYDIR            CURVE keys for tcp deployments (docs/DEPLOY.md)
     walctl crashtest [--kills N]    kill a live walnode's processes under load;
                                     check nothing acknowledged is lost
@@ -26,10 +26,15 @@ import sys
 from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex, repair
 
 
-def open_readonly(path: str) -> tuple[DataDir, Log, dict, object]:
+def _datadir(path: str) -> DataDir:
     datadir = DataDir(path, create=False)
     if not os.path.isdir(datadir.wal_dir):
         raise WalError(f"{path} is not a walnode data directory (it has no wal/ folder)")
+    return datadir
+
+
+def open_readonly(path: str) -> tuple[DataDir, Log, dict, object]:
+    datadir = _datadir(path)
     meta = datadir.read_meta()
     log, report = Log.open(datadir.wal_dir, readonly=True)
     return datadir, log, meta, report
@@ -83,10 +88,12 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    datadir = DataDir(args.dir, create=False)
-    if not os.path.isdir(datadir.wal_dir):
-        raise WalError(f"{args.dir} is not a walnode data directory (it has no wal/ folder)")
-    problems, valid = repair.verify(datadir.wal_dir)
+    datadir = _datadir(args.dir)
+    file_problems, _, _ = repair.check_files(datadir)
+    for text in file_problems:
+        print(f"CORRUPT: {text}")
+    lost: list[int] = []
+    problems, valid = repair.verify(datadir.wal_dir, lost)
     for p in problems:
         resumes = (
             "nothing valid after it"
@@ -94,39 +101,57 @@ def cmd_verify(args: argparse.Namespace) -> int:
             else (f"valid records resume at byte {p.resumes_at}")
         )
         kind = "torn tail (walnode cuts it at start)" if p.torn_tail else "CORRUPT"
-        print(f"{kind}: {p.file} at byte {p.position}: {p.reason}; {resumes}")
+        held = (
+            ""
+            if p.torn_tail
+            else f"; entry {p.offset}"
+            + (f" to {p.offset + p.records - 1}" if p.records > 1 else "")
+        )
+        print(f"{kind}: {p.file} at byte {p.position}: {p.reason}{held}; {resumes}")
+    if lost:
+        print(f"lost entries (marked by an earlier walctl repair): {lost}")
     bad = [p for p in problems if not p.torn_tail]
     print(
-        f"{valid} valid records; {len(bad)} corrupt region(s), "
+        f"{valid} valid records; {len(bad) + len(file_problems)} corrupt region(s), "
         f"{len(problems) - len(bad)} torn tail(s)"
     )
-    if bad:
-        print(f"to keep the longest valid prefix: walctl repair {args.dir}")
+    if bad or file_problems:
+        print(f"to see what repair would do (it moves no offset): walctl repair {args.dir}")
         return 3
     return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    datadir = DataDir(args.dir, create=False)
-    if not os.path.isdir(datadir.wal_dir):
-        raise WalError(f"{args.dir} is not a walnode data directory (it has no wal/ folder)")
+    datadir = _datadir(args.dir)
     datadir.lock(f"walctl repair pid {os.getpid()}")
-    cut = repair.plan(datadir.wal_dir)
-    if cut is None:
+    todo = repair.plan(datadir)
+    if not todo:
         print("nothing to repair: every record is valid")
         return 0
-    print(f"the log is valid up to offset {cut.first_lost_offset}; repair removes:")
-    print(f"  {cut.remove_bytes} bytes from {cut.file}, from byte {cut.keep_bytes} on")
-    for path in cut.remove_files:
-        print(f"  the whole file {path}")
-    print(
-        f"entries from offset {cut.first_lost_offset} on are lost; the log then "
-        f"continues at offset {cut.next_offset_after}"
-    )
+    for path, _content, why in todo.rewrites:
+        print(f"rewrite {path}: {why}")
+    for mk in todo.markings:
+        entries = f"entry {mk.first_offset}" + (
+            f" to {mk.first_offset + mk.count - 1}" if mk.count > 1 else ""
+        )
+        where = (
+            f"create {mk.file}"
+            if mk.create
+            else f"overwrite bytes {mk.start} to {mk.end} of {mk.file}"
+        )
+        print(f"{where} with lost-record markers for {entries} ({mk.why})")
+    if todo.cut is not None:
+        path, keep, remove = todo.cut
+        print(f"cut a torn tail (never acknowledged): {remove} bytes of {path} from byte {keep} on")
+    for text in todo.refusals:
+        print(f"cannot repair: {text}")
+    if todo.refusals:
+        return 3
+    print("every valid record keeps its offset; the lost ones read back as errors naming the loss")
     if not args.yes:
         print("nothing changed; run again with --yes to do it")
         return 1
-    repair.apply(cut)
+    repair.apply(todo)
     print("repaired")
     return 0
 
@@ -158,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     verify = sub.add_parser("verify", help="check every record; exit 3 if any is corrupt")
     verify.add_argument("dir")
     verify.set_defaults(func=cmd_verify)
-    fix = sub.add_parser("repair", help="cut the log back to its longest valid prefix")
+    fix = sub.add_parser(
+        "repair", help="replace unreadable records with lost-record markers, keeping offsets"
+    )
     fix.add_argument("dir")
     fix.add_argument("--yes", action="store_true", help="really remove what is listed")
     fix.set_defaults(func=cmd_repair)

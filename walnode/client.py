@@ -187,9 +187,11 @@ def start_walnode(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     stderr: IO[bytes] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen:
     """walnode as a child with pipes on stdin and stdout (and stderr, unless
-    a file is given for it)."""
+    a file is given for it). `preexec_fn` runs in the child before walnode
+    starts (for example resource limits that its whole tree inherits)."""
     argv = [*(command or node_command())]
     if data_dir is not None:
         argv += ["--data-dir", os.fspath(data_dir)]
@@ -200,6 +202,7 @@ def start_walnode(
         stderr=stderr if stderr is not None else subprocess.PIPE,
         cwd=cwd,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
     )
 
 
@@ -311,12 +314,15 @@ class Client(Child):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         stderr: IO[bytes] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
         **options: Any,
     ) -> Client:
         """Start walnode with `--data-dir data_dir` (if given) and `args`, and
         (with `init`) send `init` as `node_id`. `stderr`: a file for walnode's
         log instead of `stderr_lines`. `options` go to `Client(...)`."""
-        proc = start_walnode(data_dir, args, command=command, env=env, cwd=cwd, stderr=stderr)
+        proc = start_walnode(
+            data_dir, args, command=command, env=env, cwd=cwd, stderr=stderr, preexec_fn=preexec_fn
+        )
         client = cls(proc, dest=node_id, **options)
         if init:
             try:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from wal import index
+from wal import index, layout
 from wal.fsutil import fsync_dir
+from wal.log import read_start_offset
 from wal.segment import next_valid_record, parse_name, scan_bytes
 
 
@@ -40,6 +41,13 @@ def _segment_paths(wal_dir: str) -> list[tuple[int, str]]:
     return [(base, os.path.join(wal_dir, name)) for base, name in names]
 
 
+def _retained_segments(wal_dir: str) -> list[tuple[int, str]]:
+    """The segments Log.open would open, decided by the same code (wal/layout.py):
+    not those a committed compaction removes, nor an interrupted roll's empty one."""
+    plan = layout.plan(wal_dir, read_start_offset(wal_dir))
+    return plan.segments if plan is not None else []
+
+
 def verify(wal_dir: str) -> tuple[list[Problem], int]:
     """Every damaged region of every segment, and the count of valid entries.
 
@@ -47,7 +55,7 @@ def verify(wal_dir: str) -> tuple[list[Problem], int]:
     that all of it is reported, not only the first.
     """
     problems: list[Problem] = []
-    segments = _segment_paths(wal_dir)
+    segments = _retained_segments(wal_dir)
     valid = 0
     expected_base: int | None = None
     for i, (base, path) in enumerate(segments):

@@ -959,6 +959,9 @@ def write_png(path: str, c: Campaign) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    import powercut  # --power-loss: the power-cut campaign, in its own module
+
+    powercut.add_arguments(p)
     p.add_argument("--kills", type=int, default=20, metavar="N", help="how many SIGKILLs (20)")
     p.add_argument(
         "--role",
@@ -1020,6 +1023,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`walctl crashtest`: 0 if the verdict passes, 1 if not, 2 if it cannot run."""
+    if args.power_loss:
+        import powercut
+
+        return powercut.run(args)
     if min(args.kills, args.in_flight, args.keys) < 1 or args.interval <= 0:
         return usage("--kills, --in-flight, --keys and --interval must be positive")
     if args.png:

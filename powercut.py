@@ -18,6 +18,7 @@ import argparse
 import collections
 import json
 import os
+import pathlib
 import random
 import re
 import shutil
@@ -357,9 +358,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(args, load, exit_status, verdicts)
     print_report(report)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        pathlib.Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.png:
         write_png(args.png, report)
     return 0 if report["passed"] else 1

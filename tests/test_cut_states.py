@@ -19,28 +19,9 @@ import os
 import pytest
 
 from tests.nodeproc import walctl
+from tests.test_segment_index import SEGMENT_BYTES, payload_of, seg, write_log
 from wal import CorruptionError, DiskFull, Log, record
 from wal.segment import Segment, segment_name
-
-SEGMENT_BYTES = 64  # 18-byte records: 3 per segment
-
-
-def payload_of(i: int) -> bytes:
-    return f"entry-{i:04d}".encode()  # records of 18 bytes
-
-
-def write_log(wal: str, n: int) -> None:
-    log, _ = Log.open(wal, max_segment_bytes=SEGMENT_BYTES)
-    try:
-        for i in range(n):
-            log.append(payload_of(i))
-            log.sync()
-    finally:
-        log.close()
-
-
-def seg(wal: str, base: int) -> str:
-    return os.path.join(wal, segment_name(base))
 
 
 def older_rolls_cut(wal: str, torn: bytes) -> None:

@@ -154,9 +154,10 @@ class Log:
         if not segments and not readonly:
             segments.append(Segment.create(directory, read_start_offset(directory) or 0))
             fsync_dir(directory)
-        elif not readonly:
+        elif not readonly and not report.bytes_truncated:
             # A killed writer may have left written but unsynced records: make
             # them durable before this log calls them so (or snapshots them).
+            # (Cutting a torn tail fsynced the file already.)
             segments[-1].sync()
         if not readonly:
             # Only now that every segment passed: a refused open changes nothing.

@@ -358,6 +358,106 @@ def test_index_load_leaks_no_file_descriptor(tmp_path):
     assert len(os.listdir("/proc/self/fd")) == before
 
 
+# -- deletions and renames made durable (nothing else fsyncs the directory after them)
+
+
+def wal_files(root: str, suffix: str = "") -> list[str]:
+    return sorted(n for n in os.listdir(os.path.join(root, "wal")) if n.endswith(suffix))
+
+
+def test_a_compaction_leaves_nothing_below_its_offset_after_a_cut(tmp_path):
+    """wal_compact's promise, no record below X in any file, holds after a
+    power cut too: the rename and the deletions are durable when it returns,
+    and so is the rewrite of the straddling segment."""
+    disk, said = traced(
+        tmp_path,
+        """
+log, _ = Log.open(wal, max_segment_bytes=64)
+fill(log, 0, 6)  # segment 0 sealed, segment 3 active
+promise(counts=log.truncate_before(4)[:2])
+""",
+    )
+    assert said == {"counts": [6, 2]}
+    root = cut(tmp_path, disk)
+    assert wal_files(root) == ["00000000000000000004.log", "LOG_START"]
+    log, _ = Log.open(os.path.join(root, "wal"), readonly=True)
+    try:  # and the rewrite's records are in it (its fsync came before the commit)
+        assert [log.read(o).payload for o in (4, 5)] == [b"entry-0004", b"entry-0005"]
+    finally:
+        log.close()
+
+
+def test_settling_a_cut_compaction_is_durable(tmp_path):
+    """Start-up finishes a committed compaction (renames the rewrite in,
+    deletes what is below LOG_START): durably, so a second cut does not
+    bring the old files back."""
+    disk, said = traced(
+        tmp_path,
+        """
+log, _ = Log.open(wal, max_segment_bytes=64)
+fill(log, 0, 6)
+with open(os.path.join(wal, segment_name(3)), "rb") as f:
+    rest = f.read()[18:]  # entries 4 and 5
+fd = os.open(os.path.join(wal, segment_name(4) + ".tmp"), os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, rest)
+os.fsync(fd)
+os.close(fd)
+os.remove(os.path.join(wal, "00000000000000000000.idx"))
+atomic_write(os.path.join(wal, "LOG_START"), b"4\\n")  # committed; the process dies here
+again, report = Log.open(wal, max_segment_bytes=64)
+promise(first=again.first_offset, next=again.next_offset)
+""",
+    )
+    assert said == {"first": 4, "next": 6}
+    assert wal_files(cut(tmp_path, disk)) == ["00000000000000000004.log", "LOG_START"]
+
+
+def test_removed_stale_indexes_stay_removed(tmp_path):
+    disk, said = traced(
+        tmp_path,
+        """
+log, _ = Log.open(wal, max_segment_bytes=64)
+fill(log, 0, 7)  # segments 0 and 3 sealed and indexed, 6 the newest
+atomic_write(os.path.join(wal, "00000000000000000006.idx"), b"not this segment's")
+again, report = Log.open(wal, max_segment_bytes=64)
+promise(removed=[n for n in report.notes if "stale" in n])
+""",
+    )
+    assert len(said["removed"]) == 1
+    assert wal_files(cut(tmp_path, disk), ".idx") == [
+        "00000000000000000000.idx",
+        "00000000000000000003.idx",
+    ]
+
+
+@pytest.mark.parametrize("step", ["remove_temp_files", "prune"])
+def test_snapshot_temp_files_and_pruned_snapshots_stay_removed(tmp_path, step):
+    disk, said = traced(
+        tmp_path,
+        f"""
+snaps = os.path.join(root, "snapshots")
+for offset in (10, 20, 30):
+    snapshot.write(snaps, offset, {{"k": str(offset)}})
+fd = os.open(os.path.join(snaps, "00000000000000000040.snap.tmp"), os.O_WRONLY | os.O_CREAT)
+os.write(fd, b"half a snapshot")
+os.fsync(fd)
+os.close(fd)
+fsync_dir(snaps)
+if {step!r} == "prune":
+    promise(removed=snapshot.prune(snaps, 1))
+else:
+    promise(removed=snapshot.remove_temp_files(snaps))
+""",
+    )
+    kept = sorted(os.listdir(os.path.join(cut(tmp_path, disk), "snapshots")))
+    if step == "prune":
+        assert len(said["removed"]) == 2
+        assert kept == ["00000000000000000030.snap", "00000000000000000040.snap.tmp"]
+    else:
+        assert said["removed"] == ["00000000000000000040.snap.tmp"]
+        assert kept == [snapshot.snapshot_name(o) for o in (10, 20, 30)]
+
+
 # -- the other survivors of the issue's mutation run --------------------------------
 
 

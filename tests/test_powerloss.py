@@ -44,7 +44,8 @@ from wal.statemachine import StateMachine
 SEED = int(os.environ.get("WALNODE_POWERLOSS_SEED", "20261122"))
 SEGMENT_BYTES = 6 * 1024
 APPENDS = 2000
-RANDOM_CUTS = 400
+RANDOM_CUTS = 400  # at least; more if the syncs give fewer than MIN_CUTS
+MIN_CUTS = 2000
 NODE_STARTS = 4
 NODE_FLAGS = [
     f"--max-segment-bytes={SEGMENT_BYTES}",
@@ -175,9 +176,10 @@ def test_no_acknowledged_entry_is_lost_at_any_sync_of_a_per_file_disk(tmp_path, 
     t0 = time.monotonic()
     root, records, written = traced_workload(tmp_path, node_factory, rng)
     traced_s = time.monotonic() - t0
-    fs_events = [i for i, r in enumerate(records) if r[0] not in ("ack", "sync")]
-    random_points = set(rng.sample(fs_events, min(RANDOM_CUTS, len(fs_events))))
     syncs = [i for i, r in enumerate(records) if r[0] == "sync"]
+    fs_events = [i for i, r in enumerate(records) if r[0] not in ("ack", "sync")]
+    wanted = max(RANDOM_CUTS, MIN_CUTS - 4 * len(syncs))  # however many syncs the run had
+    random_points = set(rng.sample(fs_events, min(wanted, len(fs_events))))
     node_cuts = set(rng.sample(syncs, NODE_STARTS))
     disk = powerloss.Disk(root)
     acked: set[int] = set()
@@ -213,7 +215,7 @@ def test_no_acknowledged_entry_is_lost_at_any_sync_of_a_per_file_disk(tmp_path, 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"{cuts} cuts {hows}; traced in {traced_s:.1f} s, all in {time.monotonic() - t0:.1f} s")
-    assert cuts >= 2000 and len(acked) == APPENDS
+    assert cuts >= MIN_CUTS and len(acked) == APPENDS
     assert len(syncs) * 4 + len(random_points) == cuts  # every sync boundary was cut
 
 

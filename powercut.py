@@ -107,14 +107,19 @@ def node_argv(args: argparse.Namespace, data_dir: str) -> list[str]:
 
 
 def choose_cuts(records: list, n: int, rng: random.Random) -> dict[int, str]:
-    """`n` trace positions, half right before a sync, and what the disk keeps at each."""
+    """`n` trace positions, half right before a sync, and what the disk keeps at
+    each. One is always right before the last sync (the stop's, after the whole
+    load was acknowledged), keeping only what was durable: the most a policy can lose."""
     events = [k for k, r in enumerate(records) if r[0] not in ("ack", "close")]
     syncs = [k for k in events if records[k][0] == "sync"]
     others = [k for k in events if records[k][0] != "sync"]
-    at_syncs = rng.sample(syncs, min(len(syncs), (n + 1) // 2))
+    at_syncs = syncs[-1:] + rng.sample(syncs[:-1], min(len(syncs) - 1, (n + 1) // 2 - 1))
     rest = rng.sample(others, min(len(others), n - len(at_syncs)))
     # the corner cases and a random mix in turn, so every campaign covers each
-    return {k: (*KEEPS, "random")[j % 4] for j, k in enumerate(sorted(at_syncs + rest))}
+    cuts = {k: (*KEEPS, "random")[j % 4] for j, k in enumerate(sorted(at_syncs[1:] + rest))}
+    if syncs:
+        cuts[syncs[-1]] = "durable only"
+    return cuts
 
 
 def restart_and_read(args: argparse.Namespace, root: str, verdict: CutVerdict) -> dict[int, int]:

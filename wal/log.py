@@ -276,7 +276,6 @@ class Log:
         old.seal()  # fdatasync: a sealed segment is whole on disk before anything follows it
         faults.point("roll.before_index")
         old.write_index()  # derived data: without it the next open scans this segment
-        faults.point("roll.before_create")
         path = os.path.join(self.directory, segment_name(old.next_offset))
         try:
             with disk_full_undone(path):

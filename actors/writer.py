@@ -447,6 +447,13 @@ def main(argv: list[str] | None = None) -> int:
             report.truncated_file,
             report.truncation_reason,
         )
+    if report.interrupted_roll:
+        log.warning(
+            "removed %s, an empty segment left by a roll a power cut interrupted (its "
+            "previous segment's tail was never acknowledged); the log continues at offset %d",
+            report.interrupted_roll,
+            report.next_offset,
+        )
     for d in report.damaged:
         log.error(
             "entry %d fails its checksum (%s at byte %d): kept at its offset, read back "

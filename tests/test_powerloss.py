@@ -1,47 +1,66 @@
-"""Power loss, simulated: nothing acknowledged is lost at 600 random cuts.
+"""Power loss, simulated: a disk that keeps each file's and each directory's
+unsynced changes on its own, cut at every sync of a real workload.
 
 One real walnode (supervisor, writer, compactor, front) runs a workload of
-appends, snapshots and compactions with every file-system change it makes
-traced (wal/fstrace.py). The test writes an `ack` record into the same trace
-as each wal_append_ok arrives, so a cut at any point of the trace knows
-exactly which entries had been acknowledged by then. tests/powerloss.py
-replays the trace into a disk model that keeps only what was fsynced (plus,
-half of the time, an in-order prefix of the rest with its last write torn),
-and each cut is recovered with the code the writer and compactor run at
-start, then checked: every acknowledged entry is there, every retained entry
-is exactly what was written at its offset, and snapshot + log rebuild the
-state machine of the entries they hold.
+appends, snapshots and compactions, with segments rolling every 6 KiB, and
+every file-system change it makes traced (wal/fstrace.py). The test writes
+an `ack` record into the same trace as each wal_append_ok arrives, so a cut
+at any point of the trace knows exactly which entries had been acknowledged
+by then. wal/powerloss.py replays the trace into a disk model (per file a
+prefix of its unsynced writes, page by page, the last page possibly torn;
+per directory a prefix of its entry changes; each on its own). Power is cut
+right before every sync of the trace, in the model's corner cases and a
+random mix, and at random points between. Each cut is checked:
+
+- `walctl verify` (in this process, its real code) and `Log.open` give the
+  same verdict, and `Log.open` never refuses: no start needs a repair;
+- every acknowledged entry is there and every retained entry is exactly
+  what was written at its offset; snapshot + log rebuild the state machine;
+- `walctl verify` exits 0 on what start-up left.
+
+A handful of cuts also start the real node on what the disk kept.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import random
 import shutil
+import tempfile
+import time
 
 import msgpack
 import pytest
 
-from tests import powerloss
+import walctl
 from tests.nodeproc import Node
-from wal import DataDir, Log, snapshot
+from wal import DataDir, Log, powerloss, snapshot
+from wal.errors import CorruptionError, WalError
 from wal.fstrace import ROOT_ENV, TRACE_ENV
 from wal.statemachine import StateMachine
 
-CUTS = 600
 SEED = int(os.environ.get("WALNODE_POWERLOSS_SEED", "20261122"))
-SEGMENT_BYTES = 1024
+SEGMENT_BYTES = 6 * 1024
+APPENDS = 2000
+RANDOM_CUTS = 400  # at least; more if the syncs give fewer than MIN_CUTS
+MIN_CUTS = 2000
+NODE_STARTS = 4
 NODE_FLAGS = [
     f"--max-segment-bytes={SEGMENT_BYTES}",
-    "--snapshot-every=150",
-    "--keep-entries=60",
+    "--snapshot-every=300",
+    "--keep-entries=100",
     "--keep-snapshots=2",
 ]
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None  # cuts are written out there
 
 
 def payload(i: int) -> str:
-    # Keys repeat, so the state machine's final value depends on the order.
-    return f"set k{i % 97}=v{i}"
+    # Keys repeat, so the state machine's final value depends on the order;
+    # ~100 bytes, so a batch crosses 4 KiB pages and a segment holds ~60.
+    return f"set k{i % 97}=v{i}-" + "x" * 80
 
 
 def run_workload(node: Node, trace_path: str, appends: int, rng: random.Random) -> dict:
@@ -57,7 +76,7 @@ def run_workload(node: Node, trace_path: str, appends: int, rng: random.Random) 
                 wave[node.send({"type": "wal_append", "payload": payload(i)})] = payload(i)
                 i += 1
             extra = []
-            if rng.random() < 0.08:
+            if rng.random() < 0.05:
                 extra.append(node.send({"type": "wal_snapshot"}))
             for _ in range(len(wave) + len(extra)):
                 body = node.recv()["body"]
@@ -74,10 +93,38 @@ def run_workload(node: Node, trace_path: str, appends: int, rng: random.Random) 
     return written
 
 
-def check_recovery(root: str, written: dict[int, str], acked: set[int]) -> None:
+def verify_exit(root: str) -> int:
+    """`walctl verify ROOT`'s exit status: its command run in this process
+    (without building walctl's whole argument parser for each of 4000 calls)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return walctl.cmd_verify(argparse.Namespace(dir=root))
+    except CorruptionError:
+        return 3  # as walctl.main maps it
+    except WalError:
+        return 2
+
+
+def expected_states(written: dict[int, str]) -> list[dict]:
+    """The state machine after entries 0..n-1, for every n."""
+    sm, states = StateMachine(), [{}]
+    for o in range(len(written)):
+        sm.apply(written[o])
+        states.append(dict(sm.state))
+    return states
+
+
+def check_recovery(root: str, written: dict[int, str], acked: set[int], states: list) -> None:
     """Recover `root` as the writer and compactor do at start, and check it."""
+    before = verify_exit(root)
+    # 2: no wal/ yet ("not a walnode data directory"), before its mkdir was durable
+    fresh = before == 2 and not os.path.isdir(os.path.join(root, "wal")) and not acked
     DataDir(root, create=False).read_meta()  # replaced atomically: never torn
-    wal, report = Log.open(os.path.join(root, "wal"), max_segment_bytes=SEGMENT_BYTES)
+    try:
+        wal, _ = Log.open(os.path.join(root, "wal"), max_segment_bytes=SEGMENT_BYTES)
+    except CorruptionError as err:
+        raise AssertionError(f"start refused (walctl verify exit {before}): {err}") from err
+    assert before == 0 or fresh, f"walctl verify exits {before} on what Log.open opens"
     try:
         first, next_ = wal.first_offset, wal.next_offset
         lost = sorted(o for o in acked if o >= next_)
@@ -94,12 +141,10 @@ def check_recovery(root: str, written: dict[int, str], acked: set[int]) -> None:
         sm = StateMachine(snap.state if snap else {}, base)
         for o in range(base, next_):
             sm.apply(written[o])
-        expected = StateMachine()
-        for o in range(next_):
-            expected.apply(written[o])
-        assert sm.state == expected.state, "snapshot + log do not rebuild the state"
+        assert sm.state == states[next_], "snapshot + log do not rebuild the state"
     finally:
         wal.close()
+    assert verify_exit(root) == 0, "walctl verify calls corrupt what start-up left"
 
 
 def check_node_serves(node_factory, root: str, written: dict[int, str], acked: set[int]) -> None:
@@ -116,24 +161,18 @@ def check_node_serves(node_factory, root: str, written: dict[int, str], acked: s
     assert node.close() == 0
 
 
-@pytest.mark.timeout(240)
-def test_no_acknowledged_entry_is_lost_at_600_power_cuts(tmp_path, node_factory):
+def traced_workload(tmp_path, node_factory, rng: random.Random) -> tuple[str, list, dict]:
     root = tmp_path / "data"
     root.mkdir()
     trace = tmp_path / "trace"
     trace.touch()
-    rng = random.Random(SEED)
     node = node_factory(
-        f"--data-dir={root}",
-        *NODE_FLAGS,
-        env={TRACE_ENV: str(trace), ROOT_ENV: str(root)},
+        f"--data-dir={root}", *NODE_FLAGS, env={TRACE_ENV: str(trace), ROOT_ENV: str(root)}
     )
     node.init()
-    written = run_workload(node, str(trace), 1500, rng)
+    written = run_workload(node, str(trace), APPENDS, rng)
     assert node.close() == 0
-
     records = powerloss.read_trace(str(trace))
-    fs_events = [i for i, r in enumerate(records) if r[0] != "ack"]
     disk = powerloss.Disk(str(root))
     for r in records:
         disk.apply(r)
@@ -141,39 +180,63 @@ def test_no_acknowledged_entry_is_lost_at_600_power_cuts(tmp_path, node_factory)
     assert disk.live_state() == powerloss.read_tree(str(root))
     kinds = {r[0] for r in records}
     assert {"write", "sync", "rename", "unlink", "mkdir", "truncate", "ack"} <= kinds
+    return str(root), records, written
 
-    cuts = set(rng.sample(fs_events, min(CUTS, len(fs_events))))
-    assert len(cuts) >= 500, f"only {len(fs_events)} file-system events traced"
-    disk = powerloss.Disk(str(root))
+
+@pytest.mark.timeout(240)
+def test_no_acknowledged_entry_is_lost_at_any_sync_of_a_per_file_disk(tmp_path, node_factory):
+    rng = random.Random(SEED)
+    t0 = time.monotonic()
+    root, records, written = traced_workload(tmp_path, node_factory, rng)
+    traced_s = time.monotonic() - t0
+    syncs = [i for i, r in enumerate(records) if r[0] == "sync"]
+    fs_events = [i for i, r in enumerate(records) if r[0] not in ("ack", "sync")]
+    wanted = max(RANDOM_CUTS, MIN_CUTS - 4 * len(syncs))  # however many syncs the run had
+    random_points = set(rng.sample(fs_events, min(wanted, len(fs_events))))
+    node_cuts = set(rng.sample(syncs, NODE_STARTS))
+    disk = powerloss.Disk(root)
+    states = expected_states(written)
     acked: set[int] = set()
-    torn = 0
-    restart = set(rng.sample(sorted(cuts), 3))  # cuts the real node is started on too
-    for i, r in enumerate(records):
-        if r[0] == "ack":
-            acked.add(r[1])
-            continue
-        disk.apply(r)
-        if i not in cuts:
-            continue
-        tree, how = powerloss.random_cut(disk, rng)
-        torn += how.startswith("keep")
-        dest = tmp_path / f"cut{i}"
-        powerloss.materialize(tree, str(dest))
-        try:
-            check_recovery(str(dest), written, acked)
-            if i in restart:
-                check_node_serves(node_factory, str(dest), written, acked)
-        except Exception as err:
-            raise AssertionError(
-                f"power cut after trace record {i} ({r[0]}; {how}; seed {SEED}): {err}"
-            ) from err
-        shutil.rmtree(dest)
-    assert torn > 100 and len(acked) == 1500
+    scratch = tempfile.mkdtemp(prefix="walnode-cuts-", dir=SCRATCH)
+    cuts = 0
+    hows: dict[str, int] = {}
+    try:
+        for i, r in enumerate(records):
+            if r[0] == "ack":
+                acked.add(r[1])
+                continue
+            keeps = []
+            if r[0] == "sync":  # the most a cut can lose: everything since the last sync
+                keeps = [*disk.extremes(), powerloss.random_keep(disk, rng)]
+            elif i in random_points:
+                keeps = [powerloss.random_keep(disk, rng)]
+            for n, keep in enumerate(keeps):
+                dest = os.path.join(scratch, f"cut{i}-{n}")
+                powerloss.materialize(disk.crash_state(keep), dest)
+                try:
+                    check_recovery(dest, written, acked, states)
+                    if i in node_cuts and n == 1:  # the per-file corner, on the real node
+                        check_node_serves(node_factory, dest, written, acked)
+                except Exception as err:
+                    raise AssertionError(
+                        f"power cut before trace record {i} ({r[0]}; {keep.how}; "
+                        f"seed {SEED}): {err}"
+                    ) from err
+                shutil.rmtree(dest)
+                cuts += 1
+                hows[keep.how] = hows.get(keep.how, 0) + 1
+            disk.apply(r)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"{cuts} cuts {hows}; traced in {traced_s:.1f} s, all in {time.monotonic() - t0:.1f} s")
+    assert cuts >= MIN_CUTS and len(acked) == APPENDS
+    assert len(syncs) * 4 + len(random_points) == cuts  # every sync boundary was cut
 
 
 def test_the_model_loses_what_was_not_fsynced(tmp_path):
     """The model itself: unsynced data and directory entries are gone after a
-    cut, synced ones stay, and a torn write keeps only its first bytes."""
+    cut, synced ones stay, a file keeps a prefix of its writes page by page
+    (the last page torn), and files and directories are kept on their own."""
     root = str(tmp_path)
     seg = os.path.join(root, "a.log")
     disk = powerloss.Disk(root)
@@ -188,8 +251,26 @@ def test_the_model_loses_what_was_not_fsynced(tmp_path):
     disk.apply(["open", 1, 4, root, os.O_RDONLY | os.O_DIRECTORY])
     disk.apply(["sync", 1, 4])
     assert disk.crash_state() == {"a.log": b"hello"}
-    assert disk.crash_state(keep=1, tear=3) == {"a.log": b"hello wo"}
+    assert disk.crash_state(powerloss.Keep(files={0: (1, 3)})) == {"a.log": b"hello wo"}
     disk.apply(["rename", 1, seg, seg + ".old"])
     assert disk.crash_state() == {"a.log": b"hello"}
-    assert disk.crash_state(keep=2) == {"a.log.old": b"hello world"}
+    assert disk.crash_state(powerloss.Keep({0: (1, None)}, {root: 1})) == {
+        "a.log.old": b"hello world"
+    }
     assert disk.live_state() == {"a.log.old": b"hello world"}
+
+    # page by page: the first write pending, then 10000 bytes from byte 11, split at 4096, 8192
+    disk.apply(["write", 1, 3, 11, b"p" * 10000])
+    assert [len(u[2]) for u in disk.files[0].units()] == [6, 4085, 4096, 1819]
+    kept = disk.crash_state(powerloss.Keep({0: (3, 100)}, {root: 1}))["a.log.old"]
+    assert kept == b"hello world" + b"p" * (4085 + 100)
+
+    # a new file's entry durable while the old file's unsynced tail is gone
+    new = os.path.join(root, "b.log")
+    disk.apply(["open", 1, 5, new, os.O_RDWR | os.O_CREAT])
+    corner = {k.how: disk.crash_state(k) for k in disk.extremes()}
+    assert corner["directories kept, file data lost"] == {"a.log.old": b"hello", "b.log": b""}
+    assert corner["file data kept, directories lost"] == {"a.log": disk.files[0].data}
+    rng = random.Random(1)
+    seen = {tuple(sorted(disk.crash_state(powerloss.random_keep(disk, rng)))) for _ in range(60)}
+    assert ("a.log.old", "b.log") in seen and ("a.log",) in seen

@@ -8,7 +8,7 @@ call returns. Every walnode process appends to the same file, one
 `write` per record with O_APPEND, so the trace is one global order that
 respects causality: an fsync is in the trace before any reply it allowed.
 
-tests/powerloss.py replays such a trace into a model of a disk that keeps
+wal/powerloss.py replays such a trace into a model of a disk that keeps
 only what was fsynced, cuts the power at chosen points and checks recovery.
 The hooks wrap functions of the `os` module in this process only; nothing
 is recorded for files outside the root. Unset, nothing is installed.

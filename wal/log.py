@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from wal import faults, index, record
+from wal import faults, index, layout, record
 from wal.errors import CorruptionError, DataMissing, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
-from wal.segment import ReadRecord, ScanResult, Segment, parse_name, segment_name
+from wal.layout import TMP_SUFFIX
+from wal.segment import ReadRecord, ScanResult, Segment, segment_name
 
 LOG_START = "LOG_START"  # the compaction commit point: the first retained offset
-TMP_SUFFIX = ".tmp"  # a segment rewritten by compaction, before it is committed
 
 DEFAULT_MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 
@@ -71,6 +71,7 @@ class RecoveryReport:
     truncated_file: str | None = None
     truncated_at: int | None = None
     truncation_reason: str | None = None
+    interrupted_roll: str | None = None  # an empty segment a cut roll left, removed
     duration_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
     damaged: list[DamagedRecord] = field(default_factory=list)  # rotted records found in scans
@@ -140,7 +141,8 @@ class Log:
         report = RecoveryReport()
         if not readonly:
             make_dirs(directory)
-        names = _settle_compaction(directory, readonly, report.notes)
+        plan = _layout(directory, readonly, report.notes)
+        names = plan.segments if plan is not None else []
         check_reach(directory, names, reached)
         files = FileCache()
         segments: list[Segment] = []
@@ -176,13 +178,18 @@ class Log:
             for seg in segments:
                 seg.close()
             raise
+        if plan is not None and plan.interrupted_roll is not None:
+            report.interrupted_roll = os.path.basename(plan.interrupted_roll)
+            if not readonly:
+                layout.drop_interrupted_roll(plan)
         if not segments and not readonly:
             start = read_start_offset(directory) or 0
             segments.append(Segment.create(directory, start, files))
             fsync_dir(directory)
-        elif not readonly:
+        elif not readonly and not report.bytes_truncated:
             # A killed writer may have left written but unsynced records: make
             # them durable before this log calls them so (or snapshots them).
+            # (Cutting a torn tail fsynced the file already.)
             segments[-1].sync()
         if not readonly:
             # Only now that every segment passed: a refused open changes nothing.
@@ -297,19 +304,35 @@ class Log:
     def roll(self) -> None:
         """Seal the active segment and open a new one at the next offset.
 
-        On a full disk (DiskFull) the active segment stays active and
+        Ordered for a disk that keeps each file's unsynced data on its own:
+        the old segment is fdatasynced and its index made durable before the
+        new segment exists, so a new segment on disk always follows a whole
+        one. On a full disk (DiskFull) the active segment stays active and
         unsealed, with its staged entries dropped as `flush` drops them.
         """
         self.flush()
         old = self._segments[-1]
-        with disk_full_undone(os.path.join(self.directory, segment_name(old.next_offset))):
-            new = Segment.create(self.directory, old.next_offset)
-        old.seal()  # fsync: a sealed segment is whole on disk before anything follows it
-        fsync_dir(self.directory)
-        self._segments.append(new)
-        self._bases.append(new.base_offset)
+        old.seal()  # fdatasync: a sealed segment is whole on disk before anything follows it
         faults.point("roll.before_index")
         old.write_index()  # derived data: without it the next open scans this segment
+        path = os.path.join(self.directory, segment_name(old.next_offset))
+        try:
+            with disk_full_undone(path):
+                new = Segment.create(self.directory, old.next_offset)
+        except DiskFull:
+            self._reactivate(old)
+            raise
+        fsync_dir(self.directory)  # its entry durable before any append in it is acknowledged
+        self._segments.append(new)
+        self._bases.append(new.base_offset)
+
+    def _reactivate(self, sealed: Segment) -> None:
+        """The roll could not create the next segment: `sealed` takes appends again."""
+        sealed.close()
+        index.remove(sealed.path)  # if this is lost, a stale index is ignored (size differs)
+        self._segments[-1], _ = Segment.open_checked(
+            sealed.path, sealed.base_offset, last=True, writable=True
+        )
 
     # -- compaction ----------------------------------------------------------
 
@@ -493,48 +516,23 @@ def read_start_offset(directory: str) -> int | None:
     return int(text)
 
 
-def _settle_compaction(directory: str, readonly: bool, notes: list[str]) -> list[tuple[int, str]]:
-    """Finish a committed compaction, discard an uncommitted one; return the
-    (base offset, path) of every retained segment, in order."""
-    if not os.path.isdir(directory):
-        return []
-    names = os.listdir(directory)
-    start = read_start_offset(directory)
-    bases = {b: os.path.join(directory, n) for n in names if (b := parse_name(n)) is not None}
-    changed = False
-    if start is not None and start not in bases:
-        pending = os.path.join(directory, segment_name(start) + TMP_SUFFIX)
-        if not os.path.exists(pending):
-            raise CorruptionError(
-                os.path.join(directory, LOG_START),
-                0,
-                f"the log starts at offset {start} but no segment starts there",
-            )
-        final = os.path.join(directory, segment_name(start))
-        notes.append(f"finished an interrupted compaction at offset {start}")
-        if readonly:
-            bases[start] = pending
-        else:
-            os.rename(pending, final)
-            bases[start] = final
-            changed = True
-    for name in names:
-        if name.endswith(".log" + TMP_SUFFIX) and parse_name(name[: -len(TMP_SUFFIX)]) != start:
-            notes.append(f"discarded {name}, left by a compaction that did not commit")
-            if not readonly:
-                os.remove(os.path.join(directory, name))
-                changed = True
-    for base in sorted(bases):
-        if start is not None and base < start:
-            notes.append(f"removed {os.path.basename(bases[base])}, compacted away")
-            if not readonly:
-                os.remove(bases.pop(base))
-                changed = True
-            else:
-                bases.pop(base)
-    if changed:
-        fsync_dir(directory)
-    return sorted(bases.items())
+def _layout(directory: str, readonly: bool, notes: list[str]) -> layout.Layout | None:
+    """Decide which files make up the log (wal/layout.py) and, unless readonly,
+    settle what a crash left of a compaction."""
+    start = read_start_offset(directory) if os.path.isdir(directory) else None
+    plan = layout.plan(directory, start)
+    if plan is None:
+        return None
+    if start is not None and start not in dict(plan.segments):
+        raise CorruptionError(
+            os.path.join(directory, LOG_START),
+            0,
+            f"the log starts at offset {start} but no segment starts there",
+        )
+    notes.extend(plan.notes)
+    if not readonly:
+        layout.settle(plan)
+    return plan
 
 
 def _remove_stale_indexes(directory: str, bases: list[int], notes: list[str]) -> None:

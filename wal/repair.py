@@ -18,11 +18,11 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 
-from wal import index, record
+from wal import index, layout, record
 from wal.datadir import DataDir
 from wal.errors import CorruptionError, WalError
 from wal.fsutil import atomic_write, fsync_dir, write_all
-from wal.log import LOG_START, _settle_compaction, check_reach, read_start_offset
+from wal.log import LOG_START, check_reach, read_start_offset
 from wal.segment import next_valid_record, parse_name, scan_bytes, segment_name
 
 
@@ -67,6 +67,21 @@ class Plan:
         return bool(self.markings or self.cut or self.rewrites or self.refusals)
 
 
+def _retained_segments(wal_dir: str) -> list[tuple[int, str]]:
+    """The segments Log.open would open, decided by the same code (wal/layout.py):
+    not those a committed compaction removes, nor an interrupted roll's empty one.
+    With a damaged LOG_START (check_files reports it), every segment present."""
+    try:
+        plan = layout.plan(wal_dir, read_start_offset(wal_dir))
+    except CorruptionError:
+        return sorted(
+            (b, os.path.join(wal_dir, n))
+            for n in os.listdir(wal_dir)
+            if (b := parse_name(n)) is not None
+        )
+    return plan.segments if plan is not None else []
+
+
 def verify(wal_dir: str, lost: list[int] | None = None) -> tuple[list[Problem], int]:
     """Every damaged region of every segment, and the count of valid entries.
 
@@ -77,14 +92,7 @@ def verify(wal_dir: str, lost: list[int] | None = None) -> tuple[list[Problem], 
     receives the offsets of lost-record markers (losses already repaired).
     """
     problems: list[Problem] = []
-    try:
-        segments = _settle_compaction(wal_dir, True, [])
-    except CorruptionError:  # a damaged LOG_START: check_files reports it
-        segments = sorted(
-            (b, os.path.join(wal_dir, n))
-            for n in os.listdir(wal_dir)
-            if (b := parse_name(n)) is not None
-        )
+    segments = _retained_segments(wal_dir)
     valid = 0
     expected: int | None = None
     for i, (base, path) in enumerate(segments):

@@ -7,6 +7,8 @@
     walctl keygen KEYDIR            CURVE keys for tcp deployments (docs/DEPLOY.md)
     walctl crashtest [--kills N]    kill a live walnode's processes under load;
                                     check nothing acknowledged is lost
+    walctl crashtest --power-loss   cut the power under a traced load (a disk
+                                    model), restart walnode on what it kept
     walctl bench [--quick]          appends/s and latency of a live walnode and its peers
 
 info, dump and verify open the log read-only: nothing is cut, created or

@@ -964,6 +964,9 @@ def write_png(path: str, c: Campaign) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from walctl import powercut  # --power-loss: the power-cut campaign, in its own module
+
+    powercut.add_arguments(p)
     p.add_argument("--kills", type=int, default=20, metavar="N", help="how many SIGKILLs (20)")
     p.add_argument(
         "--role",
@@ -1025,6 +1028,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`walctl crashtest`: 0 if the verdict passes, 1 if not, 2 if it cannot run."""
+    if args.power_loss:
+        from walctl import powercut
+
+        return powercut.run(args)
     problem = argument_problem(args)
     if problem is not None:
         return usage(problem)

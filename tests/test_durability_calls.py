@@ -27,7 +27,7 @@ from wal.index import load as load_index
 
 PRELUDE = """
 import json, os, sys
-from wal import Log, record, repair, snapshot
+from wal import DataDir, Log, record, repair, snapshot
 from wal.errors import DiskFull
 from wal.fsutil import atomic_write, fsync_dir
 from wal.segment import segment_name
@@ -231,8 +231,9 @@ except DiskFull:
 
 
 def test_a_repair_is_durable(tmp_path):
-    """walctl repair cuts segment 0 at a bad record and deletes the later
-    segments: after a power cut the bad bytes and those files stay gone."""
+    """walctl repair writes a lost-record marker over a rotted record in place
+    (every offset kept): after a power cut the marker is still there, so the
+    bad bytes stay gone and every other entry is still valid."""
     disk, said = traced(
         tmp_path,
         """
@@ -244,14 +245,15 @@ fd = os.open(path, os.O_RDWR)
 os.pwrite(fd, b"X", 18 + 12)  # a payload byte of entry 1
 os.fsync(fd)
 os.close(fd)
-repair.apply(repair.plan(wal))
+repair.apply(repair.plan(DataDir(root, create=False)))
 promise(kept=len(repair.verify(wal)[0]) == 0)
 """,
     )
     assert said == {"kept": True}
     root = cut(tmp_path, disk)
-    problems, valid = repair.verify(os.path.join(root, "wal"))
-    assert problems == [] and valid == 1
+    lost: list[int] = []
+    problems, valid = repair.verify(os.path.join(root, "wal"), lost)
+    assert problems == [] and valid == 8 and lost == [1]
 
 
 def test_a_bad_crc_record_is_a_tear_only_at_the_very_end(tmp_path):
@@ -470,7 +472,7 @@ def test_verify_reports_a_gap_between_segments(tmp_path):
     log.close()
     os.remove(os.path.join(wal, "00000000000000000003.log"))
     problems, _ = repair.verify(wal)
-    assert [p.reason for p in problems] == ["segment starts at offset 6, expected 3"]
+    assert [p.reason for p in problems] == ["segment file missing: entries 3 to 5 are gone"]
 
 
 def test_compaction_exactly_at_the_next_offset_empties_the_log(tmp_path):

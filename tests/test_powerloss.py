@@ -35,12 +35,12 @@ import time
 import msgpack
 import pytest
 
-import walctl
 from tests.nodeproc import Node
 from wal import DataDir, Log, powerloss, snapshot
 from wal.errors import CorruptionError, WalError
 from wal.fstrace import ROOT_ENV, TRACE_ENV
 from wal.statemachine import StateMachine
+from walctl import cli as walctl_cli
 
 SEED = int(os.environ.get("WALNODE_POWERLOSS_SEED", "20261122"))
 SEGMENT_BYTES = 6 * 1024
@@ -98,9 +98,9 @@ def verify_exit(root: str) -> int:
     (without building walctl's whole argument parser for each of 4000 calls)."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return walctl.cmd_verify(argparse.Namespace(dir=root))
+            return walctl_cli.cmd_verify(argparse.Namespace(dir=root))
     except CorruptionError:
-        return 3  # as walctl.main maps it
+        return 3  # as walctl.cli.main maps it
     except WalError:
         return 2
 

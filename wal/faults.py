@@ -7,7 +7,7 @@ each point costs one comparison. The points are listed in docs/TESTING.md.
 `WALNODE_FAULT_IO=<call>:<ERRNO>:<switch file>[,...]` makes `os.<call>`
 (write, pwrite, fsync or fdatasync) on regular files fail with ERRNO
 (ENOSPC, EIO, ...) while the switch file exists, so a test can fill the
-disk or break it and then mend it. A failing write first writes half of
+disk or break it and then mend it. A failing write first writes one byte past half of
 its bytes and returns short, as a real disk filling up does.
 
 `WALNODE_FS_TRACE` turns on the file-system trace of wal/fstrace.py.
@@ -41,7 +41,9 @@ def _failing(call: str, real: Callable, code: int, switch: str) -> Callable:
         data = args[0] if args else b""
         if call in ("write", "pwrite") and fd not in short_written and len(data) > 1:
             short_written.add(fd)
-            return real(fd, memoryview(data)[: len(data) // 2], *args[1:])
+            # one byte past the middle: a batch of an even number of equal
+            # records is torn inside one, as a short write usually leaves it
+            return real(fd, memoryview(data)[: min(len(data) - 1, len(data) // 2 + 1)], *args[1:])
         raise OSError(code, f"{os.strerror(code)} (injected by WALNODE_FAULT_IO)")
 
     return wrapper

@@ -17,6 +17,8 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy wal actors
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed

@@ -25,6 +25,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
@@ -109,10 +112,13 @@ class Compactor:
         if until <= self.sm.applied_offset or self.stuck is not None:
             return
         apply = self.sm.apply
+        tail = self.tail
+        assert tail is not None  # opened by recovery, before anything is applied
         try:
-            for offset, payload in self.tail.read(until):
+            for offset, payload in tail.read(until):
                 if payload is None:
-                    path, byte = self.tail.damage_at
+                    assert tail.damage_at is not None  # read sets it with every None
+                    path, byte = tail.damage_at
                     log.error(
                         "entry %d cannot be read (%s at byte %d: a failed checksum or a lost "
                         "record): not applied; kv_get names it for the keys it could have changed",
@@ -237,138 +243,178 @@ class Compactor:
         return None
 
 
-def serve(
-    comp: Compactor, routers: list[zmq.Socket], writer: zmq.Socket, control: zmq.Socket
-) -> None:
-    """Requests come from fronts (and notices from the writer) on `routers`
-    (the local ipc one, and a tcp one for remote fronts if any); compactions
-    and barriers go to the writer over `writer`."""
-    poller = zmq.Poller()
-    for sock in (*routers, writer, control):
-        poller.register(sock, zmq.POLLIN)
-    waiting: dict[int, tuple] = {}  # our rid at the writer -> what to do with its answer
-    next_rid = 0
+@dataclass(slots=True)
+class CompactWait:
+    """A front's wal_compact, waiting for the writer's truncate_before."""
 
-    def ask_writer(op: str, arg: object, then: tuple) -> None:
-        nonlocal next_rid
-        next_rid += 1
-        waiting[next_rid] = then
-        writer.send(m.pack([m.REQUESTS, [[next_rid, op, arg]]]))
+    router: zmq.Socket
+    ident: bytes
+    front_rid: int
+    offset: int
 
-    while True:
-        events = dict(poller.poll(1000))
-        if control in events:
-            msg = m.unpack(control.recv())
-            if msg[0] == m.STOP:
-                return
-            if msg[0] == m.PING:
-                control.send(m.pack([m.PONG, os.getpid()]))
-            if msg[0] == m.PEER and msg[1] == "writer" and msg[2] == "down":
-                # what the dead writer held is lost; a compaction may or may not have happened
-                for then in waiting.values():
-                    if then[0] == "compact":
-                        _, router, ident, front_rid, _offset = then
-                        text = (
-                            "the writer died during this compaction: it may or may not "
-                            "have happened; check wal_info.first_offset"
-                        )
-                        router.send_multipart(
-                            [ident, m.pack([m.REPLIES, [[front_rid, Code.CRASH, {"text": text}]]])]
-                        )
-                waiting.clear()
+
+@dataclass(slots=True)
+class AutoWait:
+    """Automatic retention's truncate_before, waiting for the writer."""
+
+    target: int
+
+
+class WriterLink:
+    """The compactor's requests to the writer and what to do with each answer."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.waiting: dict[int, CompactWait | AutoWait] = {}  # our rid at the writer
+        self.next_rid = 0
+
+    def ask(self, op: str, arg: object, then: CompactWait | AutoWait) -> None:
+        self.next_rid += 1
+        self.waiting[self.next_rid] = then
+        self.sock.send(m.pack([m.REQUESTS, [[self.next_rid, op, arg]]]))
+
+    def writer_down(self, comp: Compactor) -> None:
+        """What the dead writer held is lost: a compaction may or may not have happened."""
+        text = (
+            "the writer died during this compaction: it may or may not have happened; "
+            "check wal_info.first_offset"
+        )
+        for then in self.waiting.values():
+            if isinstance(then, CompactWait):
+                reply = [[then.front_rid, Code.CRASH, {"text": text}]]
+                then.router.send_multipart([then.ident, m.pack([m.REPLIES, reply])])
+        self.waiting.clear()
+        comp.auto_busy = False
+
+    def answered(self, comp: Compactor, data: bytes) -> None:
+        for rid, code, fields in m.unpack(data)[1]:
+            then = self.waiting.pop(rid, None)
+            if isinstance(then, CompactWait):
+                if code == m.OK:
+                    fields = {"snapshot_offset": then.offset, **fields}
+                reply = [[then.front_rid, code, fields]]
+                then.router.send_multipart([then.ident, m.pack([m.REPLIES, reply])])
+            elif isinstance(then, AutoWait):
                 comp.auto_busy = False
-        arrived = [
-            (router, ident, data)
-            for router in routers
-            if router in events
-            for ident, data in sockets.drain(router, multipart=True)
-        ]
-        for router, ident, data in arrived:
-            msg = m.unpack(data)
-            if msg[0] == m.NOTICE:
-                comp.on_notice(*msg[1:])
-                continue
-            replies = []
-            for rid, op, arg in msg[1]:
-                try:
-                    if op == m.OP_KV_GET:
-                        replies.append([rid, *comp.kv_get(arg[0], arg[1])])
-                    elif op == m.OP_SNAPSHOT:
-                        replies.append([rid, *comp.take_snapshot(arg)])
-                    elif op == m.OP_FSYNC_BENCHMARK:
-                        # here, not in the writer: measuring must not stall appends
-                        entries, strategies = arg
-                        results = [
-                            fsyncbench.measure(comp.datadir.path, entries, name)
-                            for name in strategies
-                        ]
-                        replies.append([rid, m.OK, {"results": results}])
-                    elif op == m.OP_COMPACT:
-                        # Without a covering snapshot the writer still answers an
-                        # offset at or below its first one (nothing to remove:
-                        # zeros); above it, it returns our refusal.
-                        refusal = comp.compact_check(arg)
-                        op_arg = [arg, refusal, False]
-                        ask_writer(m.OP_TRUNCATE, op_arg, ("compact", router, ident, rid, arg))
-                    else:
-                        replies.append(
-                            [
-                                rid,
-                                Code.NOT_SUPPORTED,
-                                {"text": f"the compactor does not serve {op!r}"},
-                            ]
-                        )
-                except DiskFull as err:
-                    log.warning("%s failed: %s", op, err)
-                    text = f"{err}; nothing was changed: free space, then retry"
-                    replies.append([rid, Code.TEMPORARILY_UNAVAILABLE, {"text": text}])
-                except (WalError, OSError) as err:
-                    log.error("%s failed: %s", op, err)
-                    replies.append(
-                        [rid, Code.CRASH, {"text": f"{op} failed in the compactor: {err}"}]
+                if code == m.OK:
+                    log.info(
+                        "auto-compacted toward offset %d (whole segments): "
+                        "%d entries kept, %d bytes freed",
+                        then.target,
+                        fields["entries_after"],
+                        fields["bytes_freed"],
                     )
-            if replies:
-                router.send_multipart([ident, m.pack([m.REPLIES, replies])])
-        for data in sockets.drain(writer) if writer in events else ():
-            msg = m.unpack(data)
-            for rid, code, fields in msg[1]:
-                then = waiting.pop(rid, None)
-                if then is None:
-                    continue
-                if then[0] == "compact":
-                    _, router, ident, front_rid, offset = then
-                    if code == m.OK:
-                        fields = {"snapshot_offset": offset, **fields}
-                    router.send_multipart([ident, m.pack([m.REPLIES, [[front_rid, code, fields]]])])
-                elif then[0] == "auto":
-                    comp.auto_busy = False
-                    if code == m.OK:
-                        log.info(
-                            "auto-compacted toward offset %d (whole segments): "
-                            "%d entries kept, %d bytes freed",
-                            then[1],
-                            fields["entries_after"],
-                            fields["bytes_freed"],
-                        )
-                    else:
-                        log.warning("auto-compaction refused: %s", fields.get("text"))
-        if comp.auto_due():
-            comp.auto_busy = True
-            try:
-                code, snap = comp.take_snapshot(comp.durable_next)
-            except (WalError, OSError) as err:
-                code, snap = Code.CRASH, {"text": str(err)}
-            if code != m.OK:
-                comp.auto_busy = False
-                comp.auto_retry_at = time.monotonic() + AUTO_RETRY_DELAY
-                log.error("automatic snapshot failed: %s (retrying later)", snap["text"])
-                continue
-            target = comp.retention_target(snap["snapshot_offset"])
-            log.info("automatic snapshot at offset %d", snap["snapshot_offset"])
-            if target > 0:
-                ask_writer(m.OP_TRUNCATE, [target, None, True], ("auto", target))
-            else:
-                comp.auto_busy = False
+                else:
+                    log.warning("auto-compaction refused: %s", fields.get("text"))
+
+
+# A handler answers [code, fields], or None when the answer comes later.
+Handler = Callable[[int, Any, zmq.Socket, bytes], "list | None"]
+
+
+class Server:
+    """The compactor's loop: requests from fronts (and the writer's notices)
+    on `routers` (the local ipc one, and a tcp one for remote fronts if any),
+    dispatched through an ops table; compactions and barriers go to the
+    writer through one WriterLink."""
+
+    def __init__(
+        self, comp: Compactor, routers: list[zmq.Socket], writer: zmq.Socket, control: zmq.Socket
+    ) -> None:
+        self.comp, self.routers, self.control = comp, routers, control
+        self.writer = WriterLink(writer)
+        self.poller = zmq.Poller()
+        for sock in (*routers, writer, control):
+            self.poller.register(sock, zmq.POLLIN)
+        self.ops: dict[str, Handler] = {
+            m.OP_KV_GET: lambda rid, arg, *_: list(self.comp.kv_get(arg[0], arg[1])),
+            m.OP_SNAPSHOT: lambda rid, arg, *_: list(self.comp.take_snapshot(arg)),
+            m.OP_FSYNC_BENCHMARK: self.fsync_benchmark,
+            m.OP_COMPACT: self.compact,
+        }
+
+    def run(self) -> None:
+        while True:
+            events = dict(self.poller.poll(1000))
+            if self.control in events and not self.on_control(m.unpack(self.control.recv())):
+                return
+            for router in self.routers:
+                if router in events:
+                    for ident, data in sockets.drain(router, multipart=True):
+                        self.on_front(router, ident, m.unpack(data))
+            if self.writer.sock in events:
+                for data in sockets.drain(self.writer.sock):
+                    self.writer.answered(self.comp, data)
+            if self.comp.auto_due():
+                self.auto_snapshot()
+
+    def on_control(self, msg: list) -> bool:
+        """The supervisor's word; False to stop."""
+        if msg[0] == m.STOP:
+            return False
+        if msg[0] == m.PING:
+            self.control.send(m.pack([m.PONG, os.getpid()]))
+        if msg[0] == m.PEER and msg[1] == "writer" and msg[2] == "down":
+            self.writer.writer_down(self.comp)
+        return True
+
+    def on_front(self, router: zmq.Socket, ident: bytes, msg: list) -> None:
+        if msg[0] == m.NOTICE:
+            self.comp.on_notice(*msg[1:])
+            return
+        replies = []
+        for rid, op, arg in msg[1]:
+            result = self.handle(rid, op, arg, router, ident)
+            if result is not None:
+                replies.append([rid, *result])
+        if replies:
+            router.send_multipart([ident, m.pack([m.REPLIES, replies])])
+
+    def handle(self, rid: int, op: str, arg: Any, router: zmq.Socket, ident: bytes) -> list | None:
+        handler = self.ops.get(op)
+        if handler is None:
+            return [Code.NOT_SUPPORTED, {"text": f"the compactor does not serve {op!r}"}]
+        try:
+            return handler(rid, arg, router, ident)
+        except DiskFull as err:
+            log.warning("%s failed: %s", op, err)
+            text = f"{err}; nothing was changed: free space, then retry"
+            return [Code.TEMPORARILY_UNAVAILABLE, {"text": text}]
+        except (WalError, OSError) as err:
+            log.error("%s failed: %s", op, err)
+            return [Code.CRASH, {"text": f"{op} failed in the compactor: {err}"}]
+
+    def fsync_benchmark(self, rid: int, arg: Any, *_: object) -> list:
+        # here, not in the writer: measuring must not stall appends
+        entries, strategies = arg
+        path = self.comp.datadir.path
+        return [m.OK, {"results": [fsyncbench.measure(path, entries, s) for s in strategies]}]
+
+    def compact(self, rid: int, arg: Any, router: zmq.Socket, ident: bytes) -> None:
+        # Without a covering snapshot the writer still answers an offset at or
+        # below its first one (nothing to remove: zeros); above it, it
+        # returns our refusal.
+        refusal = self.comp.compact_check(arg)
+        self.writer.ask(m.OP_TRUNCATE, [arg, refusal, False], CompactWait(router, ident, rid, arg))
+
+    def auto_snapshot(self) -> None:
+        comp = self.comp
+        comp.auto_busy = True
+        try:
+            code, snap = comp.take_snapshot(comp.durable_next)
+        except (WalError, OSError) as err:
+            code, snap = Code.CRASH, {"text": str(err)}
+        if code != m.OK:
+            comp.auto_busy = False
+            comp.auto_retry_at = time.monotonic() + AUTO_RETRY_DELAY
+            log.error("automatic snapshot failed: %s (retrying later)", snap["text"])
+            return
+        target = comp.retention_target(snap["snapshot_offset"])
+        log.info("automatic snapshot at offset %d", snap["snapshot_offset"])
+        if target > 0:
+            self.writer.ask(m.OP_TRUNCATE, [target, None, True], AutoWait(target))
+        else:
+            comp.auto_busy = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         if remote.keys_dir:
             sockets.start_authenticator(ctx, remote.keys_dir)
         routers.append(sockets.bind_remote_router(ctx, remote, remote.compactor))
-    serve(comp, routers, writer, control)
+    Server(comp, routers, writer, control).run()
     return 0
 
 

@@ -16,10 +16,13 @@ space is back.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -89,7 +92,8 @@ class Writer:
         self.log = wal
         self.policy = policy
         self.last_sync = time.monotonic()
-        self.ops = {
+        # a handler answers (code, fields), or a callable that gives them after the commit
+        self.ops: dict[str, Callable[[Any], Any]] = {
             m.OP_APPEND: self.op_append,
             m.OP_READ: self.op_read,
             m.OP_SCAN: self.op_scan,
@@ -276,7 +280,7 @@ class Writer:
 
     def answer(self, op: str, result: object) -> list:
         """A handled request's final (code, fields), decided after the commit."""
-        code, fields = result() if callable(result) else result
+        code, fields = result() if callable(result) else result  # type: ignore[misc]
         if (
             self.disk_full_at is not None
             and op == m.OP_APPEND
@@ -368,7 +372,7 @@ def serve(
     stopping = False
     while not stopping:
         due = writer.sync_due()
-        events = dict(poller.poll(None if due is None else due * 1000))
+        events = dict(poller.poll(None if due is None else math.ceil(due * 1000)))
         if control in events:
             msg = m.unpack(control.recv())
             stopping = msg[0] == m.STOP

@@ -38,12 +38,16 @@ def _is_count(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _is_segment_size(v: object) -> bool:
+    return _is_count(v) and MIN_SEGMENT_BYTES <= v <= MAX_SEGMENT_BYTES  # type: ignore[operator]
+
+
 # walnode.meta's fields: what a valid value is, and how to say it
 META_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "node_id": (_is_id, "a non-empty string"),
     "node_ids": (lambda v: isinstance(v, list) and all(map(_is_id, v)), "a list of node ids"),
     "max_segment_bytes": (
-        lambda v: _is_count(v) and MIN_SEGMENT_BYTES <= v <= MAX_SEGMENT_BYTES,
+        _is_segment_size,
         f"an integer from {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}",
     ),
     "reached_segment": (_is_count, "a segment's base offset (an integer from 0)"),

@@ -20,6 +20,7 @@ import os
 import signal
 import stat
 from collections.abc import Callable
+from typing import cast
 
 from wal import fstrace
 
@@ -38,7 +39,7 @@ def _failing(call: str, real: Callable, code: int, switch: str) -> Callable:
         if not os.path.exists(switch) or not stat.S_ISREG(os.fstat(fd).st_mode):
             short_written.discard(fd)
             return real(fd, *args)
-        data = args[0] if args else b""
+        data = cast(bytes, args[0]) if args else b""
         if call in ("write", "pwrite") and fd not in short_written and len(data) > 1:
             short_written.add(fd)
             # one byte past the middle: a batch of an even number of equal

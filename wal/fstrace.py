@@ -41,7 +41,7 @@ def _under_root(path: str | bytes | int) -> str | None:
     return p if p == _root or p.startswith(_root + os.sep) else None
 
 
-def _open(path, flags, mode=0o777, *, dir_fd=None):  # noqa: ANN001, ANN202
+def _open(path, flags, mode=0o777, *, dir_fd=None):
     fd = _real["open"](path, flags, mode, dir_fd=dir_fd)
     p = _under_root(path) if dir_fd is None else None
     if p is not None:
@@ -50,13 +50,13 @@ def _open(path, flags, mode=0o777, *, dir_fd=None):  # noqa: ANN001, ANN202
     return fd
 
 
-def _close(fd):  # noqa: ANN001, ANN202
+def _close(fd):
     _real["close"](fd)
     if _fds.pop(fd, None) is not None:
         _emit("close", os.getpid(), fd)
 
 
-def _write(fd, data):  # noqa: ANN001, ANN202
+def _write(fd, data):
     if fd not in _fds:
         return _real["write"](fd, data)
     pos = os.lseek(fd, 0, os.SEEK_CUR)
@@ -65,23 +65,23 @@ def _write(fd, data):  # noqa: ANN001, ANN202
     return n
 
 
-def _pwrite(fd, data, offset):  # noqa: ANN001, ANN202
+def _pwrite(fd, data, offset):
     n = _real["pwrite"](fd, data, offset)
     if fd in _fds:
         _emit("write", os.getpid(), fd, offset, bytes(memoryview(data)[:n]))
     return n
 
 
-def _ftruncate(fd, length):  # noqa: ANN001, ANN202
+def _ftruncate(fd, length):
     _real["ftruncate"](fd, length)
     if fd in _fds:
         _emit("truncate", os.getpid(), fd, length)
 
 
-def _syncer(name: str):  # noqa: ANN202
+def _syncer(name: str):
     real = _real[name]
 
-    def sync(fd):  # noqa: ANN001, ANN202
+    def sync(fd):
         real(fd)
         if fd in _fds:
             _emit("sync", os.getpid(), fd)
@@ -89,10 +89,10 @@ def _syncer(name: str):  # noqa: ANN202
     return sync
 
 
-def _renamer(name: str):  # noqa: ANN202
+def _renamer(name: str):
     real = _real[name]
 
-    def rename(src, dst, *, src_dir_fd=None, dst_dir_fd=None):  # noqa: ANN001, ANN202
+    def rename(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
         real(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
         s, d = _under_root(src), _under_root(dst)
         if s is not None and d is not None:
@@ -101,10 +101,10 @@ def _renamer(name: str):  # noqa: ANN202
     return rename
 
 
-def _unlinker(name: str):  # noqa: ANN202
+def _unlinker(name: str):
     real = _real[name]
 
-    def unlink(path, *, dir_fd=None):  # noqa: ANN001, ANN202
+    def unlink(path, *, dir_fd=None):
         real(path, dir_fd=dir_fd)
         p = _under_root(path)
         if p is not None:
@@ -113,7 +113,7 @@ def _unlinker(name: str):  # noqa: ANN202
     return unlink
 
 
-def _mkdir(path, mode=0o777, *, dir_fd=None):  # noqa: ANN001, ANN202
+def _mkdir(path, mode=0o777, *, dir_fd=None):
     _real["mkdir"](path, mode, dir_fd=dir_fd)
     p = _under_root(path)
     if p is not None:

@@ -92,6 +92,19 @@ class LoadedIndex(NamedTuple):
     positions: memoryview | array  # start byte of every record (format "I")
     mapping: Mapping | None  # the mapped file, to close once positions are released
 
+    def close(self) -> None:
+        """Unmap the file (if mapped): its positions are released first, as
+        a mapping cannot close while a view of it is alive."""
+        release(self.positions, self.mapping)
+
+
+def release(positions: memoryview | array, mapping: Mapping | None) -> None:
+    """Release a mapped index's view, then close its mapping (no-op if unmapped)."""
+    if mapping is not None:
+        if isinstance(positions, memoryview):
+            positions.release()
+        mapping.close()
+
 
 def encode(base_offset: int, positions: memoryview | array, segment_size: int) -> bytes | None:
     """The index file's bytes, or None if a position does not fit in a u32."""

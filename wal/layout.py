@@ -98,9 +98,7 @@ def _has_trusted_index(path: str, base: int) -> bool:
     loaded = index.load(index.index_path(path), base, os.path.getsize(path))
     if loaded is None:
         return False
-    if loaded.mapping is not None:
-        loaded.positions.release()
-        loaded.mapping.close()
+    loaded.close()
     return True
 
 

@@ -115,7 +115,7 @@ class Log:
         # Told the base of the active segment before its first entry is staged,
         # so that the data directory can record how far the log reached (and
         # a start-up can tell a deleted newest segment from a short log).
-        self.on_reach: Callable[[int], None] | None = None
+        self.on_reach: Callable[[int], object] | None = None
         self.reached: int | None = None  # the last base on_reach was told
 
     # -- opening ---------------------------------------------------------
@@ -145,39 +145,7 @@ class Log:
         names = plan.segments if plan is not None else []
         check_reach(directory, names, reached)
         files = FileCache()
-        segments: list[Segment] = []
-        unindexed: list[Segment] = []  # sealed, checked by a scan: their index is written
-        try:
-            for i, (base, path) in enumerate(names):
-                last = i == len(names) - 1
-                seg = None if last else Segment.open_indexed(path, base, files=files)
-                scan = None
-                if seg is not None:
-                    report.segments_indexed += 1
-                else:
-                    seg, scan = Segment.open_checked(
-                        path, base, last=last, writable=not readonly, files=files
-                    )
-                if segments and segments[-1].next_offset != base:
-                    seg.close()
-                    raise _gap(segments[-1], base, path)
-                segments.append(seg)
-                if scan is None:
-                    continue
-                if not last:
-                    unindexed.append(seg)
-                _report_rot(report, seg, scan)
-                if scan.damage is not None:  # a torn tail of the last segment
-                    report.truncated_file = os.path.basename(path)
-                    report.truncated_at = scan.valid_end
-                    report.truncation_reason = scan.damage.value
-                    report.bytes_truncated = scan.file_size - scan.valid_end
-                    if not readonly:
-                        seg.cut_tail(scan.file_size)
-        except BaseException:
-            for seg in segments:
-                seg.close()
-            raise
+        segments, unindexed = _open_segments(names, readonly, files, report)
         if plan is not None and plan.interrupted_roll is not None:
             report.interrupted_roll = os.path.basename(plan.interrupted_roll)
             if not readonly:
@@ -459,6 +427,49 @@ def _entry(offset: int, got: ReadRecord) -> Entry:
     return Entry(offset, got.payload, got.crc, got.valid and not got.lost, got.lost)
 
 
+def _open_segments(
+    names: list[tuple[int, str]], readonly: bool, files: FileCache, report: RecoveryReport
+) -> tuple[list[Segment], list[Segment]]:
+    """Open every segment in order, each sealed one through its index if that
+    is trusted, else by a scan (the newest always by a scan); a gap refuses.
+    Returns the segments and the sealed ones that were scanned (their index
+    is to be written). A torn tail of the newest is cut unless readonly."""
+    segments: list[Segment] = []
+    unindexed: list[Segment] = []
+    try:
+        for i, (base, path) in enumerate(names):
+            last = i == len(names) - 1
+            seg = None if last else Segment.open_indexed(path, base, files=files)
+            scan = None
+            if seg is not None:
+                report.segments_indexed += 1
+            else:
+                seg, scan = Segment.open_checked(
+                    path, base, last=last, writable=not readonly, files=files
+                )
+            if segments and segments[-1].next_offset != base:
+                seg.close()
+                raise _gap(segments[-1], base, path)
+            segments.append(seg)
+            if scan is None:
+                continue
+            if not last:
+                unindexed.append(seg)
+            _report_rot(report, seg, scan)
+            if scan.damage is not None:  # a torn tail of the last segment
+                report.truncated_file = os.path.basename(path)
+                report.truncated_at = scan.valid_end
+                report.truncation_reason = scan.damage.value
+                report.bytes_truncated = scan.file_size - scan.valid_end
+                if not readonly:
+                    seg.cut_tail(scan.file_size)
+    except BaseException:
+        for seg in segments:
+            seg.close()
+        raise
+    return segments, unindexed
+
+
 def _gap(previous: Segment, base: int, path: str) -> CorruptionError:
     """The refusal for a segment that does not start where the previous ends."""
     text = (
@@ -479,16 +490,14 @@ def check_reach(directory: str, names: list[tuple[int, str]], reached: int | Non
     segment at `reached` (and what it held) was removed. A newer segment than
     recorded is fine: a crash between its creation and the record leaves that,
     and none of its entries was acknowledged before the record."""
-    if reached is None:
+    if reached is None or (names and names[-1][0] >= reached):
         return
-    newest = names[-1][0] if names else None
-    if newest is None or newest < reached:
-        held = f"the newest segment is {segment_name(newest)}" if names else "no segment is left"
-        raise DataMissing(
-            os.path.join(directory, segment_name(reached)),
-            f"the log reached this segment (walnode.meta records reached_segment {reached}) "
-            f"but it is gone and {held}",
-        )
+    held = f"the newest segment is {segment_name(names[-1][0])}" if names else "no segment is left"
+    raise DataMissing(
+        os.path.join(directory, segment_name(reached)),
+        f"the log reached this segment (walnode.meta records reached_segment {reached}) "
+        f"but it is gone and {held}",
+    )
 
 
 def _report_rot(report: RecoveryReport, seg: Segment, scan: ScanResult) -> None:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
 PAGE = 4096
-Node = tuple[str, object]  # ("file", inode number) or ("dir", path)
+Node = tuple[str, Any]  # ("file", inode number) or ("dir", path)
 
 
 @dataclass
@@ -199,7 +200,9 @@ class Disk:
         old file's unsynced tail gone); every file's data kept but no
         directory change."""
         files, dirs = self.unsynced()
-        every_unit = {ino: (len(u), None) for ino, u in files.items()}
+        every_unit: dict[int, tuple[int, int | None]] = {
+            ino: (len(u), None) for ino, u in files.items()
+        }
         return [
             Keep(),
             Keep(dirs=dict(dirs), how="directories kept, file data lost"),
@@ -235,7 +238,7 @@ class Disk:
         dirs = {p: d.names for p, d in self.dirs.items()}
         return self._tree(dirs, lambda ino: bytes(self.files[ino].data))
 
-    def _tree(self, dirs: dict, content) -> dict[str, bytes | None]:  # noqa: ANN001
+    def _tree(self, dirs: dict, content) -> dict[str, bytes | None]:
         out: dict[str, bytes | None] = {}
         todo = [self.root]
         while todo:

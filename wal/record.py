@@ -93,7 +93,7 @@ def valid_run(buf: bytes | memoryview | mmap.mmap, pos: int, positions: array) -
     return pos
 
 
-def decode_at(buf: bytes | memoryview, pos: int) -> Decoded | Damage:
+def decode_at(buf: bytes | memoryview | mmap.mmap, pos: int) -> Decoded | Damage:
     """Decode the record starting at `pos` of `buf` (a whole file's bytes)."""
     size = len(buf)
     if pos + HEADER_SIZE > size:

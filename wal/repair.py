@@ -127,9 +127,7 @@ def _check_segment(
     loaded = None if last else index.load(index.index_path(path), base, len(buf))
     if loaded is not None:
         positions = list(loaded.positions)
-        if loaded.mapping is not None:
-            loaded.positions.release()
-            loaded.mapping.close()
+        loaded.close()
         return _check_indexed(path, buf, base, positions)
     return _check_scanned(path, buf, base, next_base, last)
 
@@ -188,10 +186,10 @@ def _check_scanned(
         pos = resume
     if next_base is not None and len(unplaced) == 1:
         # the next segment's base says how many offsets the region held
-        p = problems[unplaced[0]]
+        region = problems[unplaced[0]]
         held = next_base - (offset - 1)
         if held >= 0:
-            problems[unplaced[0]] = replace(p, records=held, counted=True)
+            problems[unplaced[0]] = replace(region, records=held, counted=True)
             offset += held - 1
     return problems, offset - base, markers
 

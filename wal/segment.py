@@ -265,7 +265,9 @@ class Segment:
         """Queue one encoded record; it reaches the file at the next flush."""
         if self.sealed:
             raise WalError(f"segment {self.name} is sealed")
-        self._positions.append(self._written + self._staged_bytes)
+        positions = self._positions
+        assert isinstance(positions, array)  # only a sealed segment's are a mapped view
+        positions.append(self._written + self._staged_bytes)
         self._staged.append(data)
         self._staged_bytes += len(data)
 
@@ -292,6 +294,7 @@ class Segment:
         self._staged_bytes = 0
 
     def _drop_staged(self) -> None:
+        assert isinstance(self._positions, array)  # not sealed: staged records exist
         del self._positions[len(self._positions) - len(self._staged) :]
         self._staged.clear()
         self._staged_bytes = 0
@@ -313,8 +316,7 @@ class Segment:
 
     def _release_positions(self) -> None:
         if self._mapping is not None:
-            self._positions.release()  # the mapping cannot close while viewed
-            self._mapping.close()
+            index.release(self._positions, self._mapping)
             self._mapping = None
 
     # -- reading ---------------------------------------------------------
@@ -375,6 +377,7 @@ class Segment:
 
 def _refusal(scan: ScanResult) -> str:
     """Why a scan's damage cannot be kept in place, for CorruptionError."""
+    assert scan.damage is not None  # asked only of a scan that stopped at damage
     if scan.damage is Damage.BAD_CRC:
         return (
             f"{scan.damage.value}, and the record after it does not decode either "

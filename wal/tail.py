@@ -43,9 +43,7 @@ class LogTail:
             os.close(self._fd)
             self._fd = -1
         if self._index is not None:
-            if self._index.mapping is not None:
-                self._index.positions.release()
-                self._index.mapping.close()
+            self._index.close()
             self._index = None
 
     def _list(self) -> list[tuple[int, str]]:
@@ -138,6 +136,7 @@ class LogTail:
 
     def _read_indexed(self, until: int) -> Iterator[tuple[int, bytes | None]]:
         """A sealed segment, at the positions its index gives: one pread per chunk."""
+        assert self._index is not None  # called only for a segment read through its index
         positions = self._index.positions
         size = os.fstat(self._fd).st_size
         first = self.offset - self._base
@@ -153,12 +152,14 @@ class LogTail:
         bounds.append(end - start)
         for s, e in itertools.pairwise(bounds):
             got = decode_at(buf, s)  # a record is valid only if it ends where the next starts
-            ok = type(got) is Decoded and got.end == e and not got.lost
-            if not ok:
+            payload = None
+            if type(got) is Decoded and got.end == e and not got.lost:
+                payload = buf[got.payload_start : e]
+            else:
                 self.damage_at = (self._path, start + s)
             self._pos = start + e
             self.offset += 1
-            yield self.offset - 1, buf[got.payload_start : e] if ok else None
+            yield self.offset - 1, payload
 
     def _read_scanned(self, until: int) -> Iterator[tuple[int, bytes | None]]:
         """A segment without an index (the newest): records walked by their headers."""

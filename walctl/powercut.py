@@ -177,7 +177,7 @@ def judge(verdict: CutVerdict, acked: dict[int, int], at: dict[int, int]) -> Non
     verdict.duplicated = sum(n - 1 for n in seen.values() if n > 1)
 
 
-def run_cuts(args: argparse.Namespace, data_dir: str, trace: str, progress) -> list[CutVerdict]:  # noqa: ANN001
+def run_cuts(args: argparse.Namespace, data_dir: str, trace: str, progress) -> list[CutVerdict]:
     """Replay the trace into the model, cut at the chosen points; walnode is
     started on each cut's directory, `args.jobs` at a time."""
     records = powerloss.read_trace(trace)
@@ -223,7 +223,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def build_report(args: argparse.Namespace, load: TracedLoad, exit_status, verdicts) -> dict:  # noqa: ANN001
+def build_report(args: argparse.Namespace, load: TracedLoad, exit_status, verdicts) -> dict:
     times = [v.restart_ms for v in verdicts if v.restart_ms is not None]
     report = {
         "mode": "power-loss",

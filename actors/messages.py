@@ -6,7 +6,7 @@ front -> writer (DEALER -> ROUTER), many requests per message:
         rid: the front's request id (int); op: an OP_* name; arg: per op:
         append: payload bytes;  read: offset;  scan: [from, max_entries];
         info/sync/segment_info: None;  segment_config: max_segment_bytes;
-        init: node_id
+        init: [node_id, node_ids]
 writer -> front, one message per group commit:
     [REPLIES, [[rid, code, fields], ...]]
         code 0: ok, `fields` are the reply's fields in protocol order;
@@ -20,8 +20,12 @@ front -> compactor: [REQUESTS, ...] as above, with ops
         wal_compact: offset
         fsync_benchmark: [entries, [strategy, ...]]
 compactor -> writer: [REQUESTS, ...] with ops wal_sync and
-        truncate_before: [offset, refusal]  (refusal: [22, fields] when no
-        snapshot covers offset; the writer answers it unless offset <= first)
+        truncate_before: [offset, refusal, whole_segments]
+            refusal: [22, fields] when no snapshot covers offset, else None
+                (the writer answers it unless offset <= first);
+            whole_segments: True for automatic retention (the offset moves
+                down to its segment's start, nothing is copied), False for
+                wal_compact (exactly below offset)
 writer -> compactor, after each commit that moved anything (dropped if the
 compactor is not keeping up; the next one says the same and more):
     [NOTICE, durable_next, bytes_appended]

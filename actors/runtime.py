@@ -8,7 +8,14 @@ import os
 import signal
 import sys
 
+from wal import faults
+
 PR_SET_PDEATHSIG = 1
+
+# A test's failpoints and file-system trace, when its environment asks for
+# them: installed in walnode's own processes (each imports this module
+# first), so that the wal library imported alone stays plain.
+faults.install_from_env()
 
 
 def setup_logging(role: str) -> logging.Logger:

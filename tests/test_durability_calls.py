@@ -27,7 +27,8 @@ from wal.index import load as load_index
 
 PRELUDE = """
 import json, os, sys
-from wal import DataDir, Log, record, repair, snapshot
+from wal import DataDir, Log, faults, record, repair, snapshot
+faults.install_from_env()  # as walnode's processes do at start (actors/runtime.py)
 from wal.errors import DiskFull
 from wal.fsutil import atomic_write, fsync_dir
 from wal.segment import segment_name

@@ -10,7 +10,10 @@ each point costs one comparison. The points are listed in docs/TESTING.md.
 disk or break it and then mend it. A failing write first writes one byte past half of
 its bytes and returns short, as a real disk filling up does.
 
-`WALNODE_FS_TRACE` turns on the file-system trace of wal/fstrace.py.
+`WALNODE_FS_TRACE` turns on the file-system trace of wal/fstrace.py. The
+trace and the I/O faults are installed by `install_from_env()`, which
+walnode's processes call at start (actors/runtime.py); importing `wal`
+alone patches nothing.
 """
 
 from __future__ import annotations
@@ -56,5 +59,9 @@ def install_io_faults(spec: str) -> None:
         setattr(os, call, _failing(call, getattr(os, call), getattr(errno, name), switch))
 
 
-fstrace.install_from_env()
-install_io_faults(os.environ.get("WALNODE_FAULT_IO", ""))
+def install_from_env() -> None:
+    """Patch `os` as the environment asks: the file-system trace
+    (wal/fstrace.py) and WALNODE_FAULT_IO. walnode's processes call it at
+    start (actors/runtime.py); importing the library never patches anything."""
+    fstrace.install_from_env()
+    install_io_faults(os.environ.get("WALNODE_FAULT_IO", ""))

@@ -389,8 +389,8 @@ class Log:
         return seg, offset - seg.base_offset
 
     def read(self, offset: int) -> Entry:
-        seg, index = self._locate(offset)
-        return _entry(offset, seg.read_range(index, 1)[0])
+        seg, nth = self._locate(offset)
+        return _entry(offset, seg.read_range(nth, 1)[0])
 
     def scan(self, from_offset: int, max_entries: int, max_bytes: int) -> list[Entry]:
         """Up to `max_entries` entries from `from_offset`, about `max_bytes` at most.
@@ -405,18 +405,18 @@ class Log:
         budget = max_bytes
         offset = from_offset
         while len(out) < max_entries and offset < self.next_offset:
-            seg, index = self._locate(offset)
+            seg, nth = self._locate(offset)
             count = 0
             while (
-                index + count < seg.entries
+                nth + count < seg.entries
                 and len(out) + count < max_entries
-                and (count == 0 and not out or seg.record_bytes(index + count) <= budget)
+                and (count == 0 and not out or seg.record_bytes(nth + count) <= budget)
             ):
-                budget -= seg.record_bytes(index + count)
+                budget -= seg.record_bytes(nth + count)
                 count += 1
             if count == 0:
                 break
-            for got in seg.read_range(index, count):
+            for got in seg.read_range(nth, count):
                 out.append(_entry(offset, got))
                 offset += 1
         return out

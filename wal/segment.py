@@ -321,9 +321,10 @@ class Segment:
 
     # -- reading ---------------------------------------------------------
 
-    def _span(self, index: int) -> tuple[int, int]:
-        start = self._positions[index]
-        end = self._positions[index + 1] if index + 1 < len(self._positions) else self.size
+    def _span(self, nth: int) -> tuple[int, int]:
+        """The byte range of the segment's `nth` entry (0 is its first)."""
+        start = self._positions[nth]
+        end = self._positions[nth + 1] if nth + 1 < len(self._positions) else self.size
         return start, end
 
     def read_range(self, first: int, count: int) -> list[ReadRecord]:
@@ -359,17 +360,17 @@ class Segment:
             self.flush()
         return os.pread(self.fd, length, start)
 
-    def positions_from(self, index: int, start: int) -> array:
-        """The index of entries from `index` on, as positions in a file that starts at `start`."""
-        return array("Q", (p - start for p in self._positions[index:]))
+    def positions_from(self, nth: int, start: int) -> array:
+        """The positions of the entries from the `nth` on, in a file that starts at `start`."""
+        return array("Q", (p - start for p in self._positions[nth:]))
 
-    def record_bytes(self, index: int) -> int:
-        start, end = self._span(index)
+    def record_bytes(self, nth: int) -> int:
+        start, end = self._span(nth)
         return end - start
 
-    def bytes_before(self, index: int) -> int:
-        """Record bytes of the entries before `index` in this segment."""
-        return self._positions[index] if index < len(self._positions) else self.size
+    def bytes_before(self, nth: int) -> int:
+        """Record bytes of the entries before `nth` in this segment."""
+        return self._positions[nth] if nth < len(self._positions) else self.size
 
     def file_size(self) -> int:
         return os.fstat(self.fd).st_size

@@ -1,4 +1,4 @@
-"""Replication of the log across replicas (issue #14): the foundation.
+"""Replication of the log across replicas: the foundation (not yet wired into the processes).
 
 A subpackage of `wal` so that its name cannot clash with any top-level name on PyPI
 (`cluster`, `replication` and `election` all exist there). Like the rest of `wal` it is a plain

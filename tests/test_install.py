@@ -158,7 +158,7 @@ def test_modules_named_supervisor_and_node_beside_it_change_nothing(venv, tmp_pa
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     for name in ("supervisor.py", "node.py"):
-        (foreign / name).write_text("raise ImportError('a foreign module, not walnode's')\n")
+        (foreign / name).write_text('raise ImportError("a foreign module, not walnode")\n')
     env = {**plain_env(venv), "PYTHONPATH": os.fspath(foreign)}
     replies = installed_session(venv, os.fspath(tmp_path), os.fspath(tmp_path / "data"), env)
     assert replies[1]["type"] == "init_ok" and replies[2]["offset"] == 0

@@ -257,6 +257,53 @@ promise(kept=len(repair.verify(wal)[0]) == 0)
     assert problems == [] and valid == 8 and lost == [1]
 
 
+def test_a_repair_cut_of_a_torn_tail_is_durable(tmp_path):
+    """A torn append that reached the disk: walctl repair cuts it, and after
+    a power cut it stays cut (the truncate is fsynced before repair returns)."""
+    disk, said = traced(
+        tmp_path,
+        """
+log, _ = Log.open(wal)
+fill(log, 0, 5)
+log.close()
+path = os.path.join(wal, segment_name(0))
+tear(path, record.encode(b"torn append")[0][:13])
+fd = os.open(path, os.O_RDONLY)
+os.fsync(fd)  # the torn bytes are on disk, as a writer killed mid-write may leave them
+os.close(fd)
+repair.apply(repair.plan(DataDir(root, create=False)))
+promise(clean=repair.verify(wal)[0] == [])
+""",
+    )
+    assert said == {"clean": True}
+    problems, valid = repair.verify(os.path.join(cut(tmp_path, disk), "wal"))
+    assert problems == [] and valid == 5
+
+
+def test_a_repair_that_recreates_a_missing_segment_is_durable(tmp_path):
+    """A middle segment deleted: walctl repair recreates it as lost-record
+    markers (every offset kept); after a power cut the new file is still
+    there (its directory entry was fsynced)."""
+    disk, said = traced(
+        tmp_path,
+        """
+log, _ = Log.open(wal, max_segment_bytes=64)
+fill(log, 0, 9)  # segments 0, 3 and 6
+log.close()
+for name in os.listdir(wal):
+    if name.startswith(segment_name(3)[:-4]):
+        os.remove(os.path.join(wal, name))  # the segment and its index
+fsync_dir(wal)
+repair.apply(repair.plan(DataDir(root, create=False)))
+promise(clean=repair.verify(wal)[0] == [])
+""",
+    )
+    assert said == {"clean": True}
+    lost: list[int] = []
+    problems, valid = repair.verify(os.path.join(cut(tmp_path, disk), "wal"), lost)
+    assert problems == [] and valid == 6 and lost == [3, 4, 5]
+
+
 def test_a_bad_crc_record_is_a_tear_only_at_the_very_end(tmp_path):
     """Rot in an acknowledged record followed by a torn append: no valid
     record follows the rotted one, but it does not end the file, so it is

@@ -8,6 +8,13 @@ docs/PROTOCOL.md for the messages.
 
 from __future__ import annotations
 
+from actors import startup
+
+# First, before the imports below (about 100 ms) open anything: fds 0-2
+# must be open, and a stop signal from now on stops walnode cleanly.
+startup.check_stdio()
+startup.record_stop_signals()
+
 import argparse
 import sys
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import messages as m
-from actors import metrics, rundir, sockets
+from actors import metrics, rundir, sockets, startup
 from actors.codes import Exit
 from actors.config import NodeConfig, process_argv
-from actors.runtime import STOP_SIGNALS, setup_logging
+from actors.runtime import setup_logging
 from wal import DataDir, DirectoryLocked, WalError
 
 log = setup_logging("supervisor")
@@ -156,7 +156,6 @@ class Supervisor:
         self.stopping = False  # shut the children down and exit
         self.exit_code = 0
         self.stop_timeout = config.supervisor.stop_timeout
-        self.signals = 0  # SIGTERM/SIGINT/SIGHUP received
         self.stop_mode: str | None = None  # the front's STOP: drain, then now
         self.stop_deadline = 0.0  # drain until then, then stop at once
         self.front_kill_at = 0.0  # a front stopping at once is killed after this
@@ -235,6 +234,12 @@ class Supervisor:
                 log.info("front finished (every request it read is answered); stopping")
             self.stopping = True
             return
+        if child.role == "front" and code == Exit.STDOUT_CLOSED:
+            # The front logged it: no reply can be written any more, so a new
+            # front would only fail again. Stop in order (the writer commits what
+            # it holds); the exit status stays what it was (0 unless stopped at once).
+            self.stopping = True
+            return
         if self.stopping:
             return
         log.error("%s (pid %d) %s", child.role, proc.pid, child.last_exit)
@@ -258,13 +263,15 @@ class Supervisor:
         child.restart_at = now + child.backoff
         child.backoff = min(max(child.backoff * 2, RESTART_BACKOFF_MIN), RESTART_BACKOFF_MAX)
 
+    @property
+    def signals(self) -> int:
+        """SIGTERM/SIGINT/SIGHUP received, from walnode's first moment (actors/startup.py)."""
+        return startup.stop_signals_received()
+
     def fail(self, why: str) -> None:
         log.critical("%s", why)
         self.exit_code = 1
         self.stopping = True
-
-    def on_signal(self, signum: int, _frame: object) -> None:
-        self.signals += 1
 
     def watch_stop(self, now: float) -> None:
         """The graceful stop: on the first signal the front reads no more
@@ -305,13 +312,12 @@ class Supervisor:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self.on_signal)
-        signal.set_wakeup_fd(wake_w)
+        signal.set_wakeup_fd(wake_w)  # the stop signals' handler is startup's, installed first
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
-        self.children[self.start_order[0]].start()
+        if self.signals == 0:  # else nothing starts: the loop's first pass stops
+            self.children[self.start_order[0]].start()
         next_ping = time.monotonic() + PING_EVERY
         while True:
             for child in self.children.values():
@@ -369,9 +375,25 @@ class Supervisor:
         return self.exit_code
 
 
+def stopped_before_start() -> bool:
+    """True (and logged) if a stop signal came before any process started:
+    nothing was read, so there is nothing to answer; walnode exits 0."""
+    if startup.stop_signals_received() == 0:
+        return False
+    log.info(
+        "stopping: %s came before any process started (nothing was read)",
+        startup.first_stop_signal(),
+    )
+    return True
+
+
 def run(config: NodeConfig) -> int:
     """Run one walnode: take the data directory, start the processes, stop
-    them at the end; the exit status (Exit)."""
+    them at the end; the exit status (Exit). A stop signal at any point,
+    from walnode's first moment (node.py), stops it cleanly."""
+    startup.record_stop_signals()  # node.py did, before its imports: this is for other callers
+    if stopped_before_start():
+        return Exit.OK
     run_dir = rundir.create()  # 0700: only this user can connect
     try:
         data_dir = lock_fd = None
@@ -390,6 +412,8 @@ def run(config: NodeConfig) -> int:
             except (WalError, OSError) as err:
                 log.error("cannot use data directory %s: %s", data_dir, err)
                 return Exit.USAGE
+        if stopped_before_start():
+            return Exit.OK
         sup = Supervisor(config, data_dir, run_dir, lock_fd)
         return sup.run()
     finally:

@@ -45,3 +45,6 @@ class Exit(IntEnum):
     LOCKED = 4  # another walnode holds the data directory
     IO = 5  # a write or fsync failed: restart and recover from the files
     CANNOT_LISTEN = 6  # --listen's address is not this host's or in use
+    # The front's: the reader of stdout closed it (EPIPE), so nothing more can
+    # be answered; the supervisor stops the node in order, no restart, exit 0.
+    STDOUT_CLOSED = 7

@@ -10,7 +10,8 @@ Replies go out through actors/output.py, whole lines only. One poller
 watches stdin, stdout and the sockets, so reading never blocks replies,
 and stdin is not read while the reader of stdout is behind. The
 supervisor's STOP ends it: drain (read no more, answer what was read) or
-now (answer what is in flight with its error).
+now (answer what is in flight with its error). A reader that closes
+stdout ends it too: it exits Exit.STDOUT_CLOSED, and the node stops.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from actors.codes import Code, Exit
 from actors.config import FrontConfig, add_process_flags
 from actors.front_state import FrontState
 from actors.inbox import Inbox, OverlongLine
-from actors.output import Output
+from actors.output import Output, StdoutClosed
 from actors.peers import ROUTES, Failure, Peers, Pending
 from actors.requests import (
     BadRequest,
@@ -352,6 +353,20 @@ class Front:
     # -- the loop ----------------------------------------------------------
 
     def run(self) -> int:
+        """Serve until end of input or the supervisor's STOP; the exit status."""
+        try:
+            return self.serve()
+        except StdoutClosed as err:
+            # Logged once, here: a successor would hit the same closed pipe.
+            log.warning(
+                "the reader of stdout closed it (%s): no reply can be written any more, so "
+                "the front reads no more input and walnode stops (what it read and did not "
+                "answer may or may not have happened; appends already fsynced stay in the log)",
+                err,
+            )
+            return Exit.STDOUT_CLOSED
+
+    def serve(self) -> int:
         self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
         self.peers.register(self.poller)
         self.poller.register(self.control, zmq.POLLIN)

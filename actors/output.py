@@ -21,6 +21,10 @@ terminal) takes every write at once.
 
 While more than HIGH_WATER bytes wait (the reader is slow), the front
 stops reading stdin: back-pressure, instead of an unbounded buffer.
+
+A reader that closes stdout (`walnode ... | head -n 3`) makes the next
+write fail with EPIPE: that is StdoutClosed, not a crash (actors/front.py
+stops; no successor could write either).
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ PAGE = 4096
 HIGH_WATER = 1 << 20  # queued reply bytes past which stdin is not read
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
+class StdoutClosed(Exception):
+    """The reader of stdout closed it: no reply can be written any more."""
 
 
 class Output:
@@ -118,7 +126,10 @@ class Output:
         for _, start in chunk:
             self.inbox.answered(start)
         self.inbox.sync_marks()  # the marks, then the lines: nothing runs between them
-        write_all(self.fd, data)
+        try:
+            write_all(self.fd, data)
+        except (BrokenPipeError, ConnectionResetError) as err:  # EPIPE; a socket's reset
+            raise StdoutClosed(str(err)) from err
 
     def _room(self) -> int:
         """Bytes the pipe surely takes without sleeping: whole free pages,

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from actors.startup import STOP_SIGNALS
 from wal import faults
 
 PR_SET_PDEATHSIG = 1
@@ -40,9 +41,6 @@ def die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:
         os._exit(1)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def ignore_stop_signals() -> None:

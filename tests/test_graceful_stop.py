@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -186,3 +188,46 @@ def test_a_second_signal_or_the_deadline_stops_at_once(tmp_path, how):
     assert sorted(errors) == list(range(10, 15))
     for body in errors.values():
         assert body["code"] == 13 and "stopped at once" in body["text"], body
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("lines_read", [0, 3])
+def test_a_reader_that_closes_stdout_stops_walnode_in_order(tmp_path, lines_read):
+    """`walnode < requests | head -n 3`: the front's next write meets EPIPE.
+    That is not a crash: one log line, no restart, no traceback; the writer
+    stops in order and walnode exits 0 (README, Stopping). Every append the
+    reader saw acknowledged is in the log."""
+    requests = tmp_path / "requests.jsonl"
+    with open(requests, "wb") as f:
+        f.write(INIT)
+        f.write(b"".join(append(i) for i in range(10, 50_010)))
+    with open(requests, "rb") as stdin:
+        proc = spawn(tmp_path, stdin)
+    try:
+        seen = [json.loads(proc.stdout.readline()) for _ in range(lines_read)]
+        proc.stdout.close()  # the reader goes away
+        closed_at = time.monotonic()
+        code = proc.wait(30)
+        took = time.monotonic() - closed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # the supervisor; its children die with it (PDEATHSIG)
+            proc.wait(10)
+    stderr = (tmp_path / "stderr").read_text()
+    assert code == 0, stderr[-3000:]
+    assert took < 10, f"walnode took {took:.1f} s to stop after its reader went away"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len(re.findall(r"reader of stdout closed it", stderr)) == 1, stderr[-3000:]
+    assert stderr.count("started front") == 1, "the front was restarted"
+    acked = [r["body"]["offset"] for r in seen if r["body"]["type"] == "wal_append_ok"]
+    assert len(acked) == max(0, lines_read - 1)  # the first reply is init_ok
+    log, _ = Log.open(os.fspath(tmp_path / "data" / "wal"), readonly=True)
+    try:
+        assert log.next_offset >= len(acked)
+        assert all(offset < log.next_offset for offset in acked), (acked, log.next_offset)
+        for offset in range(log.next_offset):  # appends are applied in input order
+            entry = log.read(offset)
+            expected = f"set k{offset + 10}={offset + 10}".encode()
+            assert entry.checksum_valid and entry.payload == expected, entry
+    finally:
+        log.close()

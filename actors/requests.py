@@ -8,6 +8,7 @@ a reply in the exact layout of PROTOCOL.md.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -524,24 +525,73 @@ class ReplyFormatter:
         return encoded
 
 
-# The envelope of a line too long to parse, as far as its first bytes name it.
-# A key cannot be mistaken inside a string, where quotes are escaped.
-_ENVELOPE_STR = {
-    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*("(?:[^"\\]|\\.)*")')
-    for name in ("src", "dest")
+# -- the envelope of a line too long to parse, as far as its first bytes say
+
+# where the envelope's fields are: keys from the top-level object down
+_ENVELOPE_PATHS = {
+    ("src",): "src",
+    ("dest",): "dest",
+    ("body",): "body",
+    ("body", "msg_id"): "msg_id",
 }
-_ENVELOPE_MSG_ID = re.compile(rb'"msg_id"\s*:\s*(-?\d{1,19})\s*[,}]')
 
 
-def overlong_envelope(head: bytes) -> tuple[Any, Any, int | None]:
-    """(client, node, msg_id) of an over-long line from its first bytes;
-    None for what they do not name."""
+def overlong_envelope(head: bytes) -> tuple[str | None, str | None, int | None]:
+    """(client, node, msg_id) of an over-long line from its first bytes: the
+    top-level "src" and "dest" and the body's own "msg_id", found by a JSON
+    scan of the head (nesting, strings and escapes as json reads them). None
+    for what the head does not say for sure: absent, not a string (an
+    integer), inside another object, or cut off by the head's end or a syntax
+    error. A key repeated after the head cannot be seen (json takes the last)."""
+    try:  # not final: a character cut at the head's end is held back, not refused
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return None, None, None  # not UTF-8, so not JSON: nothing in it is sure
     found: dict[str, Any] = {}
-    for name, pattern in _ENVELOPE_STR.items():
-        match = pattern.search(head)
-        try:
-            found[name] = json.loads(match.group(1)) if match else None
-        except ValueError:
-            found[name] = None
-    match = _ENVELOPE_MSG_ID.search(head)
-    return found["src"], found["dest"], int(match.group(1)) if match else None
+    try:
+        _scan_envelope(text, found)
+    except ValueError:
+        pass  # the head ends (or the line breaks) here: what was read before stands
+    src, dest, msg_id = found.get("src"), found.get("dest"), found.get("msg_id")
+    return (
+        src if isinstance(src, str) else None,
+        dest if isinstance(dest, str) else None,
+        msg_id if type(msg_id) is int else None,
+    )
+
+
+def _scan_envelope(text: str, found: dict[str, Any]) -> None:
+    """Read `text` as one JSON value, keeping only the values at
+    _ENVELOPE_PATHS (in `found`, by name); ValueError where it stops being JSON."""
+    stack: list[_Open] = []  # keep=False: nothing is built
+    pos = _skip_ws(text, 0)
+    while True:
+        name = _ENVELOPE_PATHS.get(tuple(o.key for o in stack)) if len(stack) <= 2 else None
+        if name == "body":
+            found.pop("msg_id", None)  # a later "body" replaces the earlier one
+        if text.startswith(("[", "{"), pos):
+            if name is not None:
+                found[name] = None  # an array or object: no id
+            stack.append(_Open(text[pos], pos, keep=False))
+            pos = _skip_ws(text, pos + 1)
+            if not text.startswith(stack[-1].closer, pos):
+                pos = _member_start(stack[-1], text, pos)
+                continue
+            stack.pop()
+            pos += 1
+        else:
+            value, pos = _scalar(text, pos)
+            if name is not None:  # a number that reaches the head's end may go on past it
+                found[name] = value if pos < len(text) else None
+        while stack:  # a value ended at pos: then ',' or its container's closer
+            top = stack[-1]
+            pos = _skip_ws(text, pos)
+            if text.startswith(",", pos):
+                pos = _member_start(top, text, _skip_ws(text, pos + 1))
+                break
+            if not text.startswith(top.closer, pos):
+                raise ValueError(f"expected ',' or {top.closer!r} at character {pos}")
+            stack.pop()
+            pos += 1
+        else:
+            return

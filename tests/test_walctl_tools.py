@@ -64,6 +64,37 @@ def test_dump_through_head_in_a_shell(tmp_path):
     assert len(run.stdout.splitlines()) == 1 and run.stderr == ""
 
 
+def test_dump_with_stdout_closed_exits_2_saying_so(tmp_path):
+    """`walctl dump DIR >&-` ended in AttributeError ('NoneType' has no
+    attribute 'write'), exit 1."""
+    data = os.fspath(tmp_path / "data")
+    make_log(data)
+    run = subprocess.run(
+        ["bash", "-c", f"{' '.join(WALCTL)} dump {data} >&-"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == "walctl dump: stdout is closed; run it with stdout open\n"
+
+
+def test_dump_from_a_negative_or_non_ascii_offset_exits_2(tmp_path):
+    data = os.fspath(tmp_path / "data")
+    make_log(data)
+    for offset in ["-5", "\u0661"]:  # -5 was accepted silently, Arabic-Indic 1 read as 1
+        run = subprocess.run(
+            [*WALCTL, "dump", data, "--from", offset],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode == 2 and run.stdout == "", (offset, run.stdout[:200])
+        assert f"argument --from: must be an offset, an integer >= 0, got {offset!r}" in run.stderr
+
+
 def test_offline_commands_do_not_load_the_tools():
     """walctl info/dump/verify need neither crashtest nor bench (nor tqdm,
     matplotlib): those load only when their command runs."""

@@ -931,7 +931,9 @@ def test_parse_nested_reads_what_json_reads(doc: Any, ascii_only: bool, data: An
             parse_nested(text)
         return
     got = parse_nested(text)
-    if "1e400" in text:  # json reads inf, the front keeps the text
+    # json reads a number past a float's range (1e400, or 1309 damaged to 1e309)
+    # as inf, where the front keeps the text; a string "Infinity" is skipped too
+    if "Infinity" in json.dumps(expected):
         return
     assert got == expected and json.dumps(got) == json.dumps(expected)
 

@@ -269,6 +269,27 @@ def _close(stack: list[_Open], text: str, pos: int) -> tuple[Any, int]:
     return Unreadable(text[done.start : end], TOO_DEEP), end
 
 
+def _open(stack: list[_Open], text: str, pos: int, keep: bool) -> tuple[int, bool]:
+    """Push the array or object that starts at `pos`: (where its first value
+    starts, True), or (where its closer is, False) when it is empty."""
+    stack.append(_Open(text[pos], pos, keep))
+    pos = _skip_ws(text, pos + 1)
+    if text.startswith(stack[-1].closer, pos):
+        return pos, False
+    return _member_start(stack[-1], text, pos), True
+
+
+def _after_value(top: _Open, text: str, pos: int) -> tuple[int, bool]:
+    """A value in `top` ended at `pos`: (where the next one starts, True)
+    after a ',', or (where top's closer is, False)."""
+    pos = _skip_ws(text, pos)
+    if text.startswith(",", pos):
+        return _member_start(top, text, _skip_ws(text, pos + 1)), True
+    if not text.startswith(top.closer, pos):
+        raise ValueError(f"expected ',' or {top.closer!r} at character {pos}")
+    return pos, False
+
+
 def parse_nested(text: str) -> Any:
     """json.loads(text) as _STRICT_JSON_BIG_INTS reads it, for any depth: a
     loop with a stack instead of recursion. Arrays and objects nested deeper
@@ -277,24 +298,18 @@ def parse_nested(text: str) -> Any:
     pos = _skip_ws(text, 0)
     while True:
         if text.startswith(("[", "{"), pos):
-            stack.append(_Open(text[pos], pos, keep=len(stack) < MAX_DEPTH))
-            pos = _skip_ws(text, pos + 1)
-            if not text.startswith(stack[-1].closer, pos):
-                pos = _member_start(stack[-1], text, pos)
+            pos, filled = _open(stack, text, pos, keep=len(stack) < MAX_DEPTH)
+            if filled:
                 continue
             value, pos = _close(stack, text, pos)
         else:
             value, pos = _scalar(text, pos)
         # a value ended at pos: it joins its container; then ',' or the closer
         while stack:
-            top = stack[-1]
-            top.add(value)
-            pos = _skip_ws(text, pos)
-            if text.startswith(",", pos):
-                pos = _member_start(top, text, _skip_ws(text, pos + 1))
+            stack[-1].add(value)
+            pos, more = _after_value(stack[-1], text, pos)
+            if more:
                 break
-            if not text.startswith(top.closer, pos):
-                raise ValueError(f"expected ',' or {top.closer!r} at character {pos}")
             value, pos = _close(stack, text, pos)
         else:
             if _skip_ws(text, pos) != len(text):
@@ -528,7 +543,7 @@ class ReplyFormatter:
 # -- the envelope of a line too long to parse, as far as its first bytes say
 
 # where the envelope's fields are: keys from the top-level object down
-_ENVELOPE_PATHS = {
+_ENVELOPE_PATHS: dict[tuple[str | None, ...], str] = {
     ("src",): "src",
     ("dest",): "dest",
     ("body",): "body",
@@ -563,7 +578,7 @@ def overlong_envelope(head: bytes) -> tuple[str | None, str | None, int | None]:
 def _scan_envelope(text: str, found: dict[str, Any]) -> None:
     """Read `text` as one JSON value, keeping only the values at
     _ENVELOPE_PATHS (in `found`, by name); ValueError where it stops being JSON."""
-    stack: list[_Open] = []  # keep=False: nothing is built
+    stack: list[_Open] = []  # keep=False: no value is built
     pos = _skip_ws(text, 0)
     while True:
         name = _ENVELOPE_PATHS.get(tuple(o.key for o in stack)) if len(stack) <= 2 else None
@@ -572,10 +587,8 @@ def _scan_envelope(text: str, found: dict[str, Any]) -> None:
         if text.startswith(("[", "{"), pos):
             if name is not None:
                 found[name] = None  # an array or object: no id
-            stack.append(_Open(text[pos], pos, keep=False))
-            pos = _skip_ws(text, pos + 1)
-            if not text.startswith(stack[-1].closer, pos):
-                pos = _member_start(stack[-1], text, pos)
+            pos, filled = _open(stack, text, pos, keep=False)
+            if filled:
                 continue
             stack.pop()
             pos += 1
@@ -584,13 +597,9 @@ def _scan_envelope(text: str, found: dict[str, Any]) -> None:
             if name is not None:  # a number that reaches the head's end may go on past it
                 found[name] = value if pos < len(text) else None
         while stack:  # a value ended at pos: then ',' or its container's closer
-            top = stack[-1]
-            pos = _skip_ws(text, pos)
-            if text.startswith(",", pos):
-                pos = _member_start(top, text, _skip_ws(text, pos + 1))
+            pos, more = _after_value(stack[-1], text, pos)
+            if more:
                 break
-            if not text.startswith(top.closer, pos):
-                raise ValueError(f"expected ',' or {top.closer!r} at character {pos}")
             stack.pop()
             pos += 1
         else:

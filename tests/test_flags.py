@@ -120,3 +120,14 @@ def test_a_child_reads_back_the_configuration_its_argv_gives(config):
     parser = argparse.ArgumentParser()
     type(config).add_flags(parser)
     assert type(config).from_args(parser.parse_args(config.argv())) == config
+
+
+def test_a_port_in_another_script_s_digits_stops_walnode_at_start(node_factory):
+    """tcp://127.0.0.1:٩٤٦٤ passed the \\d+ check, then the front crash-looped
+    on zmq's EINVAL until the supervisor gave up."""
+    node = node_factory(
+        "--roles", "front", "--connect", "tcp://127.0.0.1:\u0669\u0664", "--insecure"
+    )
+    assert node.proc.wait(10) == Exit.USAGE
+    node.close()
+    assert "expected tcp://HOST:PORT" in node.stderr_text() and node.raw == []

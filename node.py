@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import supervisor
+if __package__:  # installed, as walnode_entry.node (pyproject.toml says why)
+    from walnode_entry import supervisor
+else:  # a checkout: python node.py
+    import supervisor
 from actors import metrics, sockets
 from actors.config import (
     ROLE_CONFIGS,

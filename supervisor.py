@@ -48,12 +48,13 @@ FATAL_EXITS = {
 # who is told when a role goes down or comes back
 DEPENDENTS = {"writer": ("front", "compactor"), "compactor": ("front",), "front": ()}
 
-# Children run as `python -m actors.<role>`: make the package importable
-# whether walnode is installed or run from a checkout.
-_HERE = os.path.dirname(os.path.abspath(__file__))
+# Children run as `python -m actors.<role>`: from a checkout its root goes on
+# their path; an installed walnode (walnode_entry.supervisor) has actors in
+# site-packages already.
+_CHECKOUT = None if __package__ else os.path.dirname(os.path.abspath(__file__))
 CHILD_ENV = {
     **os.environ,
-    "PYTHONPATH": os.pathsep.join(filter(None, [_HERE, os.environ.get("PYTHONPATH")])),
+    "PYTHONPATH": os.pathsep.join(filter(None, [_CHECKOUT, os.environ.get("PYTHONPATH")])),
 }
 
 RESTART_BACKOFF_MIN = 0.02  # the second restart in a row waits this long (the first: none)

@@ -4,8 +4,8 @@ The test builds a wheel from a copy of the tracked tree, installs it into
 a fresh venv (python -m venv, then pip with the local wheel; walnode's
 dependencies come from pip's usual index and cache), and checks that:
 
-- the installed top-level names are walnode's own files (no bench,
-  crashtest, tests), and no installed module imports `tests`;
+- the installed top-level names are walnode's own packages (no bench,
+  crashtest, supervisor, node, tests), and no installed module imports `tests`;
 - the installed `walnode` command, run from a directory that is not the
   repository, answers a scripted session (init, append, read, info) and
   exits 0 at end of input; `walctl info` reads what it wrote;
@@ -29,7 +29,7 @@ import pytest
 
 from tests.nodeproc import REPO
 
-OWN_TOP_LEVEL = {"walnode", "wal", "actors", "walctl", "node.py", "supervisor.py"}
+OWN_TOP_LEVEL = {"walnode", "walnode_entry", "wal", "actors", "walctl"}
 SESSION = [
     {"type": "init", "msg_id": 1, "node_id": "n1", "node_ids": ["n1"]},
     {"type": "wal_append", "msg_id": 2, "payload": "set x=42"},
@@ -98,29 +98,39 @@ def test_installed_top_level_names_are_walnodes_own(venv):
                 assert not IMPORTS_TESTS.search(f.read()), f"{name} imports tests"
 
 
-@pytest.mark.install
-@pytest.mark.timeout(180)
-def test_the_installed_walnode_answers_a_session_from_another_directory(venv, tmp_path):
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    data = os.fspath(tmp_path / "data")
+def installed_session(venv: dict[str, str], cwd: str, data: str, env: dict) -> dict[int, dict]:
+    """SESSION through the installed `walnode`; its replies by in_reply_to."""
     lines = "".join(json.dumps({"src": "c1", "dest": "n1", "body": b}) + "\n" for b in SESSION)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PATH"] = venv["bin"] + os.pathsep + env.get("PATH", "")
     done = subprocess.run(
         [os.path.join(venv["bin"], "walnode"), "--data-dir", data],
         input=lines,
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=elsewhere,
+        cwd=cwd,
         env=env,
     )
     assert done.returncode == 0, done.stderr
-    replies = {
+    return {
         json.loads(ln)["body"]["in_reply_to"]: json.loads(ln)["body"]
         for ln in done.stdout.splitlines()
     }
+
+
+def plain_env(venv: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = venv["bin"] + os.pathsep + env.get("PATH", "")
+    return env
+
+
+@pytest.mark.install
+@pytest.mark.timeout(180)
+def test_the_installed_walnode_answers_a_session_from_another_directory(venv, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = os.fspath(tmp_path / "data")
+    env = plain_env(venv)
+    replies = installed_session(venv, os.fspath(elsewhere), data, env)
     assert replies[1]["type"] == "init_ok"
     assert (replies[2]["type"], replies[2]["offset"], replies[2]["length"]) == (
         "wal_append_ok",
@@ -138,3 +148,17 @@ def test_the_installed_walnode_answers_a_session_from_another_directory(venv, tm
     )
     client = run([os.path.join(venv["bin"], "python"), "-c", script], cwd=elsewhere, env=env)
     assert client.stdout.split() == ["set", "x=42", "1"]
+
+
+@pytest.mark.install
+@pytest.mark.timeout(180)
+def test_modules_named_supervisor_and_node_beside_it_change_nothing(venv, tmp_path):
+    """Another distribution's top-level `supervisor` or `node` (PyPI has both)
+    on the path ahead of walnode's: the installed walnode does not import them."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("supervisor.py", "node.py"):
+        (foreign / name).write_text('raise ImportError("a foreign module, not walnode")\n')
+    env = {**plain_env(venv), "PYTHONPATH": os.fspath(foreign)}
+    replies = installed_session(venv, os.fspath(tmp_path), os.fspath(tmp_path / "data"), env)
+    assert replies[1]["type"] == "init_ok" and replies[2]["offset"] == 0

@@ -27,6 +27,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 MAX_PAYLOAD_BYTES = 64 * MiB  # a record's payload, escaped as JSON, must fit a line
 MAX_SECONDS = 24 * 3600.0
+# --fsync interval:MSms: at least every millisecond, at most an hour apart (a
+# longer wait is `never` in all but name; an unbounded one overflows the poll)
+FSYNC_INTERVAL_MS = (1, 3_600_000)
 # A payload within --max-payload-bytes fits a request line this long whatever
 # its JSON escaping (\u0000 is 6 bytes for 1), with room for the envelope.
 LINE_ENVELOPE_BYTES = 64 << 10
@@ -43,10 +46,14 @@ class FsyncPolicy:
     def parse(cls, text: str) -> FsyncPolicy:
         if text == "always" or text == "never":
             return cls(text)
-        match = re.fullmatch(r"interval:(\d+)ms", text)
-        if match and int(match.group(1)) > 0:
+        low, high = FSYNC_INTERVAL_MS
+        match = re.fullmatch(r"interval:([0-9]+)ms", text)  # ASCII digits only, as \d is not
+        if match and low <= int(match.group(1)) <= high:
             return cls(text, int(match.group(1)) / 1000)
-        raise ValueError(f"--fsync must be always, never or interval:MSms (got {text!r})")
+        raise ValueError(
+            f"--fsync must be always, never or interval:MSms with MS between {low} and {high} "
+            f"(1 ms to an hour), got {text!r}"
+        )
 
     def __str__(self) -> str:
         return self.name
@@ -73,6 +80,8 @@ def _number(kind: type, flag: str, spec: Flag) -> typing.Callable[[str], Any]:
 
     def parse(text: str) -> Any:
         try:
+            if not text.isascii():  # int() and float() read any script's digits: "٦٤" is 64
+                raise ValueError(text)
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(

@@ -8,6 +8,7 @@ a reply in the exact layout of PROTOCOL.md.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -268,6 +269,27 @@ def _close(stack: list[_Open], text: str, pos: int) -> tuple[Any, int]:
     return Unreadable(text[done.start : end], TOO_DEEP), end
 
 
+def _open(stack: list[_Open], text: str, pos: int, keep: bool) -> tuple[int, bool]:
+    """Push the array or object that starts at `pos`: (where its first value
+    starts, True), or (where its closer is, False) when it is empty."""
+    stack.append(_Open(text[pos], pos, keep))
+    pos = _skip_ws(text, pos + 1)
+    if text.startswith(stack[-1].closer, pos):
+        return pos, False
+    return _member_start(stack[-1], text, pos), True
+
+
+def _after_value(top: _Open, text: str, pos: int) -> tuple[int, bool]:
+    """A value in `top` ended at `pos`: (where the next one starts, True)
+    after a ',', or (where top's closer is, False)."""
+    pos = _skip_ws(text, pos)
+    if text.startswith(",", pos):
+        return _member_start(top, text, _skip_ws(text, pos + 1)), True
+    if not text.startswith(top.closer, pos):
+        raise ValueError(f"expected ',' or {top.closer!r} at character {pos}")
+    return pos, False
+
+
 def parse_nested(text: str) -> Any:
     """json.loads(text) as _STRICT_JSON_BIG_INTS reads it, for any depth: a
     loop with a stack instead of recursion. Arrays and objects nested deeper
@@ -276,24 +298,18 @@ def parse_nested(text: str) -> Any:
     pos = _skip_ws(text, 0)
     while True:
         if text.startswith(("[", "{"), pos):
-            stack.append(_Open(text[pos], pos, keep=len(stack) < MAX_DEPTH))
-            pos = _skip_ws(text, pos + 1)
-            if not text.startswith(stack[-1].closer, pos):
-                pos = _member_start(stack[-1], text, pos)
+            pos, filled = _open(stack, text, pos, keep=len(stack) < MAX_DEPTH)
+            if filled:
                 continue
             value, pos = _close(stack, text, pos)
         else:
             value, pos = _scalar(text, pos)
         # a value ended at pos: it joins its container; then ',' or the closer
         while stack:
-            top = stack[-1]
-            top.add(value)
-            pos = _skip_ws(text, pos)
-            if text.startswith(",", pos):
-                pos = _member_start(top, text, _skip_ws(text, pos + 1))
+            stack[-1].add(value)
+            pos, more = _after_value(stack[-1], text, pos)
+            if more:
                 break
-            if not text.startswith(top.closer, pos):
-                raise ValueError(f"expected ',' or {top.closer!r} at character {pos}")
             value, pos = _close(stack, text, pos)
         else:
             if _skip_ws(text, pos) != len(text):
@@ -524,24 +540,67 @@ class ReplyFormatter:
         return encoded
 
 
-# The envelope of a line too long to parse, as far as its first bytes name it.
-# A key cannot be mistaken inside a string, where quotes are escaped.
-_ENVELOPE_STR = {
-    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*("(?:[^"\\]|\\.)*")')
-    for name in ("src", "dest")
+# -- the envelope of a line too long to parse, as far as its first bytes say
+
+# where the envelope's fields are: keys from the top-level object down
+_ENVELOPE_PATHS: dict[tuple[str | None, ...], str] = {
+    ("src",): "src",
+    ("dest",): "dest",
+    ("body",): "body",
+    ("body", "msg_id"): "msg_id",
 }
-_ENVELOPE_MSG_ID = re.compile(rb'"msg_id"\s*:\s*(-?\d{1,19})\s*[,}]')
 
 
-def overlong_envelope(head: bytes) -> tuple[Any, Any, int | None]:
-    """(client, node, msg_id) of an over-long line from its first bytes;
-    None for what they do not name."""
+def overlong_envelope(head: bytes) -> tuple[str | None, str | None, int | None]:
+    """(client, node, msg_id) of an over-long line from its first bytes: the
+    top-level "src" and "dest" and the body's own "msg_id", found by a JSON
+    scan of the head (nesting, strings and escapes as json reads them). None
+    for what the head does not say for sure: absent, not a string (an
+    integer), inside another object, or cut off by the head's end or a syntax
+    error. A key repeated after the head cannot be seen (json takes the last)."""
+    try:  # not final: a character cut at the head's end is held back, not refused
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return None, None, None  # not UTF-8, so not JSON: nothing in it is sure
     found: dict[str, Any] = {}
-    for name, pattern in _ENVELOPE_STR.items():
-        match = pattern.search(head)
-        try:
-            found[name] = json.loads(match.group(1)) if match else None
-        except ValueError:
-            found[name] = None
-    match = _ENVELOPE_MSG_ID.search(head)
-    return found["src"], found["dest"], int(match.group(1)) if match else None
+    try:
+        _scan_envelope(text, found)
+    except ValueError:
+        pass  # the head ends (or the line breaks) here: what was read before stands
+    src, dest, msg_id = found.get("src"), found.get("dest"), found.get("msg_id")
+    return (
+        src if isinstance(src, str) else None,
+        dest if isinstance(dest, str) else None,
+        msg_id if type(msg_id) is int else None,
+    )
+
+
+def _scan_envelope(text: str, found: dict[str, Any]) -> None:
+    """Read `text` as one JSON value, keeping only the values at
+    _ENVELOPE_PATHS (in `found`, by name); ValueError where it stops being JSON."""
+    stack: list[_Open] = []  # keep=False: no value is built
+    pos = _skip_ws(text, 0)
+    while True:
+        name = _ENVELOPE_PATHS.get(tuple(o.key for o in stack)) if len(stack) <= 2 else None
+        if name == "body":
+            found.pop("msg_id", None)  # a later "body" replaces the earlier one
+        if text.startswith(("[", "{"), pos):
+            if name is not None:
+                found[name] = None  # an array or object: no id
+            pos, filled = _open(stack, text, pos, keep=False)
+            if filled:
+                continue
+            stack.pop()
+            pos += 1
+        else:
+            value, pos = _scalar(text, pos)
+            if name is not None:  # a number that reaches the head's end may go on past it
+                found[name] = value if pos < len(text) else None
+        while stack:  # a value ended at pos: then ',' or its container's closer
+            pos, more = _after_value(stack[-1], text, pos)
+            if more:
+                break
+            stack.pop()
+            pos += 1
+        else:
+            return

@@ -70,7 +70,7 @@ def remote_from(endpoint: str | None, args: argparse.Namespace) -> Remote | None
 
 def parse_tcp(endpoint: str) -> tuple[str, int]:
     """("HOST", PORT) of tcp://HOST:PORT; ValueError with what to write otherwise."""
-    m = re.fullmatch(r"tcp://(.+):(\d+)", endpoint)
+    m = re.fullmatch(r"tcp://(.+):([0-9]+)", endpoint)  # ASCII digits: \d takes any script
     if not m or not 0 < int(m.group(2)) < 65535:
         raise ValueError(f"expected tcp://HOST:PORT (PORT and PORT+1 are used), got {endpoint!r}")
     return m.group(1), int(m.group(2))

@@ -18,7 +18,7 @@ import pytest
 
 from actors.codes import Code
 from tests.nodeproc import wait_until
-from walnode import Appended, Client, WalnodeError
+from walnode import Appended, Client, WalnodeError, WalnodeExited
 from walnode.procfs import pid_alive
 
 
@@ -118,3 +118,31 @@ def test_the_context_manager_ends_walnode_cleanly(tmp_path):
     with Client.spawn(data_dir=tmp_path / "data") as again:  # the same directory, reopened
         assert again.read(0).payload == "set y=2"
         assert again.info().fsync_policy == "always"
+
+
+def test_a_walnode_that_exits_at_start_is_a_definite_error_with_its_reason(tmp_path):
+    """A bad flag or a locked directory: walnode exits 2 before init; spawn
+    raised 13 ("may or may not have happened", "exit status None") without
+    walnode's message. Now: 11, definite, the exit status and the log's end."""
+    with pytest.raises(WalnodeExited) as err:
+        Client.spawn(data_dir=tmp_path / "a", args=["--max-segment-bytes", "10"])
+    assert err.value.code == Code.TEMPORARILY_UNAVAILABLE and err.value.definite
+    assert err.value.exit_status == 2 and err.value.reply is None
+    assert "argument --max-segment-bytes: must be between 64 and 1073741824" in err.value.text
+    with Client.spawn(data_dir=tmp_path / "b") as holder:
+        with pytest.raises(WalnodeExited) as err:
+            Client.spawn(data_dir=tmp_path / "b")
+        assert err.value.exit_status == 2 and err.value.definite
+        assert f"is in use by walnode supervisor pid {holder.pid}" in err.value.stderr_tail
+        assert holder.append("still served").offset == 0
+
+
+def test_a_payload_with_a_lone_surrogate_is_error_12_and_nothing_is_sent(tmp_path):
+    with Client.spawn(data_dir=tmp_path / "data") as c:
+        for call in (lambda: c.append("a\ud800"), lambda: c.append_async("\udfff")):
+            with pytest.raises(WalnodeError) as err:
+                call()
+            assert err.value.code == Code.MALFORMED_REQUEST and err.value.definite
+            assert "payload is not valid UTF-8 text: it holds a lone surrogate" in err.value.text
+        assert c.append("after").offset == 0  # nothing reached walnode
+        assert c.info().entries == 1 and c.unmatched == []

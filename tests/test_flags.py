@@ -33,10 +33,14 @@ OUT_OF_RANGE = [
     ("--max-restarts", "-1", "at least 0"),
     ("--restart-window", "0", "between 0.01 and 86400.0"),
     ("--snapshot-every", "1.5", "must be an integer at least 1"),
+    # digits of another script are not read as numbers (int("٦٤") is 64)
+    ("--max-segment-bytes", "\u0666\u0664", "must be an integer between 64 and 1073741824"),
+    ("--keep-entries", "\u0661", "must be an integer at least 0"),
+    ("--request-timeout", "\u0661", "must be a number between 0.01 and 86400.0"),
 ]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_a_flag_out_of_range_stops_walnode_before_it_answers(node_factory):
     for flag, value, range_text in OUT_OF_RANGE:
         node = node_factory(flag, value)
@@ -53,9 +57,35 @@ def test_a_flag_out_of_range_stops_walnode_before_it_answers(node_factory):
 
 
 def test_the_edges_of_a_range_are_allowed(node_factory):
-    node = node_factory("--max-segment-bytes", "64", "--request-timeout", "0.01")
+    node = node_factory(
+        "--max-segment-bytes", "64", "--request-timeout", "0.01", "--fsync", "interval:3600000ms"
+    )
     assert node.init()["type"] == "init_ok"
     assert node.call({"type": "wal_segment_info"})["type"] == "wal_segment_info_ok"
+    assert node.call({"type": "wal_append", "payload": "a"})["type"] == "wal_append_ok"
+
+
+@pytest.mark.timeout(60)
+def test_an_fsync_interval_outside_1_ms_to_an_hour_stops_walnode(node_factory):
+    """An unbounded interval was accepted and the writer crash-looped on an
+    OverflowError in its poll; 0 and non-ASCII digits are refused too."""
+    for value in [
+        "interval:99999999999999999999ms",
+        "interval:3600001ms",
+        "interval:0ms",
+        "interval:\u0667ms",
+    ]:
+        node = node_factory("--fsync", value)
+        try:
+            node.send({"type": "init", "node_id": "n1", "node_ids": ["n1"]})
+        except BrokenPipeError:
+            pass  # it already exited
+        assert node.proc.wait(10) == Exit.USAGE, value
+        node.close()
+        assert node.raw == [], (value, node.raw)
+        err = node.stderr_text()
+        assert "argument --fsync:" in err and "MS between 1 and 3600000 (1 ms to an hour)" in err
+        assert "started" not in err, err
 
 
 def test_init_without_a_usable_node_id_is_error_12(node_factory):
@@ -90,3 +120,14 @@ def test_a_child_reads_back_the_configuration_its_argv_gives(config):
     parser = argparse.ArgumentParser()
     type(config).add_flags(parser)
     assert type(config).from_args(parser.parse_args(config.argv())) == config
+
+
+def test_a_port_in_another_script_s_digits_stops_walnode_at_start(node_factory):
+    """tcp://127.0.0.1:٩٤٦٤ passed the \\d+ check, then the front crash-looped
+    on zmq's EINVAL until the supervisor gave up."""
+    node = node_factory(
+        "--roles", "front", "--connect", "tcp://127.0.0.1:\u0669\u0664", "--insecure"
+    )
+    assert node.proc.wait(10) == Exit.USAGE
+    node.close()
+    assert "expected tcp://HOST:PORT" in node.stderr_text() and node.raw == []

@@ -148,6 +148,63 @@ def test_a_64_mib_line_is_refused_as_it_streams_and_delays_no_one(tmp_path):
     assert "name no msg_id" in (tmp_path / "stderr").read_text()
 
 
+# over-long lines whose head holds decoys: a msg_id nested deeper, a key that
+# holds "msg_id" behind an escaped quote, a "src" inside another object;
+# (line, msg_id the reply must answer, the reply's dest, msg_ids it must not)
+PAD = "a" * 20_000  # over --max-line-bytes 4096 below
+DECOY_LINES = [
+    (
+        '{"src":"c","dest":"n1","body":{"type":"wal_append","meta":{"msg_id":999},'
+        f'"msg_id":7,"payload":"{PAD}"}}}}',
+        7,
+        "c",
+        [999],
+    ),
+    (
+        '{"src":"c","dest":"n1","body":{"type":"wal_append","a\\"msg_id":5,'
+        f'"msg_id":11,"payload":"{PAD}"}}}}',
+        11,
+        "c",
+        [5],
+    ),
+    (
+        '{"x":{"src":"evil","dest":"evil"},"src":"c2","dest":"n1","body":{"type":"wal_append",'
+        f'"msg_id":12,"payload":"{PAD}"}}}}',
+        12,
+        "c2",
+        [],
+    ),
+]
+
+
+@pytest.mark.timeout(60)
+def test_an_over_long_line_is_answered_by_its_own_envelope_not_a_decoy(tmp_path):
+    """An over-long line's src and msg_id are the envelope's (top-level src,
+    the body's msg_id), read by a JSON scan of its head; the old regex took
+    the first "msg_id" or "src" anywhere in it and answered 999, 5 and evil."""
+    proc = spawn(tmp_path, "--max-line-bytes", "4096")
+    try:
+        reader = StdoutReader(proc.stdout)
+        start(proc, reader)
+        for line, _, _, _ in DECOY_LINES:
+            assert json.loads(line)  # each is one valid JSON request
+            proc.stdin.write(line.encode() + b"\n")
+        proc.stdin.write(request_line({"type": "wal_append", "msg_id": 20, "payload": "after"}))
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+        reader.join(10)
+    finally:
+        reap(proc)
+    replies = {r["body"].get("in_reply_to"): r for r in reader.replies()}
+    for _, msg_id, dest, decoys in DECOY_LINES:
+        reply = replies[msg_id]
+        assert reply["dest"] == dest and reply["body"]["code"] == 12, reply
+        assert "--max-line-bytes" in reply["body"]["text"], reply
+        assert not set(decoys) & set(replies), (decoys, replies)
+    assert replies[20]["body"]["type"] == "wal_append_ok"
+    assert sorted(replies) == [1, 2, 7, 11, 12, 20]
+
+
 @pytest.mark.timeout(120)
 def test_a_kv_get_behind_a_stalled_compactor_costs_no_inbox_rewrites(tmp_path):
     """A kv_get stays open while the compactor is stopped; 60,000 appends

@@ -49,19 +49,43 @@ def test_dump_into_a_pipe_closed_after_one_line_prints_it_and_exits_0(tmp_path):
     assert stderr == ""
 
 
-def test_dump_through_head_in_a_shell(tmp_path):
-    data = os.fspath(tmp_path / "data")
-    make_log(data)
-    walctl = " ".join(WALCTL)
-    run = subprocess.run(
-        ["bash", "-c", f"set -o pipefail; {walctl} dump {data} | head -n 1"],
+def in_shell(command: str) -> subprocess.CompletedProcess:
+    """`command` run by bash, where $WALCTL is this checkout's walctl."""
+    return subprocess.run(
+        ["bash", "-c", command],
+        env={**os.environ, "WALCTL": " ".join(WALCTL)},
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_dump_through_head_in_a_shell(tmp_path):
+    data = os.fspath(tmp_path / "data")
+    make_log(data)
+    run = in_shell(f"set -o pipefail; $WALCTL dump {data} | head -n 1")
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.splitlines()) == 1 and run.stderr == ""
+
+
+def test_dump_with_stdout_closed_exits_2_saying_so(tmp_path):
+    """`walctl dump DIR >&-` ended in AttributeError ('NoneType' has no
+    attribute 'write'), exit 1."""
+    data = os.fspath(tmp_path / "data")
+    make_log(data)
+    run = in_shell(f"$WALCTL dump {data} >&-")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == "walctl dump: stdout is closed; run it with stdout open\n"
+
+
+def test_dump_from_a_negative_or_non_ascii_offset_exits_2(tmp_path):
+    data = os.fspath(tmp_path / "data")
+    make_log(data)
+    for offset in ["-5", "\u0661"]:  # -5 was accepted silently, Arabic-Indic 1 read as 1
+        run = in_shell(f"$WALCTL dump {data} --from {offset}")
+        assert run.returncode == 2 and run.stdout == "", (offset, run.stdout[:200])
+        assert f"argument --from: must be an offset, an integer >= 0, got {offset!r}" in run.stderr
 
 
 def test_offline_commands_do_not_load_the_tools():

@@ -70,6 +70,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offset(text: str) -> int:
+    """argparse's type= for an offset: an integer >= 0 in ASCII digits."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be an offset, an integer >= 0, got {text!r}")
+    return int(text)
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     _, log, _, _ = open_readonly(args.dir)
     try:
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     info.set_defaults(func=cmd_info)
     dump = sub.add_parser("dump", help="print entries as JSON lines")
     dump.add_argument("dir")
-    dump.add_argument("--from", dest="from_offset", type=int, default=0, metavar="OFFSET")
+    dump.add_argument("--from", dest="from_offset", type=_offset, default=0, metavar="OFFSET")
     dump.set_defaults(func=cmd_dump)
     verify = sub.add_parser("verify", help="check every record; exit 3 if any is corrupt")
     verify.add_argument("dir")
@@ -201,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             tool.add_arguments(tool_parser)
             tool_parser.set_defaults(func=tool.run)
     args = p.parse_args(argv)
+    if sys.stdout is None:  # started with fd 1 closed (`walctl dump DIR >&-`)
+        print(f"walctl {args.command}: stdout is closed; run it with stdout open", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except DirectoryLocked as err:

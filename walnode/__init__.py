@@ -19,6 +19,7 @@ from walnode.client import (
     Snapshot,
     Status,
     WalnodeError,
+    WalnodeExited,
     node_command,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "Snapshot",
     "Status",
     "WalnodeError",
+    "WalnodeExited",
     "node_command",
 ]

@@ -7,8 +7,9 @@ any number of requests may be in flight (`append_async` and
 `request_async` return futures). Every request has a deadline: one that
 passes it fails with `WalnodeError` code 0 (timeout), as does every
 request still waiting when walnode's stdout closes (code 13: it may or may
-not have happened). docs/CLIENT.md is the guide; docs/PROTOCOL.md the
-messages.
+not have happened; a walnode that exits before it answers spawn's init
+raises WalnodeExited, code 11, with its exit status and log). docs/CLIENT.md
+is the guide; docs/PROTOCOL.md the messages.
 
 The tools and tests that need more than requests and replies use the same
 object: `on_unmatched` receives every line that answers no request of this
@@ -38,6 +39,7 @@ from actors.codes import DEFINITE, Code
 
 T = TypeVar("T")
 READ_CHUNK = 1 << 20
+STDERR_TAIL_LINES = 20  # of walnode's log, in the error of a walnode that exited at start
 DEFAULT_TIMEOUT = 10.0  # seconds; walnode's own --request-timeout is 10 s
 # node.py sits beside the installed packages (site-packages or a checkout)
 NODE_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "node.py")
@@ -71,6 +73,43 @@ class WalnodeError(Exception):
     @classmethod
     def from_reply(cls, body: Mapping[str, Any]) -> WalnodeError:
         return cls(int(body.get("code", Code.CRASH)), str(body.get("text", "")), dict(body))
+
+
+class WalnodeExited(WalnodeError):
+    """walnode exited before it answered the `init` that `Client.spawn`
+    sends: a flag out of range, a locked data directory, a crash at start.
+    Code 11 and definite (no request but that init was sent, and it is the
+    same on every spawn). `exit_status` is walnode's (2 for a bad flag or a
+    locked directory), `stderr_tail` the end of its log, which says why."""
+
+    def __init__(self, exit_status: int, stderr_tail: str) -> None:
+        why = stderr_tail.strip() or "(its log went to the stderr given to spawn)"
+        super().__init__(
+            Code.TEMPORARILY_UNAVAILABLE,
+            f"walnode exited with status {exit_status} before it answered init, so no "
+            f"request was served; its log ends:\n{why}",
+        )
+        self.exit_status = exit_status
+        self.stderr_tail = stderr_tail
+
+
+def _unsendable(body: Mapping[str, Any], err: Exception) -> WalnodeError:
+    """Error 12 for a request orjson cannot write as JSON text (nothing was
+    sent), naming the field that holds a lone surrogate if one does."""
+    for name, value in body.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as bad:
+                return WalnodeError(
+                    Code.MALFORMED_REQUEST,
+                    f"{name} is not valid UTF-8 text: it holds a lone surrogate "
+                    f"({value[bad.start]!r} at index {bad.start}), which JSON text cannot "
+                    f"carry; nothing was sent: send text, or bytes encoded as text (base64)",
+                )
+    return WalnodeError(
+        Code.MALFORMED_REQUEST, f"the request cannot be written as JSON ({err}); nothing was sent"
+    )
 
 
 # -- what the typed calls return -------------------------------------------
@@ -327,10 +366,26 @@ class Client(Child):
         if init:
             try:
                 client.init(node_id, node_ids)
+            except WalnodeError as err:
+                if err.reply is not None or err.code != Code.CRASH:
+                    client.kill()
+                    raise
+                raise client._exited_at_start() from None  # stdout closed: walnode is going
             except BaseException:
                 client.kill()
                 raise
         return client
+
+    def _exited_at_start(self) -> WalnodeExited:
+        """walnode closed stdout before answering init: reap it (killed if
+        it lingers) and read the end of its log."""
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass  # kill() below ends it
+        self.kill()  # also joins the stderr reader, so the log is complete
+        tail = "".join(self.stderr_lines[-STDERR_TAIL_LINES:])
+        return WalnodeExited(self.proc.returncode, tail)
 
     @property
     def alive(self) -> bool:
@@ -351,7 +406,10 @@ class Client(Child):
     def line(self, body: Mapping[str, Any], src: str | None = None) -> bytes:
         """One request line in the protocol's envelope."""
         message = {"src": src or self.src, "dest": self.dest, "body": body}
-        return orjson.dumps(message) + b"\n"
+        try:
+            return orjson.dumps(message) + b"\n"
+        except orjson.JSONEncodeError as err:  # a lone surrogate, an int past 64 bits
+            raise _unsendable(body, err) from None
 
     def request_async(
         self,
@@ -376,17 +434,21 @@ class Client(Child):
         """Like request_async for many, written to stdin in one go (in order)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        futures, lines = [], []
+        futures = []
         with self._write_lock:  # msg_id order is stdin order
             with self._lock:
-                for body in bodies:
-                    msg_id, self._next_id = self._next_id, self._next_id + 1
+                first = self._next_id
+                # every line first: one that cannot be written (error 12) leaves nothing sent
+                lines = [
+                    self.line({**body, "msg_id": first + i}, src) for i, body in enumerate(bodies)
+                ]
+                self._next_id = first + len(lines)
+                for msg_id in range(first, self._next_id):
                     future: Future = Future()
                     future.msg_id = msg_id  # type: ignore[attr-defined]  # for harnesses
                     self._pending[msg_id] = _Pending(future, convert, timeout)
                     heapq.heappush(self._deadlines, (deadline, msg_id))
                     futures.append(future)
-                    lines.append(self.line({**body, "msg_id": msg_id}, src))
             if self.closed.is_set():
                 self._fail_all("walnode's stdout is closed")
             self._write_unlocked(b"".join(lines))

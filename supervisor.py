@@ -125,12 +125,17 @@ def describe_exit(code: int) -> str:
 
 class Supervisor:
     def __init__(
-        self, config: NodeConfig, data_dir: str | None, run_dir: str, lock_fd: int | None
+        self,
+        config: NodeConfig,
+        data_dir: str | None,
+        run_dir: str,
+        lock_fd: int | None,
+        metrics_server: metrics.MetricsServer | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.max_restarts = config.supervisor.max_restarts
         self.restart_window = config.supervisor.restart_window
-        self.metrics = metrics.serve(config.metrics_listen, run_dir, config.roles, CHILD_ENV)
+        self.metrics = metrics_server  # None without --metrics-listen
         self.ctx = zmq.Context()
         self.control = sockets.bind_router(
             self.ctx, sockets.supervisor_endpoint(run_dir), handover=True
@@ -396,6 +401,9 @@ def run(config: NodeConfig) -> int:
         return Exit.OK
     run_dir = rundir.create()  # 0700: only this user can connect
     try:
+        # bound first: an address it cannot listen on stops walnode (exit 2)
+        # before a data directory is created or locked
+        server = metrics.serve(config.metrics_listen, run_dir, config.roles, CHILD_ENV)
         data_dir = lock_fd = None
         if "writer" in config.roles:
             if config.data_dir is None:
@@ -414,7 +422,7 @@ def run(config: NodeConfig) -> int:
                 return Exit.USAGE
         if stopped_before_start():
             return Exit.OK
-        sup = Supervisor(config, data_dir, run_dir, lock_fd)
+        sup = Supervisor(config, data_dir, run_dir, lock_fd, server)
         return sup.run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -114,7 +114,7 @@ def test_without_the_flag_nothing_listens(node_factory):
     assert node.close() == 0
 
 
-def run_walnode(*args: str) -> subprocess.CompletedProcess:
+def run_walnode(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """A walnode expected to stop at start: no input, its output captured."""
     return subprocess.run(
         [sys.executable, NODE, *args],
@@ -123,6 +123,7 @@ def run_walnode(*args: str) -> subprocess.CompletedProcess:
         timeout=20,
         cwd=REPO,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -142,10 +143,15 @@ def test_a_metrics_port_in_use_stops_walnode_at_start(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         r = run_walnode("--data-dir", str(tmp_path / "d"), "--metrics-listen", f"127.0.0.1:{port}")
+        # without --data-dir: no fresh data directory is made and left behind either
+        fresh = run_walnode("--metrics-listen", f"127.0.0.1:{port}", env={"TMPDIR": str(tmp_path)})
     assert r.returncode == 2, r.stderr
     assert r.stdout == ""
     assert f"--metrics-listen 127.0.0.1:{port}: cannot listen there" in r.stderr
     assert "started writer" not in r.stderr
+    assert not (tmp_path / "d").exists()  # refused before the data directory is made
+    assert fresh.returncode == 2, fresh.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("walnode-")]
 
 
 HOOK_SCRIPT = """

@@ -36,7 +36,7 @@ log = setup_logging("supervisor")
 # exit codes that restarting cannot fix, and what each means for the node
 FATAL_EXITS = {
     "writer": {
-        Exit.CORRUPT: "the log is corrupt",
+        Exit.CORRUPT: "the log is corrupt or acknowledged data is missing",
         Exit.LOCKED: "the data directory is locked",
         Exit.CANNOT_LISTEN: "it cannot listen on --listen's address",
     },
@@ -252,7 +252,10 @@ class Supervisor:
             self.tell(other, [m.PEER, child.role, "down"])
         fatal = FATAL_EXITS.get(child.role, {}).get(code)
         if fatal:
-            self.fail(f"the {child.role} cannot start: {fatal} (see the message above)")
+            self.fail(
+                f"the {child.role} stopped and a restart cannot help: {fatal} "
+                f"(see the message above)"
+            )
             return
         now = time.monotonic()
         child.restart_times.append(now)

@@ -16,24 +16,12 @@ import shutil
 import stat
 import tempfile
 
+from actors import procfs
+
 PREFIX = "walnode-run-"
 OWNER_FILE = "supervisor.pid"
 
 log = logging.getLogger("supervisor")
-
-
-def process_start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot), or None if no such process
-    runs (a zombie counts as gone). With the pid, it names one process: a
-    pid reused by another process has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])  # field 22 of proc(5); fields here start at field 3
 
 
 def create() -> str:
@@ -43,7 +31,7 @@ def create() -> str:
     pid = os.getpid()
     tmp = os.path.join(path, OWNER_FILE + ".tmp")
     with open(tmp, "w") as f:
-        f.write(f"{pid} {process_start_time(pid)}\n")
+        f.write(f"{pid} {procfs.start_time(pid)}\n")
     os.replace(tmp, os.path.join(path, OWNER_FILE))  # whole, or not there at all
     return path
 
@@ -74,7 +62,7 @@ def remove_stale(parent: str | None = None) -> list[str]:
     for name in names:
         path = os.path.join(parent, name)
         owner = _owner(path)
-        if owner is None or process_start_time(owner[0]) == owner[1]:
+        if owner is None or procfs.start_time(owner[0]) == owner[1]:
             continue  # not walnode's, or its supervisor still runs
         shutil.rmtree(path, ignore_errors=True)
         log.info("removed %s, left by walnode supervisor pid %d, which is gone", path, owner[0])

@@ -51,8 +51,9 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from actors import procfs
 from actors.codes import Code
-from walnode import Client, procfs
+from walnode import Client
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBNET = "10.77.0"  # inside the namespaces only: it cannot clash with the host's network

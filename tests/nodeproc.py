@@ -10,8 +10,8 @@ import sys
 import threading
 import time
 
+from actors.procfs import pid_alive
 from walnode import Client
-from walnode.procfs import pid_alive
 
 __all__ = ["NODE", "REPO", "WALCTL", "Node", "pid_alive", "wait_until", "walctl"]
 

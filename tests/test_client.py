@@ -17,9 +17,9 @@ import signal
 import pytest
 
 from actors.codes import Code
+from actors.procfs import pid_alive
 from tests.nodeproc import wait_until
 from walnode import Appended, Client, WalnodeError, WalnodeExited
-from walnode.procfs import pid_alive
 
 
 def test_first_use_on_a_fresh_directory(tmp_path):

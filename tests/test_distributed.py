@@ -21,8 +21,8 @@ from typing import IO
 
 import pytest
 
+from actors import procfs
 from tests.nodeproc import NODE, REPO, Node, pid_alive, wait_until, walctl
-from walnode import procfs
 
 NODE_IDS = ["n1", "n2"]
 

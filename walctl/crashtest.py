@@ -30,8 +30,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors import procfs
 from actors.codes import Code
-from walnode import Client, WalnodeError, node_command, procfs
+from walnode import Client, WalnodeError, node_command
 
 ROLES = ("writer", "compactor", "front")
 RANDOM_WEIGHTS = {"writer": 70, "compactor": 15, "front": 15}

@@ -24,7 +24,8 @@ import select
 import time
 from dataclasses import dataclass, field
 
-from walnode import LeanPipes, WalnodeError, procfs
+from actors import procfs
+from walnode import LeanPipes, WalnodeError
 
 PAYLOAD_BYTES = 100
 KEYS = 10_000  # payloads are `set kNNNNN=vvv...`: a state machine of at most 10,000 keys

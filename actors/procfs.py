@@ -1,7 +1,7 @@
-"""What /proc says about processes: alive, parent, command line, CPU time.
+"""What /proc says about processes: alive, parent, start time, command line, CPU time.
 
-The one place the tools and tests read /proc (Linux), so that "is it still
-running" and "is it that process's child" are answered the same way.
+The one place walnode, its tools and tests read /proc (Linux), so that "is
+it still running" and "is it that process's child" are answered the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ class ProcStat:
     state: str  # R, S, D, Z (zombie: dead, not yet reaped), ...
     ppid: int
     cpu_seconds: float  # utime + stime
+    start_ticks: int  # when it started, in clock ticks since boot: with the pid, one process
 
 
 def stat(pid: int) -> ProcStat | None:
@@ -28,13 +29,21 @@ def stat(pid: int) -> ProcStat | None:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    return ProcStat(fields[0], int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    return ProcStat(fields[0], int(fields[1]), cpu, int(fields[19]))  # fields from proc(5)'s 3rd
 
 
 def pid_alive(pid: int) -> bool:
     """True if `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    return start_time(pid) is not None
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None if it does not
+    run (a zombie counts as gone). A pid reused by another process has
+    another start time."""
     st = stat(pid)
-    return st is not None and st.state != "Z"
+    return st.start_ticks if st is not None and st.state != "Z" else None
 
 
 def cmdline(pid: int) -> list[str] | None:

@@ -31,6 +31,7 @@ from actors.config import (
     SupervisorConfig,
     WriterConfig,
 )
+from actors.leader import LeaderSource
 from actors.runtime import setup_logging
 
 log = setup_logging("supervisor")  # this process is the supervisor
@@ -61,6 +62,17 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--connect",
         metavar="tcp://HOST:PORT",
         help="a front only: reach the log side's --listen endpoint (implies --roles front)",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="a replicated log (docs/REPLICATION.md); a front (--roles front) follows the "
+        "leader etcd names for NAME, instead of --connect",
+    )
+    p.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="with --cluster: etcd's client URL, e.g. http://10.0.0.9:2379",
     )
     p.add_argument("--keys", metavar="KEYDIR", help="CURVE keys for tcp (walctl keygen KEYDIR)")
     p.add_argument(
@@ -93,8 +105,12 @@ def check_topology(p: argparse.ArgumentParser, args: argparse.Namespace) -> froz
             "--roles must be writer,compactor,front (one host), writer,compactor (the log "
             "side) or front (with --connect)"
         )
-    if roles == {"front"} and not args.connect:
-        p.error("--roles front needs --connect tcp://HOST:PORT (the log side's --listen)")
+    args.follow = check_follow(p, args, roles)
+    if roles == {"front"} and not args.connect and args.follow is None:
+        p.error(
+            "--roles front needs --connect tcp://HOST:PORT (the log side's --listen), or "
+            "--cluster NAME --coordinator URL (a replicated log's leader)"
+        )
     if args.connect and "writer" in roles:
         p.error("--connect is for a front without a local writer: --roles front")
     if args.listen and "writer" not in roles:
@@ -116,16 +132,43 @@ def check_topology(p: argparse.ArgumentParser, args: argparse.Namespace) -> froz
         log.warning("--insecure: %s is plain tcp, unauthenticated and unencrypted", endpoint)
     args.remote = sockets.remote_from(endpoint, args)
     if args.keys is not None and not args.insecure:
-        name = sockets.SERVER_KEY if args.listen else args.key_name
-        try:
-            sockets.key_pair(args.keys, name)
-            sockets.public_key(args.keys, sockets.SERVER_KEY)
-        except (OSError, ValueError) as err:
-            p.error(
-                f"cannot read the keys in {args.keys} ({err}); make them with "
-                f"`walctl keygen {args.keys}`"
-            )
+        check_keys(p, args.keys, sockets.SERVER_KEY if args.listen else args.key_name)
     return roles
+
+
+def check_follow(
+    p: argparse.ArgumentParser, args: argparse.Namespace, roles: frozenset[str]
+) -> LeaderSource | None:
+    """A front that follows a cluster's leader: --roles front --cluster --coordinator, with
+    keys or --insecure (the leader's endpoint comes from etcd); None for any other front."""
+    if args.cluster is None or roles != {"front"}:
+        return None
+    if args.connect:
+        p.error("--cluster replaces --connect: the front connects to the leader etcd names")
+    if args.coordinator is None or not args.coordinator.startswith(("http://", "https://")):
+        p.error(
+            f"--roles front --cluster needs --coordinator http://HOST:PORT (etcd's client "
+            f"URL), got {args.coordinator!r}"
+        )
+    if args.insecure:
+        log.warning("--insecure: the front reaches cluster %s over plain tcp", args.cluster)
+        return LeaderSource(args.cluster, args.coordinator, None, args.key_name)
+    if args.keys is None:
+        p.error(
+            "a cluster's front reaches the leader over tcp, which needs CURVE keys: --keys "
+            "KEYDIR (the replicas' KEYDIR, from `walctl keygen`), or --insecure"
+        )
+    check_keys(p, args.keys, args.key_name)
+    return LeaderSource(args.cluster, args.coordinator, args.keys, args.key_name)
+
+
+def check_keys(p: argparse.ArgumentParser, keys: str, name: str) -> None:
+    """Exit 2 unless KEYDIR holds the key pair `name` and the server's public key."""
+    try:
+        sockets.key_pair(keys, name)
+        sockets.public_key(keys, sockets.SERVER_KEY)
+    except (OSError, ValueError) as err:
+        p.error(f"cannot read the keys in {keys} ({err}); make them with `walctl keygen {keys}`")
 
 
 def parse(argv: list[str] | None = None) -> NodeConfig:
@@ -144,6 +187,7 @@ def parse(argv: list[str] | None = None) -> NodeConfig:
         supervisor=SupervisorConfig.from_args(args),
         listen=args.remote if args.listen else None,
         connect=args.remote if args.connect else None,
+        follow=args.follow,
         metrics_listen=args.metrics_listen,
     )
 

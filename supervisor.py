@@ -143,6 +143,7 @@ class Supervisor:
         me = os.getpid()
         listen = config.listen.argv("--listen") if config.listen else []
         connect = config.connect.argv("--connect") if config.connect else []
+        connect += config.follow.argv() if config.follow else []
         writer_argv = [*child("writer"), *process_argv(run_dir, me, data_dir), *listen]
         writer_argv += ["--lock-fd", str(lock_fd), *config.writer.argv()]
         compactor_argv = [*child("compactor"), *process_argv(run_dir, me, data_dir), *listen]

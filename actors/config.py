@@ -21,6 +21,7 @@ from actors.sockets import Remote
 from wal.datadir import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES  # the range is the log's own
 
 if typing.TYPE_CHECKING:
+    from actors.leader import LeaderSource
     from actors.metrics import ListenAddress
 
 MiB = 1 << 20
@@ -304,6 +305,7 @@ class NodeConfig:
     supervisor: SupervisorConfig
     listen: Remote | None = None  # the log side serves remote fronts there
     connect: Remote | None = None  # a front alone, whose log side listens there
+    follow: LeaderSource | None = None  # a front alone, following a cluster's leader
     metrics_listen: ListenAddress | None = None  # --metrics-listen: serve /metrics there
 
 

@@ -31,6 +31,7 @@ from actors.codes import Code, Exit
 from actors.config import FrontConfig, add_process_flags
 from actors.front_state import FrontState
 from actors.inbox import Inbox, OverlongLine
+from actors.leader import LeaderSource, LeaderWatch
 from actors.output import Output, StdoutClosed
 from actors.peers import ROUTES, Failure, Peers, Pending
 from actors.requests import (
@@ -69,6 +70,7 @@ class Front:
         request_timeout: float,
         unavailable_wait: float,
         remote: Remote | None = None,
+        leader: LeaderSource | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.ctx = ctx
@@ -79,7 +81,10 @@ class Front:
             remote,
             request_timeout=request_timeout,
             unavailable_wait=unavailable_wait,
+            following=leader is not None,
         )
+        # a cluster's front: its peers are the leader's (actors/leader.py)
+        self.leader = None if leader is None else LeaderWatch(ctx, leader)
         self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
         self.validators = Validators(max_payload_bytes)
         self.forwarded = {name: getattr(self.validators, name) for name in ROUTES}
@@ -303,6 +308,8 @@ class Front:
             if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:
                 # stored before the ack is printed, and before any kv_get below
                 self.state.store_acked_next(fields["offset"] + 1)
+            if code == Code.TEMPORARILY_UNAVAILABLE and self.leader is not None:
+                self.leader.reread()  # as a replica that is not the leader answers
             self.answer(request, code, fields)
             if typ == m.OP_INIT:
                 self.init_resolved()
@@ -370,6 +377,9 @@ class Front:
         self.control.send(m.pack([m.READY, "front", os.getpid(), None]))
         self.peers.register(self.poller)
         self.poller.register(self.control, zmq.POLLIN)
+        if self.leader is not None:
+            self.poller.register(self.leader.sock, zmq.POLLIN)
+            self.leader.start()
         if self.inbox.unanswered:
             log.warning(
                 "answering %d requests a previous front read but did not answer",
@@ -431,6 +441,20 @@ class Front:
                     self.on_replies(m.unpack(data))
             if peer.monitor is not None and peer.monitor in events:
                 self.fail_all(self.peers.on_monitor(peer, self.poller))
+                if self.leader is not None:  # a dropped leader may have been replaced
+                    self.leader.reread()
+        if self.leader is not None and self.leader.sock in events:
+            self.follow_leader()
+
+    def follow_leader(self) -> None:
+        """etcd names another leader (or none): move the peers there."""
+        assert self.leader is not None
+        view = self.leader.changes()
+        if view is None:
+            return
+        remote = None if view.address is None else self.leader.source.remote(view.address)
+        how = f"stopped being the cluster's leader (etcd names {view.describe()} now)"
+        self.fail_all(self.peers.follow(remote, self.poller, how))
 
     def read_stdin(self) -> None:
         chunk = self.inbox.take(0, READ_CHUNK)
@@ -446,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     add_process_flags(p, data_dir=False)
     FrontConfig.add_flags(p)
     sockets.add_remote_flags(p, "--connect")
+    p.add_argument("--cluster", default=None)  # with --coordinator: follow its leader
+    p.add_argument("--coordinator", default=None)
     args = p.parse_args(argv)
     config = FrontConfig.from_args(args)
     if args.parent_pid:
@@ -460,8 +486,16 @@ def main(argv: list[str] | None = None) -> int:
         request_timeout=config.request_timeout,
         unavailable_wait=config.unavailable_wait,
         remote=sockets.remote_from(args.connect, args),
+        leader=leader_source(args),
     )
     return front.run()
+
+
+def leader_source(args: argparse.Namespace) -> LeaderSource | None:
+    if args.cluster is None:
+        return None
+    keys = None if args.insecure else args.keys
+    return LeaderSource(args.cluster, args.coordinator, keys, args.key_name)
 
 
 if __name__ == "__main__":

@@ -86,18 +86,37 @@ class Peer:
     (another host, `--connect`) has a monitor socket instead: it is up once
     the (CURVE) handshake succeeds and down when the connection drops."""
 
-    def __init__(self, name: str, ctx: zmq.Context, run_dir: str, remote: Remote | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        ctx: zmq.Context,
+        run_dir: str,
+        remote: Remote | None,
+        *,
+        following: bool = False,
+    ) -> None:
         self.name = name
         self.ctx = ctx
         self.remote = remote
-        self.endpoint = ENDPOINTS[name](run_dir) if remote is None else getattr(remote, name)
+        # following (a cluster's front, actors/leader.py): the endpoint is the
+        # leader's, and there is none while no leader is known
+        self.following = following
+        self.endpoint: str | None = None
+        if remote is not None:
+            self.endpoint = getattr(remote, name)
+        elif not following:
+            self.endpoint = ENDPOINTS[name](run_dir)
         self.monitor: zmq.Socket | None = None
         self.sock = self._connect()
-        self.up = remote is None
+        self.up = remote is None and not following
         self.refused = False  # a handshake failure was logged
         self.outbox: list[list] = []
 
     def _connect(self) -> zmq.Socket:
+        if self.endpoint is None:  # following, no leader known: a socket to nowhere
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            return sock
         if self.remote is None:
             return sockets.connect_dealer(self.ctx, self.endpoint)
         sock, self.monitor = sockets.connect_remote_dealer(self.ctx, self.remote, self.endpoint)
@@ -107,6 +126,11 @@ class Peer:
         for sock in (self.sock, self.monitor):
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
+
+    def retarget(self, remote: Remote | None) -> None:
+        """Follow a new leader (None: no leader known); reconnect() connects there."""
+        self.remote = remote
+        self.endpoint = None if remote is None else getattr(remote, self.name)
 
     def reconnect(self, poller: zmq.Poller) -> None:
         """Drop everything queued for a dead peer so it never reaches its
@@ -118,6 +142,7 @@ class Peer:
         if self.monitor is not None:
             self.sock.disable_monitor()
             self.monitor.close(linger=0)
+            self.monitor = None
         self.sock.close(linger=0)
         self.sock = self._connect()
         self.register(poller)
@@ -135,8 +160,11 @@ class Peers:
         *,
         request_timeout: float,
         unavailable_wait: float,
+        following: bool = False,
     ) -> None:
-        self.by_name = {name: Peer(name, ctx, run_dir, remote) for name in ENDPOINTS}
+        self.by_name = {
+            name: Peer(name, ctx, run_dir, remote, following=following) for name in ENDPOINTS
+        }
         self.request_timeout = request_timeout
         self.unavailable_wait = unavailable_wait
         self.pending: dict[int, Pending] = {}  # rid -> sent, unanswered (oldest first)
@@ -187,13 +215,15 @@ class Peers:
         self.held = [h for h in self.held if h.request.peer != peer.name]
         return [f for h in mine if (f := self.forward(h.rid, h.op, h.arg, h.request))]
 
-    def down(self, peer: Peer, poller: zmq.Poller) -> list[Failure]:
+    def down(self, peer: Peer, poller: zmq.Poller, how: str | None = None) -> list[Failure]:
+        """The peer is gone (or, `how` says, left behind): what it held gets 13."""
         lost = {rid: r for rid, r in self.pending.items() if r.peer == peer.name}
         if peer.up:
             log.warning("%s is down; failing %d requests it held", peer.name, len(lost))
         peer.up = False
         peer.reconnect(poller)
-        how = "died" if peer.remote is None else "was lost (its connection dropped)"
+        if how is None:
+            how = "died" if peer.remote is None else "was lost (its connection dropped)"
         for rid in lost:
             del self.pending[rid]
         return [
@@ -205,6 +235,16 @@ class Peers:
             )
             for r in lost.values()
         ]
+
+    def follow(self, remote: Remote | None, poller: zmq.Poller, how: str) -> list[Failure]:
+        """Move every peer to a new leader's endpoints (None: no leader known).
+        What the old leader held gets 13 (`how` says why); what is held waits
+        for the new connection, up to --unavailable-wait."""
+        failures: list[Failure] = []
+        for peer in self.by_name.values():
+            peer.retarget(remote)
+            failures += self.down(peer, poller, how)
+        return failures
 
     def on_monitor(self, peer: Peer, poller: zmq.Poller) -> list[Failure]:
         """A remote peer's connection changed (see Peer)."""
@@ -246,11 +286,12 @@ class Peers:
 
     def _unsent(self, request: Pending) -> Failure:
         peer = self.by_name[request.peer]
-        why = (
-            f"refused this front's key (see {peer.endpoint} and KEYDIR/clients there)"
-            if peer.refused
-            else "is unavailable (restarting or unreachable)"
-        )
+        if peer.refused:
+            why = f"refused this front's key (see {peer.endpoint} and KEYDIR/clients there)"
+        elif peer.endpoint is None:
+            why = "is unavailable (the cluster has no leader in etcd now)"
+        else:
+            why = "is unavailable (restarting or unreachable)"
         return Failure(
             request,
             Code.TEMPORARILY_UNAVAILABLE,

@@ -32,7 +32,7 @@ def data_dir(tmp_path) -> str:
 @pytest.fixture
 def etcd_server(tmp_path):
     """A real single-member etcd (tests/etcd.py), killed with its process group at the end."""
-    from tests.etcd import EtcdServer
+    from walctl.etcdproc import EtcdServer
 
     server = EtcdServer(os.fspath(tmp_path / "etcd"))
     os.makedirs(server.data_dir)

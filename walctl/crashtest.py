@@ -55,7 +55,7 @@ OUTCOME_OF_ERROR = {
 INDEFINITE = (PENDING, CRASHED, TIMED_OUT)  # may or may not be in the log
 
 # what was read at an offset (History.at), when it is not one of our requests
-UNSEEN, NOT_OURS, FENCE_ENTRY = -1, -2, -3
+UNSEEN, NOT_OURS, FENCE_ENTRY, EPOCH_ENTRY = -1, -2, -3, -4  # EPOCH: a leader's first record
 PAYLOAD_RE = re.compile(r"set k(\d+)=(\d+)")
 
 
@@ -314,9 +314,11 @@ class History:
         self.rewritten: list[tuple[int, int, int]] = []  # (offset, read first, read later)
         self.not_ours: list[str] = []
 
-    def entry(self, offset: int, payload: str) -> None:
+    def entry(self, offset: int, payload: str, epoch_start: int | None = None) -> None:
         m = PAYLOAD_RE.fullmatch(payload)
-        if m and int(m.group(2)) % self.keys == int(m.group(1)):
+        if epoch_start is not None:  # a replicated log's epoch-start record
+            i = EPOCH_ENTRY
+        elif m and int(m.group(2)) % self.keys == int(m.group(1)):
             i = int(m.group(2))
         elif payload.startswith(FENCE):
             i = FENCE_ENTRY
@@ -357,7 +359,7 @@ class Tail:
             return False  # no answer yet (a process restarts; a killed front took it)
         if r["type"] == "wal_scan_ok":
             for e in r["entries"]:
-                self.history.entry(e["offset"], e["payload"])
+                self.history.entry(e["offset"], e["payload"], e.get("epoch_start"))
             self.cursor = r["next_offset"]
             return bool(r["entries"])
         if r.get("code") == Code.KEY_DOES_NOT_EXIST and r.get("first_offset", 0) > self.cursor:
@@ -650,6 +652,10 @@ class Campaign:
         # The load goes on meanwhile (holding it back would time kills just after
         # a write): an append stamped after `at` was written after the kill.
         os.kill(pid, signal.SIGKILL)
+        return self.record_kill(n, role, pid, f"SIGKILL to the {role}, pid {pid}")
+
+    def record_kill(self, n: int, role: str, pid: int, what: str) -> Kill:
+        """Note a fault that just hit (`what` it was) and the appends in flight then."""
         kill = Kill(n, role, pid, time.monotonic())
         if role != "compactor":
             self.back.clear()
@@ -659,7 +665,7 @@ class Campaign:
         kill.in_flight = sorted(i for i in unanswered if sent_at[i] <= kill.at)
         self.attributed.update(kill.in_flight)
         self.kills.append(kill)
-        self.node.note(f"crashtest: kill {n}: SIGKILL to the {role}, pid {pid}")
+        self.node.note(f"crashtest: kill {n}: {what}")
         return kill
 
     def write_off_stuck(self) -> None:
@@ -753,10 +759,10 @@ class Campaign:
 # -- the report -----------------------------------------------------------
 
 
-def summarize_back(kills: list[Kill]) -> dict:
+def summarize_back(kills: list[Kill], roles: Sequence[str] = ROLES) -> dict:
     """p50, p99 (nearest rank) and worst back-to-service time, per role and over all."""
     out = {}
-    for role in (*ROLES, "all"):
+    for role in (*roles, "all"):
         times = sorted(k.back_s for k in kills if k.back_s is not None and role in (k.role, "all"))
         if times:
             p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
@@ -790,7 +796,14 @@ def command(args: argparse.Namespace) -> str:
     return line
 
 
-def build_report(c: Campaign, found: Findings | None, log: dict | None, exit: int | None) -> dict:
+def build_report(
+    c: Campaign,
+    found: Findings | None,
+    log: dict | None,
+    exit: int | None,
+    roles: Sequence[str] = ROLES,
+) -> dict:
+    """The report of a campaign; `roles`: what its kills hit (walctl/crashcluster.py has others)."""
     led, args = c.ledger, c.args
     counts = collections.Counter(led.outcome)
     per_role = collections.Counter(k.role for k in c.kills)
@@ -821,9 +834,9 @@ def build_report(c: Campaign, found: Findings | None, log: dict | None, exit: in
         },
         "verdict": None,
         "log": None,
-        "kills_per_role": {role: per_role[role] for role in ROLES},
+        "kills_per_role": {role: per_role[role] for role in roles},
         "restarts_per_role": None,
-        "back_to_service": summarize_back(c.kills),
+        "back_to_service": summarize_back(c.kills, roles),
         "kills": [
             {
                 "n": k.n,
@@ -847,7 +860,8 @@ def build_report(c: Campaign, found: Findings | None, log: dict | None, exit: in
         }
         report["verdict"]["examples"] = {n: getattr(found, n)[:10] for n in VIOLATIONS}
     if log is not None:
-        report["restarts_per_role"] = {r: log["processes"][r]["restarts"] for r in ROLES}
+        if log["processes"]:  # a cluster's processes are not one supervisor's
+            report["restarts_per_role"] = {r: log["processes"][r]["restarts"] for r in ROLES}
         end = log["next_offset"]
         report["log"] = {
             "first_offset": log["first_offset"],
@@ -926,7 +940,10 @@ def print_report(r: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
-def write_png(path: str, c: Campaign) -> None:
+KILL_COLORS = {"writer": "tab:red", "compactor": "tab:green", "front": "tab:purple"}
+
+
+def write_png(path: str, c: Campaign, colors: dict[str, str] = KILL_COLORS) -> None:
     """Acknowledged appends/s in 50 ms bins; each kill a line, its downtime shaded."""
     import matplotlib
 
@@ -940,7 +957,6 @@ def write_png(path: str, c: Campaign) -> None:
             b = int((c.ledger.replied_at[i] - c.t0) / bin_s)
             if 0 <= b < len(bins):
                 bins[b] += 1
-    colors = {"writer": "tab:red", "compactor": "tab:green", "front": "tab:purple"}
     fig, ax = plt.subplots(figsize=(min(60, max(10, span / 4)), 4.5))
     ax.plot([b * bin_s for b in range(len(bins))], [n / bin_s for n in bins], lw=0.7)
     labelled = set()
@@ -952,7 +968,8 @@ def write_png(path: str, c: Campaign) -> None:
             ax.axvspan(k.at - c.t0, k.back_at - c.t0, color=colors[k.role], alpha=0.12, lw=0)
     ax.set_xlabel("seconds")
     ax.set_ylabel(f"acknowledged appends/s ({bin_s * 1000:.0f} ms bins)")
-    ax.set_title(f"walnode crashtest: {len(c.kills)} kills, {c.args.in_flight} appends in flight")
+    what = "faults" if colors is not KILL_COLORS else "kills"
+    ax.set_title(f"walnode crashtest: {len(c.kills)} {what}, {c.args.in_flight} appends in flight")
     ax.set_xlim(0, span)
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right")
@@ -965,9 +982,13 @@ def write_png(path: str, c: Campaign) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from walctl import powercut  # --power-loss: the power-cut campaign, in its own module
+    from walctl import (
+        crashcluster,  # --cluster: the replicated campaign, in its own module
+        powercut,  # --power-loss: the power-cut campaign, in its own module
+    )
 
     powercut.add_arguments(p)
+    crashcluster.add_arguments(p)
     p.add_argument("--kills", type=int, default=20, metavar="N", help="how many SIGKILLs (20)")
     p.add_argument(
         "--role",
@@ -1033,6 +1054,10 @@ def run(args: argparse.Namespace) -> int:
         from walctl import powercut
 
         return powercut.run(args)
+    if args.cluster:
+        from walctl import crashcluster
+
+        return crashcluster.run(args)
     problem = argument_problem(args)
     if problem is not None:
         return usage(problem)

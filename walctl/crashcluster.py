@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from walctl import crashtest, keygen
+from walctl import crashtest
 from walctl.crashtest import (
     ACKED,
     CampaignAborted,
@@ -41,89 +39,13 @@ from walctl.crashtest import (
     Tail,
     verify,
 )
-from walctl.etcdproc import EtcdServer
-from walnode import node_command
+from walctl.localcluster import ClusterError, LocalCluster, Replica
 
 FAULTS = ("leader-kill", "leader-freeze")
 FAULT_COLORS = {"leader-kill": "tab:red", "leader-freeze": "tab:blue"}
-CLUSTER = "crashtest"
 FRONT_IDS = ("front-a", "front-b")
 SERVICE_MARGIN_S = 3.0  # the issue's bound: acknowledged again within lease TTL + 3 s
 CATCH_UP_S = 15.0  # a restarted or thawed replica's time to come level with the leader
-
-
-def free_ports(n: int) -> int:
-    """A port P with P..P+n-1 free on 127.0.0.1 (a replica's writer, compactor, peers)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + n > 65535:
-            continue
-        try:
-            for k in range(1, n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + k))
-        except OSError:
-            continue
-        return port
-    raise CampaignAborted(f"no {n} consecutive free ports on 127.0.0.1")
-
-
-@dataclass
-class Replica:
-    """One replica's walnode, in its own process group (so kill -9 takes its whole tree)."""
-
-    replica_id: str
-    argv: list[str]
-    data_dir: str
-    log_path: str
-    proc: subprocess.Popen | None = None
-    down: bool = False  # killed or frozen by the campaign: not serving, on purpose
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        self.down = False
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def signal_group(self, sig: int) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        """kill -9 the whole process group, and reap its leader (the supervisor)."""
-        self.signal_group(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (a graceful stop), then the group's SIGKILL if it lingers; the exit status."""
-        if self.proc is None:
-            return None
-        self.signal_group(signal.SIGCONT)  # a frozen one must be able to stop
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        status = self.proc.poll()
-        self.kill()  # whatever is left of the group
-        return status
 
 
 @dataclass
@@ -198,9 +120,8 @@ class ClusterCampaign(crashtest.Campaign):
         self.root = root
         self.rng = random.Random(args.seed)
         self.roles = ["leader-kill"] * args.leader_kills + ["leader-freeze"] * args.freezes
-        self.etcd = EtcdServer(os.path.join(root, "etcd"))
-        self.keys = os.path.join(root, "keys")
-        self.replicas: dict[str, Replica] = {}
+        self.cluster = LocalCluster(root, args.replicas, args.lease_ttl, args.acks)
+        self.replicas = self.cluster.replicas
         self.ledger = Ledger(args.keys)
         self.history = History(args.keys)
         self.kills: list[Kill] = []
@@ -217,73 +138,13 @@ class ClusterCampaign(crashtest.Campaign):
 
     # -- starting -------------------------------------------------------------
 
-    def replica_argv(self, replica_id: str, port: int) -> list[str]:
-        a = self.args
-        data_dir = os.path.join(self.root, replica_id)
-        return [
-            *node_command(),
-            "--roles",
-            "writer,compactor",
-            "--listen",
-            f"tcp://127.0.0.1:{port}",
-            "--keys",
-            self.keys,
-            "--data-dir",
-            data_dir,
-            "--cluster",
-            CLUSTER,
-            "--coordinator",
-            self.etcd.endpoint,
-            "--replica-id",
-            replica_id,
-            "--lease-ttl",
-            str(a.lease_ttl),
-            "--cluster-size",
-            str(a.replicas),
-            "--acks",
-            a.acks,
-            "--max-restarts",
-            "100",
-        ]
-
-    def front_argv(self) -> list[str]:
-        wait = self.args.lease_ttl + SERVICE_MARGIN_S  # hold requests across a failover
-        return [
-            *node_command(),
-            "--roles",
-            "front",
-            "--cluster",
-            CLUSTER,
-            "--coordinator",
-            self.etcd.endpoint,
-            "--keys",
-            self.keys,
-            "--unavailable-wait",
-            f"{wait:g}",
-        ]
-
     def start(self) -> None:
-        os.makedirs(self.etcd.data_dir, exist_ok=True)
-        self.etcd.start()
-        quiet = open(os.devnull, "w")
-        stdout, sys.stdout = sys.stdout, quiet
         try:
-            keygen.run(argparse.Namespace(keydir=self.keys, client="client", no_allow=False))
-        finally:
-            sys.stdout = stdout
-            quiet.close()
-        for n in range(1, self.args.replicas + 1):
-            rid = f"r{n}"
-            port = free_ports(3)
-            self.replicas[rid] = Replica(
-                rid,
-                self.replica_argv(rid, port),
-                os.path.join(self.root, rid),
-                os.path.join(self.root, f"{rid}.log"),
-            )
-            self.replicas[rid].start()
-        self.leader_replica(timeout=self.args.recovery_limit * 3)
-        self.node_argv = self.front_argv()
+            self.cluster.start(leader_timeout=self.args.recovery_limit * 3)
+        except ClusterError as err:
+            raise CampaignAborted(str(err)) from None
+        # fronts hold requests across a failover rather than answer 11 at once
+        self.node_argv = self.cluster.front_argv(self.args.lease_ttl + SERVICE_MARGIN_S)
         self.node = Node(self.node_argv, self.on_append_reply, self.args.node_log)
         self.reader = Node(self.node_argv, lambda *_: None)
         for front, node_id in ((self.node, FRONT_IDS[0]), (self.reader, FRONT_IDS[1])):
@@ -310,33 +171,19 @@ class ClusterCampaign(crashtest.Campaign):
     # -- the cluster ----------------------------------------------------------
 
     def leader_replica(self, timeout: float) -> Replica:
-        """The replica etcd names leader, once it names one of ours that is not down."""
-        from wal.replication.election import leader_key, read_leader
-        from wal.replication.etcd import EtcdError
-
-        client = self.etcd.client(timeout=0.5)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                leader = read_leader(client, leader_key(CLUSTER))
-            except EtcdError:
-                leader = None
-            replica = self.replicas.get(leader.replica_id) if leader else None
-            if replica is not None and not replica.down:
-                return replica
-            time.sleep(0.05)
-        raise CampaignAborted(f"etcd named no live leader within {timeout:g} s")
+        try:
+            return self.cluster.leader(timeout)
+        except ClusterError as err:
+            raise CampaignAborted(str(err)) from None
 
     def check_alive(self) -> None:
         for front in (self.node, self.reader):
             if front is not None and not front.alive:
                 raise CampaignAborted(f"a front exited (status {front.proc.poll()})")
-        for r in self.replicas.values():
-            if not r.down and r.proc is not None and r.proc.poll() is not None:
-                raise CampaignAborted(
-                    f"replica {r.replica_id} exited {r.proc.returncode} unasked; see {r.log_path}"
-                )
+        try:
+            self.cluster.check()
+        except ClusterError as err:
+            raise CampaignAborted(str(err)) from None
 
     def status(self) -> dict[str, dict]:
         return {}  # no one supervisor: each replica's restarts are its own
@@ -429,9 +276,7 @@ class ClusterCampaign(crashtest.Campaign):
         for front in (self.node, self.reader):
             if front is not None:
                 front.kill()
-        for r in self.replicas.values():
-            r.stop(timeout=5)
-        self.etcd.stop()
+        self.cluster.stop(timeout=5)
 
 
 def command(args: argparse.Namespace) -> str:
@@ -540,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
             json.dump(report, f, indent=2)
             f.write("\n")
     if not report["passed"]:
-        logs = ", ".join(r.log_path for r in c.replicas.values())
+        logs = c.cluster.logs()
         print(f"walctl crashtest --cluster: the replicas' logs: {logs}", file=sys.stderr)
     if report["passed"] and not args.data_dir and not args.keep_data:
         shutil.rmtree(root, ignore_errors=True)

@@ -141,8 +141,10 @@ class LocalCluster:
 
     def front_argv(self, unavailable_wait: float) -> list[str]:
         """A front of this cluster (`--unavailable-wait`: how long it holds a request)."""
+        return [*node_command(), *self.front_flags(unavailable_wait)]
+
+    def front_flags(self, unavailable_wait: float) -> list[str]:
         return [
-            *node_command(),
             "--roles",
             "front",
             "--cluster",

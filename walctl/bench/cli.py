@@ -94,6 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a smoke run: levels 1,8, 0.3 s each, 0.1 s warm-up (for tests)",
     )
+    from walctl.bench import cluster  # --cluster: the replicated scenario, in its own module
+
+    cluster.add_arguments(p)
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -124,6 +127,11 @@ def say(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from walctl.bench import appends
+
+    if args.cluster:
+        from walctl.bench import cluster
+
+        return cluster.run(args)
 
     try:
         return _run(args)

@@ -24,7 +24,9 @@ else:  # a checkout: python node.py
     import supervisor
 from actors import metrics, sockets
 from actors.config import (
+    ACKS,
     ROLE_CONFIGS,
+    ClusterConfig,
     CompactorConfig,
     FrontConfig,
     NodeConfig,
@@ -128,6 +130,43 @@ def check_topology(p: argparse.ArgumentParser, args: argparse.Namespace) -> froz
     return roles
 
 
+def check_cluster(
+    p: argparse.ArgumentParser, args: argparse.Namespace, roles: frozenset[str]
+) -> ClusterConfig:
+    """Settle the replication flags (docs/REPLICATION.md), or exit 2 saying what to pass."""
+    cluster = ClusterConfig.from_args(args)
+    if cluster.acks not in ACKS:
+        p.error(f"--acks must be one of {', '.join(ACKS)}, got {cluster.acks!r}")
+    if cluster.cluster_size % 2 == 0:
+        p.error(
+            f"--cluster-size must be odd (1, 3, 5 or 7), got {cluster.cluster_size}: an even "
+            "size tolerates no more failures than the odd size below it"
+        )
+    if not cluster.enabled:
+        given = [f for f in ("coordinator", "replica_id") if getattr(cluster, f) is not None]
+        if given:
+            p.error(f"--{given[0].replace('_', '-')} is for a replica: pass --cluster NAME too")
+        return cluster
+    if "writer" in roles:
+        if args.fsync.name != "always":
+            p.error(
+                f"--cluster needs --fsync always (got {args.fsync}): a replica counts toward "
+                "a majority only what it has fsynced"
+            )
+        missing = [
+            flag
+            for flag, value in (
+                ("--listen tcp://HOST:PORT", args.listen),
+                ("--coordinator URL", cluster.coordinator),
+                ("--replica-id ID", cluster.replica_id),
+            )
+            if value is None
+        ]
+        if missing:
+            p.error(f"--cluster with the writer role needs {', '.join(missing)}")
+    return cluster
+
+
 def parse(argv: list[str] | None = None) -> NodeConfig:
     """The node's configuration from its command line; exit 2 (Exit.USAGE)
     naming the flag for anything out of range or inconsistent."""
@@ -135,6 +174,7 @@ def parse(argv: list[str] | None = None) -> NodeConfig:
     add_flags(p)
     args = p.parse_args(argv)
     roles = check_topology(p, args)
+    cluster = check_cluster(p, args, roles)
     return NodeConfig(
         roles=roles,
         data_dir=args.data_dir,
@@ -142,6 +182,7 @@ def parse(argv: list[str] | None = None) -> NodeConfig:
         compactor=CompactorConfig.from_args(args),
         front=FrontConfig.from_args(args),
         supervisor=SupervisorConfig.from_args(args),
+        cluster=cluster,
         listen=args.remote if args.listen else None,
         connect=args.remote if args.connect else None,
         metrics_listen=args.metrics_listen,

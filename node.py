@@ -24,7 +24,9 @@ else:  # a checkout: python node.py
     import supervisor
 from actors import metrics, sockets
 from actors.config import (
+    ACKS,
     ROLE_CONFIGS,
+    ClusterConfig,
     CompactorConfig,
     FrontConfig,
     NodeConfig,
@@ -62,17 +64,6 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--connect",
         metavar="tcp://HOST:PORT",
         help="a front only: reach the log side's --listen endpoint (implies --roles front)",
-    )
-    p.add_argument(
-        "--cluster",
-        metavar="NAME",
-        help="a replicated log (docs/REPLICATION.md); a front (--roles front) follows the "
-        "leader etcd names for NAME, instead of --connect",
-    )
-    p.add_argument(
-        "--coordinator",
-        metavar="URL",
-        help="with --cluster: etcd's client URL, e.g. http://10.0.0.9:2379",
     )
     p.add_argument("--keys", metavar="KEYDIR", help="CURVE keys for tcp (walctl keygen KEYDIR)")
     p.add_argument(
@@ -171,6 +162,43 @@ def check_keys(p: argparse.ArgumentParser, keys: str, name: str) -> None:
         p.error(f"cannot read the keys in {keys} ({err}); make them with `walctl keygen {keys}`")
 
 
+def check_cluster(
+    p: argparse.ArgumentParser, args: argparse.Namespace, roles: frozenset[str]
+) -> ClusterConfig:
+    """Settle the replication flags (docs/REPLICATION.md), or exit 2 saying what to pass."""
+    cluster = ClusterConfig.from_args(args)
+    if cluster.acks not in ACKS:
+        p.error(f"--acks must be one of {', '.join(ACKS)}, got {cluster.acks!r}")
+    if cluster.cluster_size % 2 == 0:
+        p.error(
+            f"--cluster-size must be odd (1, 3, 5 or 7), got {cluster.cluster_size}: an even "
+            "size tolerates no more failures than the odd size below it"
+        )
+    if not cluster.enabled:
+        given = [f for f in ("coordinator", "replica_id") if getattr(cluster, f) is not None]
+        if given:
+            p.error(f"--{given[0].replace('_', '-')} is for a replica: pass --cluster NAME too")
+        return cluster
+    if "writer" in roles:
+        if args.fsync.name != "always":
+            p.error(
+                f"--cluster needs --fsync always (got {args.fsync}): a replica counts toward "
+                "a majority only what it has fsynced"
+            )
+        missing = [
+            flag
+            for flag, value in (
+                ("--listen tcp://HOST:PORT", args.listen),
+                ("--coordinator URL", cluster.coordinator),
+                ("--replica-id ID", cluster.replica_id),
+            )
+            if value is None
+        ]
+        if missing:
+            p.error(f"--cluster with the writer role needs {', '.join(missing)}")
+    return cluster
+
+
 def parse(argv: list[str] | None = None) -> NodeConfig:
     """The node's configuration from its command line; exit 2 (Exit.USAGE)
     naming the flag for anything out of range or inconsistent."""
@@ -178,6 +206,7 @@ def parse(argv: list[str] | None = None) -> NodeConfig:
     add_flags(p)
     args = p.parse_args(argv)
     roles = check_topology(p, args)
+    cluster = check_cluster(p, args, roles)
     return NodeConfig(
         roles=roles,
         data_dir=args.data_dir,
@@ -185,6 +214,7 @@ def parse(argv: list[str] | None = None) -> NodeConfig:
         compactor=CompactorConfig.from_args(args),
         front=FrontConfig.from_args(args),
         supervisor=SupervisorConfig.from_args(args),
+        cluster=cluster,
         listen=args.remote if args.listen else None,
         connect=args.remote if args.connect else None,
         follow=args.follow,

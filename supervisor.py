@@ -39,6 +39,7 @@ FATAL_EXITS = {
         Exit.CORRUPT: "the log is corrupt or acknowledged data is missing",
         Exit.LOCKED: "the data directory is locked",
         Exit.CANNOT_LISTEN: "it cannot listen on --listen's address",
+        Exit.USAGE: "its cluster settings contradict the cluster's in etcd",
     },
     "compactor": {
         Exit.CORRUPT: "no snapshot and log from which to rebuild the state",
@@ -84,6 +85,7 @@ class Child:
     backoff: float = 0.0  # before the next restart
     last_exit: str | None = None
     last_seen: float | None = None  # monotonic time of its last READY or PONG
+    report: dict | None = None  # what its last PONG said of itself (a replica: replication)
 
     def status(self, now: float) -> dict:
         """Its entry in `status`: a ready child that stopped answering the
@@ -144,8 +146,11 @@ class Supervisor:
         listen = config.listen.argv("--listen") if config.listen else []
         connect = config.connect.argv("--connect") if config.connect else []
         connect += config.follow.argv() if config.follow else []
-        writer_argv = [*child("writer"), *process_argv(run_dir, me, data_dir), *listen]
+        # a replica of a cluster (docs/REPLICATION.md) owns the log in the writer's place
+        log_owner = "replica" if config.cluster.enabled else "writer"
+        writer_argv = [*child(log_owner), *process_argv(run_dir, me, data_dir), *listen]
         writer_argv += ["--lock-fd", str(lock_fd), *config.writer.argv()]
+        writer_argv += config.cluster.argv() if config.cluster.enabled else []
         compactor_argv = [*child("compactor"), *process_argv(run_dir, me, data_dir), *listen]
         compactor_argv += config.compactor.argv()
         front_argv = [*child("front"), *process_argv(run_dir, me), *connect]
@@ -172,11 +177,15 @@ class Supervisor:
         procs = [{"role": "supervisor", "pid": os.getpid(), "restarts": 0, "state": "ready"}]
         now = time.monotonic()
         procs += [self.children[role].status(now) for role in self.start_order]
-        return {
+        status = {
             "processes": procs,
             "last_recovery": self.last_recovery,
             "recoveries": self.recoveries,
         }
+        writer = self.children.get("writer")
+        if writer is not None and writer.report is not None:
+            status.update(writer.report)  # a replica's `replication`, as of its last PONG
+        return status
 
     # -- messages from children ----------------------------------------------
 
@@ -215,6 +224,7 @@ class Supervisor:
             child = self.children.get(ident.decode())
             if child is not None and child.pid == msg[1]:
                 child.last_seen = time.monotonic()
+                child.report = msg[2] if len(msg) > 2 else None
 
     def ping(self) -> None:
         """The heartbeat: each ready child answers from its main loop."""

@@ -36,7 +36,7 @@ from actors import metrics, sockets
 from actors.codes import Code, Exit
 from actors.config import CompactorConfig, add_process_flags
 from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
-from wal import CorruptionError, DiskFull, WalError, fsyncbench, snapshot
+from wal import CorruptionError, DiskFull, WalError, epochs, fsyncbench, snapshot
 from wal.datadir import DataDir
 from wal.statemachine import StateMachine
 from wal.tail import LogTail
@@ -74,6 +74,9 @@ class Compactor:
         self.auto_retry_at = 0.0  # after a failed automatic snapshot, wait before the next
         self.metrics = metrics.for_compactor()  # None without --metrics-listen
         self.stuck: str | None = None  # why the log cannot be followed past applied_offset
+        # a cluster's replica: kv_get only before this monotonic time (its lease deadline);
+        # None: no cluster, always
+        self.serving_until: float | None = None
 
     # -- recovery ----------------------------------------------------------
 
@@ -133,8 +136,13 @@ class Compactor:
             self.stuck = str(err)
             log.error("the state stops before entry %d: %s", self.sm.applied_offset, err)
 
-    def on_notice(self, durable_next: int, bytes_appended: int) -> None:
+    def on_notice(
+        self, durable_next: int, bytes_appended: int, serving_until: float | None = None
+    ) -> None:
+        """A replica's notices (actors/replica.py) say up to where entries are committed and
+        until when (monotonic, this host's clock) it leads within its lease."""
         self.durable_next = max(self.durable_next, durable_next)
+        self.serving_until = serving_until
         if self._bytes_mark is None or bytes_appended < self._bytes_mark:
             self._bytes_mark = bytes_appended  # a new writer counts from 0 again
         self.bytes_since_snapshot += bytes_appended - self._bytes_mark
@@ -155,6 +163,11 @@ class Compactor:
     # -- requests ------------------------------------------------------------
 
     def kv_get(self, key: str, min_offset: int) -> tuple[int, dict]:
+        if self.serving_until is not None and time.monotonic() >= self.serving_until:
+            return Code.TEMPORARILY_UNAVAILABLE, {
+                "text": "this replica is not the cluster's leader within its lease, so its "
+                "state may be stale: ask the leader (docs/REPLICATION.md)"
+            }
         self.catch_up(min_offset)
         refusal = self.damaged_refusal(key, min_offset)
         if refusal is not None:
@@ -205,8 +218,10 @@ class Compactor:
             }
         damage = snapshot.Damage(tuple(self.sm.damaged), frozenset(self.sm.rewritten))
         t0 = time.perf_counter()
+        # a replica's snapshot records its last entry's epoch (None on a single node)
+        epoch = epochs.snapshot_epoch(self.datadir.wal_dir, self.sm.applied_offset - 1)
         snap = snapshot.write(
-            self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state, damage
+            self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state, damage, epoch
         )
         if self.metrics is not None:
             self.metrics.snapshot_written(time.perf_counter() - t0)

@@ -284,11 +284,51 @@ class SupervisorConfig(RoleConfig):
     )
 
 
+ACKS = ("quorum", "all")
+MAX_CLUSTER_SIZE = 7
+
+
+@dataclass(frozen=True)
+class ClusterConfig(RoleConfig):
+    """A replica of a replicated log (docs/REPLICATION.md); `cluster` None: no replication."""
+
+    role: ClassVar[str] = "cluster"
+    cluster: str | None = setting(
+        None,
+        "this log side is a replica of cluster NAME (with etcd); a front (--roles front) "
+        "follows NAME's leader instead of --connect",
+    )
+    coordinator: str | None = setting(None, "etcd's client URL, e.g. http://127.0.0.1:2379")
+    replica_id: str | None = setting(None, "this replica's id in the cluster (unique, stable)")
+    lease_ttl: int = setting(
+        2,
+        "seconds of the leader's etcd lease: a dead leader is replaced after about this long",
+        minimum=1,
+        maximum=60,
+        shown="1 s (etcd's minimum) to a minute",
+    )
+    cluster_size: int = setting(
+        3,
+        "replicas in the cluster (odd); an append is acknowledged once a majority has it",
+        minimum=1,
+        maximum=MAX_CLUSTER_SIZE,
+        shown="odd: 1, 3, 5 or 7",
+    )
+    acks: str = setting(
+        "quorum", "quorum: acknowledge once a majority has an entry durably; all: every replica"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.cluster is not None
+
+
 ROLE_CONFIGS: tuple[type[RoleConfig], ...] = (
     WriterConfig,
     CompactorConfig,
     FrontConfig,
     SupervisorConfig,
+    ClusterConfig,
 )
 
 
@@ -303,6 +343,7 @@ class NodeConfig:
     compactor: CompactorConfig
     front: FrontConfig
     supervisor: SupervisorConfig
+    cluster: ClusterConfig = ClusterConfig()
     listen: Remote | None = None  # the log side serves remote fronts there
     connect: Remote | None = None  # a front alone, whose log side listens there
     follow: LeaderSource | None = None  # a front alone, following a cluster's leader

@@ -29,11 +29,18 @@ compactor -> writer: [REQUESTS, ...] with ops wal_sync and
 writer -> compactor, after each commit that moved anything (dropped if the
 compactor is not keeping up; the next one says the same and more):
     [NOTICE, durable_next, bytes_appended]
+a cluster's replica (actors/replica.py) instead, durable_next being its
+commit offset + 1 (capped by its durable end):
+    [NOTICE, durable_next, bytes_appended, serving_until]
+        serving_until: the monotonic time its lease ends while it leads, else 0:
+        the compactor answers kv_get only before it
 
 child <-> supervisor (DEALER with identity = role -> ROUTER):
     child -> supervisor:  [READY, role, pid, recovery]     recovery: dict or None
                           [STATUS, rid]                    front asks for status
                           [PONG, pid]                      the answer to a PING
+                          [PONG, pid, report]              a replica's: report is
+                                                           {"replication": {...}} for status
     supervisor -> child:  [STATUS, rid, status_dict]
                           [PEER, role, state]              "ready" or "down"
                           [PING]                           heartbeat: answer from the loop
@@ -49,6 +56,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+
+from wal.replication import protocol as p
 
 REQUESTS = "req"
 REPLIES = "rep"
@@ -88,3 +97,61 @@ def pack(msg: list) -> bytes:
 
 def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+
+
+# -- replica <-> replica (docs/REPLICATION.md): each replica's DEALER (identity = its replica id)
+# to every other replica's ROUTER at --listen PORT+2. One message is one protocol message of
+# wal/replication/protocol.py, as a msgpack array whose first element names it:
+#     [PEER_POSITION_REQUEST, epoch, sender]
+#     [PEER_POSITION_REPLY, epoch, sender, last_epoch, last_offset]
+#     [PEER_APPEND, epoch, sender, prev_offset, prev_epoch, entries, commit_offset]
+#         entries: [[offset, epoch, payload bytes or None (an epoch-start record)], ...]
+#     [PEER_SNAPSHOT, epoch, sender, last_epoch, last_offset, state, commit_offset]
+#     [PEER_APPEND_REPLY, epoch, sender, ok, durable_offset, last_offset]
+PEER_POSITION_REQUEST = "pq"
+PEER_POSITION_REPLY = "pr"
+PEER_APPEND = "ap"
+PEER_SNAPSHOT = "sn"
+PEER_APPEND_REPLY = "ar"
+
+
+def pack_peer(message: Any) -> bytes:
+    """One protocol message (wal.replication.protocol) as its peer wire form."""
+    if isinstance(message, p.AppendBatch):
+        entries = [[e.offset, e.epoch, e.payload] for e in message.entries]
+        body: list = [PEER_APPEND, message.epoch, message.sender, message.prev_offset]
+        body += [message.prev_epoch, entries, message.commit_offset]
+    elif isinstance(message, p.AppendReply):
+        body = [PEER_APPEND_REPLY, message.epoch, message.sender, message.ok]
+        body += [message.durable_offset, message.last_offset]
+    elif isinstance(message, p.PositionRequest):
+        body = [PEER_POSITION_REQUEST, message.epoch, message.sender]
+    elif isinstance(message, p.PositionReply):
+        last = message.last
+        body = [PEER_POSITION_REPLY, message.epoch, message.sender, last.epoch, last.offset]
+    else:
+        snap = message.snapshot
+        body = [PEER_SNAPSHOT, message.epoch, message.sender, snap.last.epoch, snap.last.offset]
+        body += [snap.state, message.commit_offset]
+    return _packer.pack(body)
+
+
+def unpack_peer(data: bytes) -> Any:
+    """The protocol message a peer sent; ValueError if it is not one."""
+    try:
+        kind, *f = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+        if kind == PEER_APPEND:
+            entries = tuple(p.Entry(o, e, payload) for o, e, payload in f[4])
+            return p.AppendBatch(f[0], f[1], f[2], f[3], entries, f[5])
+        if kind == PEER_APPEND_REPLY:
+            return p.AppendReply(f[0], f[1], bool(f[2]), f[3], f[4])
+        if kind == PEER_POSITION_REQUEST:
+            return p.PositionRequest(f[0], f[1])
+        if kind == PEER_POSITION_REPLY:
+            return p.PositionReply(f[0], f[1], p.Position(f[2], f[3]))
+        if kind == PEER_SNAPSHOT:
+            snapshot = p.Snapshot(p.Position(f[2], f[3]), f[4])
+            return p.InstallSnapshot(f[0], f[1], snapshot, f[5])
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
+        raise ValueError(f"not a peer message: {err}") from None
+    raise ValueError(f"not a peer message: kind {kind!r}")

@@ -48,6 +48,12 @@ class Remote:
         host, port = parse_tcp(self.endpoint)
         return f"tcp://{host}:{port + 1}"
 
+    @property
+    def replication(self) -> str:
+        """Where a cluster's replica takes the other replicas' messages (docs/REPLICATION.md)."""
+        host, port = parse_tcp(self.endpoint)
+        return f"tcp://{host}:{port + 2}"
+
     def argv(self, flag: str) -> list[str]:
         """The child-process flags that recreate this (flag: --listen or --connect)."""
         if self.keys_dir is None:
@@ -142,7 +148,16 @@ def connect_remote_dealer(
     monitor socket that reports PEER_EVENTS: with no supervisor on that host
     to say so, the connection itself tells when the peer is up (it binds
     only once recovered) and when it went away."""
+    sock = _remote_dealer(ctx, remote)
+    monitor = sock.get_monitor_socket(PEER_EVENTS)
+    sock.connect(endpoint)
+    return sock, monitor
+
+
+def _remote_dealer(ctx: zmq.Context, remote: Remote, identity: str | None = None) -> zmq.Socket:
     sock = _common(ctx.socket(zmq.DEALER))
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
     # Back off toward a host that is away, but not so far that a writer back
     # after an outage waits long for us (attempts double from 5 ms to 100 ms).
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
@@ -151,9 +166,21 @@ def connect_remote_dealer(
         public, secret = key_pair(remote.keys_dir, remote.key_name)
         sock.curve_publickey, sock.curve_secretkey = public, secret
         sock.curve_serverkey = public_key(remote.keys_dir, SERVER_KEY)
-    monitor = sock.get_monitor_socket(PEER_EVENTS)
-    sock.connect(endpoint)
-    return sock, monitor
+    return sock
+
+
+PEER_SNDHWM = 10_000  # messages queued toward one replica; beyond, sends are dropped
+
+
+def connect_replica(ctx: zmq.Context, remote: Remote, identity: str) -> zmq.Socket:
+    """A replica's DEALER to another replica's replication ROUTER (`remote` names that
+    replica's --listen, with our keys). Bounded: toward a frozen or partitioned replica the
+    protocol's messages are dropped (sent NOBLOCK) once PEER_SNDHWM are queued; the leader's
+    retransmit sends again what the replica has not acknowledged."""
+    sock = _remote_dealer(ctx, remote, identity)
+    sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
+    sock.connect(remote.replication)
+    return sock
 
 
 def writer_endpoint(run_dir: str) -> str:

@@ -47,7 +47,7 @@ from wal import (
 )
 from wal.datadir import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
 from wal.errors import DataMissing
-from wal.log import DEFAULT_MAX_SEGMENT_BYTES, Entry, OffsetOutOfRange
+from wal.log import DEFAULT_MAX_SEGMENT_BYTES, Entry, OffsetOutOfRange, RecoveryReport
 
 log = setup_logging("writer")
 
@@ -135,11 +135,14 @@ class Writer:
                 "offset": offset,
                 "lost": True,
             }
-        return m.OK, {
+        reply = {
             "offset": e.offset,
             "payload": e.payload.decode("utf-8", "replace"),
             "checksum_valid": e.checksum_valid,
         }
+        if e.epoch_start is not None:  # a replicated leader's first record: payload ""
+            reply["epoch_start"] = e.epoch_start
+        return m.OK, reply
 
     def op_scan(self, arg: list) -> tuple[int, dict]:
         from_offset, max_entries = arg
@@ -155,6 +158,8 @@ class Writer:
                 item["lost"] = _lost_text(e)
             elif not e.checksum_valid:
                 item["checksum_valid"] = False
+            elif e.epoch_start is not None:
+                item["epoch_start"] = e.epoch_start
             out.append(item)
         return m.OK, {"entries": out, "next_offset": from_offset + len(out)}
 
@@ -403,23 +408,15 @@ def serve(
                 pass  # the compactor is behind or down; a later notice says more
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="walnode-writer")
-    add_process_flags(p, data_dir=True)
-    p.add_argument("--lock-fd", type=int, default=None)
-    WriterConfig.add_flags(p)
-    sockets.add_remote_flags(p, "--listen")
-    args = p.parse_args(argv)
-    config = WriterConfig.from_args(args)
-    if args.parent_pid:
-        die_with_parent(args.parent_pid)
-    ignore_stop_signals()  # the supervisor decides for us
-    policy = config.fsync
-    # Fault injection for tests: a slow start keeps the writer down for a while.
-    time.sleep(float(os.environ.get("WALNODE_FAULT_WRITER_START_DELAY", "0")))
-    datadir = DataDir(args.data_dir)
+def open_log(
+    data_dir: str, lock_fd: int | None, config: WriterConfig, who: str = "writer"
+) -> tuple[DataDir, Log, RecoveryReport] | Exit:
+    """Lock the data directory and recover its log, logging what recovery found; or the exit
+    status that says why not. The writer and a cluster's replica (actors/replica.py) both
+    open their log here."""
+    datadir = DataDir(data_dir)
     try:
-        datadir.lock(f"walnode writer pid {os.getpid()}", args.lock_fd)
+        datadir.lock(f"walnode {who} pid {os.getpid()}", lock_fd)
     except DirectoryLocked as err:
         log.error("%s", err)
         return Exit.LOCKED
@@ -443,6 +440,27 @@ def main(argv: list[str] | None = None) -> int:
     except (WalError, OSError) as err:
         log.error("refusing to start: %s", err)
         return Exit.IO
+    log_recovery(report)
+    return datadir, wal, report
+
+
+def log_sockets(
+    ctx: zmq.Context, run_dir: str, remote: sockets.Remote | None
+) -> tuple[list[zmq.Socket], zmq.Socket, zmq.Socket]:
+    """The log owner's sockets: routers for fronts (ipc, and tcp at --listen if given), its
+    control link to the supervisor and its notices to the compactor. Bind only after
+    recovery: a connection means ready."""
+    routers = [sockets.bind_router(ctx, sockets.writer_endpoint(run_dir))]
+    if remote is not None:
+        if remote.keys_dir:
+            sockets.start_authenticator(ctx, remote.keys_dir)
+        routers.append(sockets.bind_remote_router(ctx, remote, remote.writer))
+    control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "writer")
+    notices = sockets.connect_dealer(ctx, sockets.compactor_endpoint(run_dir), lossy=True)
+    return routers, control, notices
+
+
+def log_recovery(report: RecoveryReport) -> None:
     if report.bytes_truncated:
         log.warning(
             "cut a torn tail: %d bytes at byte %d of %s (%s); they were never acknowledged",
@@ -473,15 +491,29 @@ def main(argv: list[str] | None = None) -> int:
         report.segments,
         report.duration_ms,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="walnode-writer")
+    add_process_flags(p, data_dir=True)
+    p.add_argument("--lock-fd", type=int, default=None)
+    WriterConfig.add_flags(p)
+    sockets.add_remote_flags(p, "--listen")
+    args = p.parse_args(argv)
+    config = WriterConfig.from_args(args)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    ignore_stop_signals()  # the supervisor decides for us
+    policy = config.fsync
+    # Fault injection for tests: a slow start keeps the writer down for a while.
+    time.sleep(float(os.environ.get("WALNODE_FAULT_WRITER_START_DELAY", "0")))
+    opened = open_log(args.data_dir, args.lock_fd, config)
+    if isinstance(opened, Exit):
+        return opened
+    datadir, wal, report = opened
     ctx = zmq.Context()
-    routers = [sockets.bind_router(ctx, sockets.writer_endpoint(args.run_dir))]
     remote = sockets.remote_from(args.listen, args)
-    if remote is not None:  # bound only now, after recovery: a connection means ready
-        if remote.keys_dir:
-            sockets.start_authenticator(ctx, remote.keys_dir)
-        routers.append(sockets.bind_remote_router(ctx, remote, remote.writer))
-    control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(args.run_dir), "writer")
-    notices = sockets.connect_dealer(ctx, sockets.compactor_endpoint(args.run_dir), lossy=True)
+    routers, control, notices = log_sockets(ctx, args.run_dir, remote)
     control.send(m.pack([m.READY, "writer", os.getpid(), report.as_dict()]))
     writer = Writer(datadir, wal, policy)
     try:

@@ -163,7 +163,7 @@ def _check_scanned(
         scan = scan_bytes(buf[pos:], sealed=not last)
         for p in scan.rotted:
             at = offset + bisect.bisect_left(scan.positions, p)
-            length = int.from_bytes(buf[pos + p : pos + p + 4], "little")
+            length = int.from_bytes(buf[pos + p : pos + p + 4], "little") & record.LENGTH_MASK
             end = pos + p + record.HEADER_SIZE + length
             problems.append(
                 Problem(path, pos + p, end, record.Damage.BAD_CRC.value, at, False, 1, True, end)

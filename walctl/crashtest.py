@@ -961,7 +961,8 @@ def write_png(path: str, c: Campaign, colors: dict[str, str] = KILL_COLORS) -> N
     ax.plot([b * bin_s for b in range(len(bins))], [n / bin_s for n in bins], lw=0.7)
     labelled = set()
     for k in c.kills:
-        label = None if k.role in labelled else f"kill {k.role}"
+        name = f"kill {k.role}" if colors is KILL_COLORS else k.role
+        label = None if k.role in labelled else name
         labelled.add(k.role)
         ax.axvline(k.at - c.t0, color=colors[k.role], lw=0.8, label=label)
         if k.back_at is not None:

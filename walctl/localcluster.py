@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,22 +27,30 @@ class ClusterError(Exception):
     """The cluster could not start or lost a process; the text says which and where its log is."""
 
 
+def listen_port_range() -> tuple[int, int]:
+    """Ports to listen on: below the kernel's ephemeral range, so that no outgoing connection
+    (a replica's to etcd or to another) can take one between our probe and the bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10000, low - 1) if low > 12000 else (low + 20000, 65000)
+
+
 def free_ports(n: int) -> int:
     """A port P with P..P+n-1 free on 127.0.0.1 (a replica's writer, compactor, peers)."""
+    low, high = listen_port_range()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + n > 65535:
-            continue
+        port = random.randrange(low, high - n)
         try:
-            for k in range(1, n):
+            for k in range(n):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port + k))
         except OSError:
             continue
         return port
-    raise ClusterError(f"no {n} consecutive free ports on 127.0.0.1")
+    raise ClusterError(f"no {n} consecutive free ports on 127.0.0.1 in {low}..{high}")
 
 
 @dataclass

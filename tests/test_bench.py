@@ -15,6 +15,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 from tests.nodeproc import walctl
 
 PEERS = ("sqlite", "rocksdict", "lmdb", "raw", "ceiling")
@@ -83,3 +85,22 @@ def test_quick_bench_reports_every_level_and_peer_and_only_real_acks(tmp_path):
         "one-at-a-time p50 / raw write+fdatasync p50",
     }
     assert png.stat().st_size > 1000
+
+
+@pytest.mark.timeout(120)
+def test_bench_cluster_smoke(tmp_path):
+    """`walctl bench --cluster`: the single node and three replicas + a front, measured in one
+    run, every level verified (the log grew by exactly the acked appends), one failover timed."""
+    out = tmp_path / "cluster.json"
+    res = walctl(
+        "bench", "--cluster", "--seconds", "0.3", "--warmup", "0.1", "--failovers", "1",
+        "--json", str(out), "--data-dir", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["in_flight"] for r in results["single"]] == [1000, 1]
+    assert [r["in_flight"] for r in results["levels"]] == [1000, 1]
+    assert all(r["verified"] and r["appends_per_sec"] > 0 for r in results["levels"])
+    [failover] = results["failovers"]
+    assert failover["killed"] != failover["next_leader"] and 0 < failover["seconds"] < 30
+    assert "| 3 replicas | 1000 |" in res.stdout

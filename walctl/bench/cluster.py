@@ -5,8 +5,9 @@ and one front that follows their leader (walctl/localcluster.py: a real etcd, re
 CURVE on loopback, every replica's data on the same file system): at 1000 appends in flight
 (appends/s) and one at a time (p50 latency), each with `--seconds` measured after `--warmup`;
 then the failover time, --failovers times: kill -9 the leader's process group, and time from the
-kill to the acknowledgement of one append sent right after it through the front (which holds it
-until the new leader serves); the killed replica is started again before the next. Issue #14's
+kill to the acknowledgement of an append sent right after it through the front (which holds it
+until the new leader serves; sent again if it got 13, as one sent before the front saw the
+connection drop does); the killed replica is started again before the next. Issue #14's
 targets: replicated rate at least half the single node's, p50 at most 2.5 times, failover at most
 lease TTL + 1 s. docs/BENCHMARKS.md has the results.
 """
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 
+from actors.codes import Code
 from walctl.bench import appends, report
 from walctl.localcluster import ClusterError, LocalCluster
 
@@ -65,15 +67,25 @@ def failover(cluster: LocalCluster, driver: appends.WalnodeDriver, n: int) -> di
     leader.down = True
     leader.kill()
     killed = time.monotonic()
-    reply = driver.call({"type": "wal_append", "payload": f"failover {n}"}, timeout=60)
-    took = time.monotonic() - killed
-    if reply.get("type") != "wal_append_ok":
-        raise appends.NodeFailed(f"the append after killing {leader.replica_id} got {reply}")
+    tries = 0
+    while True:  # sent before the front saw the connection drop, an append gets 13: again
+        tries += 1
+        reply = driver.call({"type": "wal_append", "payload": f"failover {n}"}, timeout=60)
+        took = time.monotonic() - killed
+        if reply.get("type") == "wal_append_ok":
+            break
+        if reply.get("code") not in (Code.CRASH, Code.TEMPORARILY_UNAVAILABLE) or took > 60:
+            raise appends.NodeFailed(f"the append after killing {leader.replica_id} got {reply}")
     leader.start()
     new = cluster.leader(timeout=30)
     say(f"    failover {n}: {leader.replica_id} killed, {new.replica_id} acked in {took:.3f} s")
     time.sleep(2.0)  # the restarted replica catches up before the next kill
-    return {"killed": leader.replica_id, "next_leader": new.replica_id, "seconds": round(took, 3)}
+    return {
+        "killed": leader.replica_id,
+        "next_leader": new.replica_id,
+        "seconds": round(took, 3),
+        "appends_sent": tries,
+    }
 
 
 def replicated(directory: str, args: argparse.Namespace) -> dict:
@@ -112,7 +124,7 @@ def targets(single: list[dict], cluster: dict, lease_ttl: int) -> list[dict]:
         {"target": "replicated p50 one at a time <= 2.5 x single", "ratio": round(p50, 2),
          "met": p50 <= 2.5},
         {"target": f"failover <= lease TTL + 1 s ({lease_ttl + 1} s)", "worst_s": worst,
-         "median_s": statistics.median(times) if times else None,
+         "median_s": round(statistics.median(times), 3) if times else None,
          "met": worst is not None and worst <= lease_ttl + 1},
     ]  # fmt: skip
 
@@ -133,7 +145,8 @@ def markdown(results: dict) -> str:
     times = ", ".join(f"{f['seconds']:.2f}" for f in results["failovers"])
     lines += ["", f"failover (kill -9 the leader → next ack), s: {times}", ""]
     for t in results["targets"]:
-        lines.append(f"- {t['target']}: {'met' if t['met'] else 'NOT met'} ({t})")
+        got = f"ratio {t['ratio']}" if "ratio" in t else f"worst {t['worst_s']} s"
+        lines.append(f"- {t['target']}: {'met' if t['met'] else 'NOT met'} ({got})")
     return "\n".join(lines) + "\n"
 
 

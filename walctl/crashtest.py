@@ -925,11 +925,11 @@ def print_report(r: dict) -> None:
         "",
         "back to service: writer, front: kill -> first ack of an append sent after it;",
         "                 compactor: kill -> first kv_get answered",
-        f"  {'role':<10}{'kills':>6}{'p50 ms':>10}{'p99 ms':>10}{'worst ms':>10}",
+        f"  {'role':<16}{'kills':>6}{'p50 ms':>10}{'p99 ms':>10}{'worst ms':>10}",
     ]
     for role, b in r["back_to_service"].items():
         lines.append(
-            f"  {role:<10}{b['kills']:>6}{b['p50_ms']:>10}{b['p99_ms']:>10}{b['worst_ms']:>10}"
+            f"  {role:<16}{b['kills']:>6}{b['p50_ms']:>10}{b['p99_ms']:>10}{b['worst_ms']:>10}"
         )
     lines.append(f"restarts counted by the supervisor: {r['restarts_per_role']}")
     lines.append(f"walnode exit status at end of input: {r['node_exit_status']}")

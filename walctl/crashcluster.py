@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from walctl.crashtest import (
     verify,
 )
 from walctl.localcluster import ClusterError, LocalCluster, Replica
+from walctl.reportfile import tidy, write_json
 
 FAULTS = ("leader-kill", "leader-freeze", "leader-isolated")
 FAULT_COLORS = {
@@ -418,17 +418,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("FAIL: " + "; ".join(report["failures"]), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        write_json(args.json, report)
     if not report["passed"]:
         logs = c.cluster.logs()
         print(f"walctl crashtest --cluster: the replicas' logs: {logs}", file=sys.stderr)
-    if report["passed"] and not args.data_dir and not args.keep_data:
-        shutil.rmtree(root, ignore_errors=True)
-    elif not args.data_dir:
-        print(f"walctl crashtest --cluster: data kept in {root}", file=sys.stderr)
-    return 0 if report["passed"] else 1
+    passed = report["passed"]
+    given = bool(args.data_dir)
+    tidy(root, given=given, keep=args.keep_data, passed=passed, command="crashtest --cluster")
+    return 0 if passed else 1
 
 
 def argument_problem(args: argparse.Namespace) -> str | None:

@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import array
 import collections
-import json
 import os
 import random
 import re
-import shutil
 import signal
 import statistics
 import sys
@@ -32,6 +30,7 @@ from typing import Any
 
 from actors import procfs
 from actors.codes import Code
+from walctl.reportfile import tidy, write_json
 from walnode import Client, WalnodeError, node_command
 
 ROLES = ("writer", "compactor", "front")
@@ -1090,18 +1089,16 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(c, found, log, exit_status)
     print_report(report)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        write_json(args.json, report)
     if args.png:
         write_png(args.png, c)
     if not report["passed"]:
         print("walnode's last stderr lines:\n" + "\n".join(c.node.stderr_tail), file=sys.stderr)
-    if report["passed"] and not args.data_dir and not args.keep_data:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    elif not args.data_dir:
-        print(f"walctl crashtest: data kept in {data_dir}", file=sys.stderr)
-    return 0 if report["passed"] else 1
+    passed = report["passed"]
+    tidy(
+        data_dir, given=bool(args.data_dir), keep=args.keep_data, passed=passed, command="crashtest"
+    )
+    return 0 if passed else 1
 
 
 def argument_problem(args: argparse.Namespace) -> str | None:

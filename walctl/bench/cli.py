@@ -11,7 +11,6 @@ printed; --json and --png save them. docs/BENCHMARKS.md has the method.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -312,9 +311,9 @@ def _write_files(args: argparse.Namespace, results: dict) -> None:
     from walctl.bench import report
 
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+        from walctl.reportfile import write_json
+
+        write_json(args.json, results)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(report.table(results, markdown=True) + "\n")

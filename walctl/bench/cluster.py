@@ -15,7 +15,6 @@ lease TTL + 1 s. docs/BENCHMARKS.md has the results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -26,6 +25,7 @@ import time
 from actors.codes import Code
 from walctl.bench import appends, report
 from walctl.localcluster import ClusterError, LocalCluster
+from walctl.reportfile import write_json
 
 LEVELS = (1000, 1)
 UNAVAILABLE_WAIT = 30.0  # the front holds the failover probe until a leader serves
@@ -178,9 +178,7 @@ def run(args: argparse.Namespace) -> int:
     text = markdown(results)
     print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+        write_json(args.json, results)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text)

@@ -192,6 +192,9 @@ class ReplicaServer:
     def run(self) -> None:
         while True:
             events = dict(self.poller.poll(self._wait_ms()))
+            # First, before anything that arrived is looked at: a replica thawed after its
+            # lease ran out must not acknowledge on replies that waited for it meanwhile.
+            self.check_lease()
             if self.control in events and not self.on_control(m.unpack(self.control.recv())):
                 return
             if self.elect in events:
@@ -279,6 +282,8 @@ class ReplicaServer:
 
     def release(self, commit_offset: int) -> None:
         """Answer every held append up to `commit_offset`: it is on a majority, durably."""
+        if not self.election.is_leader():
+            return  # the lease ran out: check_lease answers them 13 (a later leader decides)
         done = 0
         while done < len(self.held) and self.held[done].offset <= commit_offset:
             done += 1

@@ -1,0 +1,182 @@
+"""The replicated log with real processes: etcd (tests/etcd.py) and three
+`walnode --roles writer,compactor --cluster ...` replicas (tests/cluster.py), each a whole
+process tree in its own group, driven over the fronts' internal protocol on --listen.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from actors import messages as m
+from actors.codes import Code
+from tests.cluster import Cluster, Link
+
+TTL = 2
+
+
+@pytest.fixture
+def cluster(tmp_path, etcd_server):
+    c = Cluster(str(tmp_path), etcd_server.endpoint, size=3, ttl=TTL)
+    c.start_all()
+    yield c
+    c.stop_all()
+
+
+def append_all(link: Link, payloads: list[bytes], timeout: float) -> dict[int, tuple[int, dict]]:
+    rids = {link.send(m.OP_APPEND, p): p for p in payloads}
+    replies: dict[int, tuple[int, dict]] = {}
+    deadline = time.monotonic() + timeout
+    while len(replies) < len(rids) and time.monotonic() < deadline:
+        replies.update(link.replies(min(0.2, deadline - time.monotonic())))
+    return {rid: replies[rid] for rid in rids if rid in replies}
+
+
+def committed_payloads(cluster: Cluster, replica) -> dict[int, tuple[str, object]]:  # noqa: ANN001
+    """offset -> (payload, epoch_start) of every entry in the replica's data directory."""
+    out = {}
+    for line in cluster.dump(replica):
+        entry = json.loads(line)
+        out[entry["offset"]] = (entry["payload"], entry.get("epoch_start"))
+    return out
+
+
+def replication_of(link: Link) -> dict:
+    code, info = link.request(m.OP_INFO, None)
+    assert code == m.OK, info
+    return info["replication"]
+
+
+def wait_caught_up(link: Link, replica_ids: list[str], timeout: float = 20) -> dict:
+    """The leader's `replication` once every replica named is durable up to its commit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = replication_of(link)
+        durable = [state["replicas"][rid]["durable_offset"] for rid in replica_ids]
+        if min(durable) >= state["commit_offset"]:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"{replica_ids} did not catch up: {state}")
+
+
+def append_each(link: Link, payloads: list[bytes], acked: dict[int, bytes]) -> None:
+    for payload in payloads:
+        code, fields = link.request(m.OP_APPEND, payload)
+        assert code == m.OK, fields
+        acked[fields["offset"]] = payload
+
+
+@pytest.mark.timeout(120)
+def test_quorum_commit_failover_and_rejoin(cluster):
+    """An append is acknowledged only once a majority has it: with both followers frozen
+    (SIGSTOP) nothing is acknowledged, and thawed, everything is. Killing the leader's whole
+    process tree (kill -9) gives a new leader that serves within TTL + 3 s and holds every
+    acknowledged entry; the killed replica rejoins as a follower. Then a leader holding entries
+    no follower has (both followers killed) is killed too: the two come back and elect one of
+    themselves, and the old leader, restarted, cuts that suffix (log matching): in the end every
+    committed offset holds the same payload in all three data directories (walctl dump)."""
+    first, link = cluster.wait_serving(30)
+    acked: dict[int, bytes] = {}
+    append_each(link, [b"a%d" % i for i in range(10)], acked)
+    followers = [r for r in cluster.replicas if r is not first]
+
+    for follower in followers:
+        follower.signal(signal.SIGSTOP)
+    try:
+        rids = {link.send(m.OP_APPEND, b"held%d" % i): b"held%d" % i for i in range(5)}
+        early = link.replies(1.5)
+        assert early == {}, f"acknowledged without a majority: {early}"
+    finally:
+        for follower in followers:
+            follower.signal(signal.SIGCONT)
+    late = link.replies(3.0)
+    assert set(late) == set(rids), f"not acknowledged after the thaw: {late}"
+    for rid, (code, fields) in late.items():
+        assert code == m.OK, fields
+        acked[fields["offset"]] = rids[rid]
+    link.close()
+
+    killed_at = time.monotonic()
+    cluster.kill(first)
+    second, link = cluster.wait_serving(TTL + 3 + 2, not_id=first.replica_id)
+    failover = time.monotonic() - killed_at
+    print(f"failover: a new leader acknowledged {failover:.2f} s after the kill")
+    assert failover < TTL + 3, f"failover took {failover:.2f} s"
+    for offset, payload in acked.items():
+        code, fields = link.request(m.OP_READ, offset)
+        assert (code, fields.get("payload")) == (m.OK, payload.decode()), (offset, fields)
+    append_each(link, [b"b%d" % i for i in range(5)], acked)
+    cluster.start(first)  # the killed one rejoins, as a follower
+    wait_caught_up(link, [first.replica_id])
+
+    # a suffix only the leader has: its followers are dead when it takes these appends
+    others = [r for r in cluster.replicas if r is not second]
+    for replica in others:
+        cluster.kill(replica)
+    doomed = [b"doomed%d" % i for i in range(3)]
+    for payload in doomed:
+        link.send(m.OP_APPEND, payload)
+    assert link.replies(1.0) == {}, "acknowledged by the leader alone"
+    link.close()
+    cluster.kill(second)
+    for replica in others:
+        cluster.start(replica)
+    third, link = cluster.wait_serving(30, not_id=second.replica_id)
+    append_each(link, [b"c%d" % i for i in range(5)], acked)
+    cluster.start(second)  # it must cut what it alone had
+    state = wait_caught_up(link, [r.replica_id for r in cluster.replicas])
+    assert state["leader"] == third.replica_id and state["role"] == "leader"
+    commit = state["commit_offset"]
+    link.close()
+    cluster.stop_all()  # dump reads the directories at rest
+    logs = [committed_payloads(cluster, r) for r in cluster.replicas]
+    for offset in range(commit + 1):
+        held = [log.get(offset) for log in logs]
+        assert held[0] is not None and held.count(held[0]) == 3, (offset, held)
+    for offset, payload in acked.items():
+        assert logs[0][offset][0] == payload.decode(), offset
+    committed = {logs[0][offset][0] for offset in range(commit + 1)}
+    assert not committed & {p.decode() for p in doomed}
+
+
+@pytest.mark.timeout(90)
+def test_frozen_leader_neither_acknowledges_nor_reads_after_its_lease(cluster):
+    """A leader frozen (SIGSTOP) past its lease and thawed (SIGCONT) answers nothing from its
+    stale view: the appends it held get 13 (not ok, although the replies that would commit
+    them waited in its socket while it was frozen), reads get 11; the new leader has them."""
+    leader, link = cluster.wait_serving(30)
+    followers = [r for r in cluster.replicas if r is not leader]
+    for follower in followers:
+        follower.signal(signal.SIGSTOP)
+    payloads = [b"f%d" % i for i in range(5)]
+    rids = {link.send(m.OP_APPEND, p): p for p in payloads}
+    time.sleep(0.3)  # shipped to the frozen followers' sockets
+    leader.signal(signal.SIGSTOP)
+    for follower in followers:  # they take the batches and reply into the frozen leader
+        follower.signal(signal.SIGCONT)
+    try:
+        new_leader, new_link = cluster.wait_serving(TTL + 3 + 2, not_id=leader.replica_id)
+        stale_read = link.send(m.OP_INFO, None)  # waits in the frozen leader's socket
+    finally:
+        leader.signal(signal.SIGCONT)
+    replies = link.replies(2.0)
+    assert stale_read in replies, replies
+    code, fields = replies[stale_read]
+    assert code == Code.TEMPORARILY_UNAVAILABLE, f"a stale read was answered: {fields}"
+    for rid in rids:
+        if rid in replies:
+            code, fields = replies[rid]
+            assert code == Code.CRASH, f"the thawed old leader acknowledged: {fields}"
+    code, fields = link.request(m.OP_READ, 0)
+    assert code == Code.TEMPORARILY_UNAVAILABLE, fields
+    assert fields.get("leader") == new_leader.replica_id, fields
+    # the held appends were on a majority (the followers had them): the new leader commits them
+    code, scan = new_link.request(m.OP_SCAN, [0, 100])
+    assert code == m.OK, scan
+    found = [e["payload"] for e in scan["entries"]]
+    assert [p.decode() for p in payloads] == [p for p in found if p.startswith("f")], found
+    link.close()
+    new_link.close()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import messages as m
+from actors import sockets
 from tests.nodeproc import NODE, REPO, walctl
 from wal.replication.election import Leader, leader_key, read_leader
 from wal.replication.etcd import EtcdClient
@@ -61,8 +62,17 @@ class ReplicaProc:
 class Cluster:
     """`size` replicas of cluster `name` on etcd at `endpoint`, data under `root`."""
 
-    def __init__(self, root: str, endpoint: str, size: int = 3, name: str = "c", ttl: int = 2):
+    def __init__(
+        self,
+        root: str,
+        endpoint: str,
+        size: int = 3,
+        name: str = "c",
+        ttl: int = 2,
+        keys: str | None = None,
+    ) -> None:
         self.endpoint, self.name, self.ttl = endpoint, name, ttl
+        self.keys = keys  # KEYDIR for CURVE (walctl keygen), None: --insecure
         self.etcd = EtcdClient(endpoint, timeout=1.0)
         self.replicas = [
             ReplicaProc(
@@ -77,7 +87,8 @@ class Cluster:
 
     def start(self, replica: ReplicaProc) -> None:
         argv = [sys.executable, NODE, "--roles", "writer,compactor", "--listen", replica.address]
-        argv += ["--insecure", "--data-dir", replica.data_dir, "--cluster", self.name]
+        argv += ["--keys", self.keys] if self.keys else ["--insecure"]
+        argv += ["--data-dir", replica.data_dir, "--cluster", self.name]
         argv += ["--coordinator", self.endpoint, "--replica-id", replica.replica_id]
         argv += ["--lease-ttl", str(self.ttl), "--cluster-size", str(len(self.replicas))]
         with open(replica.log_path, "ab") as log:
@@ -125,7 +136,7 @@ class Cluster:
             held = self.leader()
             if held is not None and held.replica_id != not_id:
                 replica = self.by_id(held.replica_id)
-                link = Link(self.ctx, replica.address)
+                link = self.link(replica)
                 code, fields = link.request(m.OP_APPEND, b"probe", timeout=1.0)
                 if code == m.OK:
                     return replica, link
@@ -133,6 +144,11 @@ class Cluster:
             time.sleep(0.05)
         logs = {r.replica_id: tail(r.log_path) for r in self.replicas}
         raise AssertionError(f"no leader served within {timeout} s: {logs}")
+
+    def link(self, replica: ReplicaProc, port_offset: int = 0) -> Link:
+        """A link to the replica's writer (port_offset 0) or compactor (1)."""
+        host, port = sockets.parse_tcp(replica.address)
+        return Link(self.ctx, f"tcp://{host}:{port + port_offset}", self.keys)
 
     def dump(self, replica: ReplicaProc) -> list[str]:
         """The replica's log as `walctl dump` prints it, one line per entry."""
@@ -144,9 +160,13 @@ class Cluster:
 class Link:
     """A DEALER to a replica's --listen port speaking the fronts' internal protocol."""
 
-    def __init__(self, ctx: zmq.Context, address: str) -> None:
+    def __init__(self, ctx: zmq.Context, address: str, keys: str | None = None) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:  # as a front with KEYDIR's client key
+            public, secret = sockets.key_pair(keys, sockets.DEFAULT_KEY_NAME)
+            self.sock.curve_publickey, self.sock.curve_secretkey = public, secret
+            self.sock.curve_serverkey = sockets.public_key(keys, sockets.SERVER_KEY)
         self.sock.connect(address)
         self.next_rid = 0
 

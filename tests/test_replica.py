@@ -14,6 +14,7 @@ import pytest
 from actors import messages as m
 from actors.codes import Code
 from tests.cluster import Cluster, Link
+from tests.nodeproc import walctl
 
 TTL = 2
 
@@ -21,6 +22,18 @@ TTL = 2
 @pytest.fixture
 def cluster(tmp_path, etcd_server):
     c = Cluster(str(tmp_path), etcd_server.endpoint, size=3, ttl=TTL)
+    c.start_all()
+    yield c
+    c.stop_all()
+
+
+@pytest.fixture
+def curve_cluster(tmp_path, etcd_server):
+    """The replicas talk to each other (and to us) with CURVE: `walctl keygen`'s keys."""
+    keys = str(tmp_path / "keys")
+    done = walctl("keygen", keys)
+    assert done.returncode == 0, done.stderr
+    c = Cluster(str(tmp_path), etcd_server.endpoint, size=3, ttl=TTL, keys=keys)
     c.start_all()
     yield c
     c.stop_all()
@@ -143,11 +156,18 @@ def test_quorum_commit_failover_and_rejoin(cluster):
 
 
 @pytest.mark.timeout(90)
-def test_frozen_leader_neither_acknowledges_nor_reads_after_its_lease(cluster):
+def test_frozen_leader_neither_acknowledges_nor_reads_after_its_lease(curve_cluster):
     """A leader frozen (SIGSTOP) past its lease and thawed (SIGCONT) answers nothing from its
     stale view: the appends it held get 13 (not ok, although the replies that would commit
-    them waited in its socket while it was frozen), reads get 11; the new leader has them."""
+    them waited in its socket while it was frozen), wal_info and kv_get get 11; the new leader
+    has them. (Over CURVE: replicas and clients with walctl keygen's keys.)"""
+    cluster = curve_cluster
     leader, link = cluster.wait_serving(30)
+    code, fields = link.request(m.OP_APPEND, b"set k=1")
+    assert code == m.OK, fields
+    kv = cluster.link(leader, port_offset=1)
+    code, fields = kv.request(m.OP_KV_GET, ["k", fields["offset"] + 1])
+    assert (code, fields.get("value")) == (m.OK, "1"), fields
     followers = [r for r in cluster.replicas if r is not leader]
     for follower in followers:
         follower.signal(signal.SIGSTOP)
@@ -160,6 +180,7 @@ def test_frozen_leader_neither_acknowledges_nor_reads_after_its_lease(cluster):
     try:
         new_leader, new_link = cluster.wait_serving(TTL + 3 + 2, not_id=leader.replica_id)
         stale_read = link.send(m.OP_INFO, None)  # waits in the frozen leader's socket
+        stale_kv = kv.send(m.OP_KV_GET, ["k", 0])
     finally:
         leader.signal(signal.SIGCONT)
     replies = link.replies(2.0)
@@ -170,6 +191,8 @@ def test_frozen_leader_neither_acknowledges_nor_reads_after_its_lease(cluster):
         if rid in replies:
             code, fields = replies[rid]
             assert code == Code.CRASH, f"the thawed old leader acknowledged: {fields}"
+    code, fields = kv.replies(2.0)[stale_kv]
+    assert code == Code.TEMPORARILY_UNAVAILABLE, f"a stale kv_get was answered: {fields}"
     code, fields = link.request(m.OP_READ, 0)
     assert code == Code.TEMPORARILY_UNAVAILABLE, fields
     assert fields.get("leader") == new_leader.replica_id, fields
@@ -178,5 +201,5 @@ def test_frozen_leader_neither_acknowledges_nor_reads_after_its_lease(cluster):
     assert code == m.OK, scan
     found = [e["payload"] for e in scan["entries"]]
     assert [p.decode() for p in payloads] == [p for p in found if p.startswith("f")], found
-    link.close()
-    new_link.close()
+    for sock in (link, kv, new_link):
+        sock.close()

@@ -264,7 +264,9 @@ class Supervisor:
         if fatal:
             self.fail(
                 f"the {child.role} stopped and a restart cannot help: {fatal} "
-                f"(see the message above)"
+                f"(see the message above)",
+                # a setting the cluster contradicts is a bad command line: walnode exits 2
+                Exit.USAGE if code == Exit.USAGE else Exit.FAILED,
             )
             return
         now = time.monotonic()
@@ -286,9 +288,9 @@ class Supervisor:
         """SIGTERM/SIGINT/SIGHUP received, from walnode's first moment (actors/startup.py)."""
         return startup.stop_signals_received()
 
-    def fail(self, why: str) -> None:
+    def fail(self, why: str, exit_code: int = Exit.FAILED) -> None:
         log.critical("%s", why)
-        self.exit_code = 1
+        self.exit_code = exit_code
         self.stopping = True
 
     def watch_stop(self, now: float) -> None:

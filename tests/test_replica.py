@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from actors import messages as m
-from actors.codes import Code
+from actors.codes import Code, Exit
 from tests.cluster import Cluster, Link
-from tests.nodeproc import walctl
+from tests.nodeproc import NODE, walctl
+from wal.replication import membership
 
 TTL = 2
 
@@ -203,3 +206,40 @@ def test_frozen_leader_neither_acknowledges_nor_reads_after_its_lease(curve_clus
     assert [p.decode() for p in payloads] == [p for p in found if p.startswith("f")], found
     for sock in (link, kv, new_link):
         sock.close()
+
+
+CLUSTER_USAGE = [
+    (["--cluster-size", "4"], "--cluster-size must be odd (1, 3, 5 or 7), got 4"),
+    (["--acks", "most"], "--acks must be one of quorum, all, got 'most'"),
+    (["--fsync", "never"], "--cluster needs --fsync always (got never)"),
+]
+
+
+@pytest.mark.timeout(60)
+def test_cluster_flags_are_checked_before_anything_starts(tmp_path):
+    """A replica's flags that cannot work stop walnode with exit 2 saying what to pass."""
+    base = [sys.executable, NODE, "--roles", "writer,compactor", "--data-dir", str(tmp_path)]
+    replica = ["--listen", "tcp://127.0.0.1:1", "--insecure", "--cluster", "c"]
+    replica += ["--coordinator", "http://127.0.0.1:1", "--replica-id", "r1"]
+    cases = [(replica + extra, text) for extra, text in CLUSTER_USAGE]
+    cases.append((["--cluster", "c"], "--cluster with the writer role needs"))
+    cases.append((["--coordinator", "http://x"], "--coordinator is for a replica"))
+    for args, text in cases:
+        done = subprocess.run([*base, *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == Exit.USAGE, (args, done.stderr)
+        assert text in done.stderr and "started" not in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.timeout(60)
+def test_a_replica_started_with_another_cluster_size_exits_2(tmp_path, etcd_server):
+    """The cluster's size is recorded once in etcd; a replica that says otherwise stops."""
+    membership.register(etcd_server.client(), "c", "r1", "tcp://127.0.0.1:1", 3)
+    c = Cluster(str(tmp_path), etcd_server.endpoint, size=5, ttl=TTL)
+    replica = c.replicas[1]
+    c.start(replica)
+    assert replica.proc is not None and replica.proc.wait(30) == Exit.USAGE
+    with open(replica.log_path) as log:
+        text = log.read()
+    assert "has --cluster-size 3 in etcd" in text and "--cluster-size 5" in text, text
+    replica.proc = None
+    c.stop_all()

@@ -220,10 +220,13 @@ class Supervisor:
         elif kind == m.STATUS:
             self.control.send_multipart([ident, m.pack([m.STATUS, msg[1], self.status()])])
         elif kind == m.PONG:
-            child = self.children.get(ident.decode())
-            if child is not None and child.pid == msg[1]:
-                child.last_seen = time.monotonic()
-                child.report = msg[2] if len(msg) > 2 else None
+            self.on_pong(ident.decode(), msg)
+
+    def on_pong(self, role: str, msg: list) -> None:
+        child = self.children.get(role)
+        if child is not None and child.pid == msg[1]:
+            child.last_seen = time.monotonic()
+            child.report = msg[2] if len(msg) > 2 else None
 
     def ping(self) -> None:
         """The heartbeat: each ready child answers from its main loop."""

@@ -127,6 +127,10 @@ class PeerLinks:
         self, ctx: zmq.Context, me: str, listen: sockets.Remote, members: dict[str, str]
     ) -> None:
         self.router = sockets.bind_remote_router(ctx, listen, listen.replication)
+        # A replica that reconnects (thawed, or its link dropped by the heartbeat) comes with
+        # the same identity while we may still hold its dead connection: let it take over,
+        # else its messages are dropped until ours times out.
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.dealers = {
             replica_id: sockets.connect_replica(
                 ctx, sockets.Remote(address, listen.keys_dir, listen.key_name), me
@@ -388,7 +392,7 @@ class ReplicaServer:
     def notify_compactor(self) -> None:
         serving_until = self.election.lease_deadline if self.serving() else 0.0
         lg = self.writer.log
-        notice = (self.applicable(), lg.bytes_appended, serving_until)
+        notice = (self.applicable(), lg.bytes_appended, serving_until, lg.first_offset)
         if notice != self.last_notice:
             try:
                 self.notices.send(m.pack([m.NOTICE, *notice]), zmq.NOBLOCK)

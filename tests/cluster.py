@@ -54,6 +54,23 @@ class ReplicaProc:
     def address(self) -> str:
         return f"tcp://127.0.0.1:{self.port}"
 
+    def child_pid(self, module: str) -> int:
+        """The pid of the supervisor's child running `python -m module` (actors.replica...)."""
+        assert self.proc is not None
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == self.proc.pid and module.encode() in argv:
+                return int(name)
+        raise AssertionError(f"no {module} under supervisor pid {self.proc.pid}")
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         os.killpg(self.proc.pid, sig)  # the group we created: supervisor, replica, compactor
@@ -70,9 +87,11 @@ class Cluster:
         name: str = "c",
         ttl: int = 2,
         keys: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.endpoint, self.name, self.ttl = endpoint, name, ttl
         self.keys = keys  # KEYDIR for CURVE (walctl keygen), None: --insecure
+        self.extra = list(extra)  # more walnode flags for every replica
         self.etcd = EtcdClient(endpoint, timeout=1.0)
         self.replicas = [
             ReplicaProc(
@@ -85,12 +104,13 @@ class Cluster:
         ]
         self.ctx = zmq.Context()
 
-    def start(self, replica: ReplicaProc) -> None:
+    def start(self, replica: ReplicaProc, env: dict[str, str] | None = None) -> None:
         argv = [sys.executable, NODE, "--roles", "writer,compactor", "--listen", replica.address]
         argv += ["--keys", self.keys] if self.keys else ["--insecure"]
         argv += ["--data-dir", replica.data_dir, "--cluster", self.name]
         argv += ["--coordinator", self.endpoint, "--replica-id", replica.replica_id]
         argv += ["--lease-ttl", str(self.ttl), "--cluster-size", str(len(self.replicas))]
+        argv += self.extra
         with open(replica.log_path, "ab") as log:
             replica.proc = subprocess.Popen(
                 argv,
@@ -99,6 +119,7 @@ class Cluster:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # its own process group: killed as one
+                env={**os.environ, **(env or {})},
             )
         replica.stopped = False
 

@@ -6,6 +6,7 @@ process tree in its own group, driven over the fronts' internal protocol on --li
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from actors import messages as m
 from actors.codes import Code, Exit
 from tests.cluster import Cluster, Link
 from tests.nodeproc import NODE, walctl
+from wal import DataDir, snapshot
 from wal.replication import membership
+from wal.statemachine import StateMachine
 
 TTL = 2
 
@@ -42,13 +45,14 @@ def curve_cluster(tmp_path, etcd_server):
     c.stop_all()
 
 
-def append_all(link: Link, payloads: list[bytes], timeout: float) -> dict[int, tuple[int, dict]]:
+def append_all(link: Link, payloads: list[bytes], timeout: float) -> dict[bytes, tuple[int, dict]]:
+    """Every payload sent at once (all in flight); the replies that came within `timeout`."""
     rids = {link.send(m.OP_APPEND, p): p for p in payloads}
     replies: dict[int, tuple[int, dict]] = {}
     deadline = time.monotonic() + timeout
     while len(replies) < len(rids) and time.monotonic() < deadline:
         replies.update(link.replies(min(0.2, deadline - time.monotonic())))
-    return {rid: replies[rid] for rid in rids if rid in replies}
+    return {rids[rid]: reply for rid, reply in replies.items() if rid in rids}
 
 
 def committed_payloads(cluster: Cluster, replica) -> dict[int, tuple[str, object]]:  # noqa: ANN001
@@ -249,3 +253,66 @@ def test_a_replica_started_with_another_cluster_size_exits_2(tmp_path, etcd_serv
     assert "has --cluster-size 3 in etcd" in text and "--cluster-size 5" in text, text
     replica.proc = None
     c.stop_all()
+
+
+@pytest.mark.timeout(120)
+def test_a_follower_behind_the_leaders_compaction_gets_its_snapshot_and_state(
+    tmp_path, etcd_server
+):
+    """A follower's replica process killed (its supervisor restarts it; its compactor runs on)
+    while the leader snapshots and compacts past it gets the leader's snapshot
+    (InstallSnapshot over the real link), then the log after it; its running compactor
+    rebuilds the state from that snapshot (the notice says the log starts past what it
+    applied) and goes on applying: its own next snapshot holds the state of every
+    acknowledged entry below it."""
+    c = Cluster(
+        str(tmp_path),
+        etcd_server.endpoint,
+        ttl=TTL,
+        extra=("--snapshot-every", "50", "--keep-entries", "0", "--max-segment-bytes", "2048"),
+    )
+    # r1's log owner starts 1.5 s late, every time: killed, it stays away while the leader
+    # compacts past it
+    # compacts past it; it is registered first and started once r2 or r3 leads
+    follower = c.replicas[0]
+    membership.register(c.etcd, c.name, follower.replica_id, follower.address, 3)
+    for replica in c.replicas[1:]:
+        c.start(replica)
+    try:
+        leader, link = c.wait_serving(30)
+        c.start(follower, env={"WALNODE_FAULT_WRITER_START_DELAY": "1.5"})
+        acked: dict[int, bytes] = {}
+        append_each(link, [b"set k%d=a%d" % (i, i) for i in range(10)], acked)
+        wait_caught_up(link, [follower.replica_id])
+        kv = c.link(follower, port_offset=1)  # its compactor is up: it answers (11, a follower)
+        assert kv.request(m.OP_KV_GET, ["k1", 0])[0] == Code.TEMPORARILY_UNAVAILABLE
+        os.kill(follower.child_pid("actors.replica"), signal.SIGKILL)
+        payloads = [b"set k%d=v%d " % (i % 20, i) + b"." * 40 for i in range(600)]
+        replies = append_all(link, payloads, 30)
+        assert len(replies) == len(payloads)
+        for payload, (code, fields) in replies.items():
+            assert code == m.OK, fields
+            acked[fields["offset"]] = payload
+        burst_end = max(acked) + 1
+        wait_caught_up(link, [follower.replica_id])
+        append_each(link, [b"set k%d=w%d" % (i % 20, i) for i in range(120)], acked)
+        wait_caught_up(link, [follower.replica_id])
+        snapshots = DataDir(follower.data_dir, create=False).snapshot_dir
+        deadline = time.monotonic() + 5  # its compactor's own automatic snapshot, past the burst
+        while max(snapshot.list_offsets(snapshots), default=0) <= burst_end + 50:
+            assert time.monotonic() < deadline, snapshot.list_offsets(snapshots)
+            time.sleep(0.1)
+        kv.close()
+        link.close()
+    finally:
+        c.stop_all()
+    with open(follower.log_path) as f:
+        text = f.read()
+    assert "a snapshot was installed): reloading" in text, text[-3000:]
+    snap, _ = snapshot.load_latest(snapshots)
+    assert snap is not None and snap.offset > burst_end + 50, snap
+    state = StateMachine()
+    for offset in sorted(acked):
+        if offset < snap.offset:
+            state.apply(acked[offset].decode())
+    assert snap.state == state.state

@@ -221,10 +221,13 @@ class Supervisor:
         elif kind == m.STATUS:
             self.control.send_multipart([ident, m.pack([m.STATUS, msg[1], self.status()])])
         elif kind == m.PONG:
-            child = self.children.get(ident.decode())
-            if child is not None and child.pid == msg[1]:
-                child.last_seen = time.monotonic()
-                child.report = msg[2] if len(msg) > 2 else None
+            self.on_pong(ident.decode(), msg)
+
+    def on_pong(self, role: str, msg: list) -> None:
+        child = self.children.get(role)
+        if child is not None and child.pid == msg[1]:
+            child.last_seen = time.monotonic()
+            child.report = msg[2] if len(msg) > 2 else None
 
     def ping(self) -> None:
         """The heartbeat: each ready child answers from its main loop."""
@@ -265,7 +268,9 @@ class Supervisor:
         if fatal:
             self.fail(
                 f"the {child.role} stopped and a restart cannot help: {fatal} "
-                f"(see the message above)"
+                f"(see the message above)",
+                # a setting the cluster contradicts is a bad command line: walnode exits 2
+                Exit.USAGE if code == Exit.USAGE else Exit.FAILED,
             )
             return
         now = time.monotonic()
@@ -287,9 +292,9 @@ class Supervisor:
         """SIGTERM/SIGINT/SIGHUP received, from walnode's first moment (actors/startup.py)."""
         return startup.stop_signals_received()
 
-    def fail(self, why: str) -> None:
+    def fail(self, why: str, exit_code: int = Exit.FAILED) -> None:
         log.critical("%s", why)
-        self.exit_code = 1
+        self.exit_code = exit_code
         self.stopping = True
 
     def watch_stop(self, now: float) -> None:

@@ -137,12 +137,24 @@ class Compactor:
             log.error("the state stops before entry %d: %s", self.sm.applied_offset, err)
 
     def on_notice(
-        self, durable_next: int, bytes_appended: int, serving_until: float | None = None
+        self,
+        durable_next: int,
+        bytes_appended: int,
+        serving_until: float | None = None,
+        first_offset: int = 0,
     ) -> None:
-        """A replica's notices (actors/replica.py) say up to where entries are committed and
-        until when (monotonic, this host's clock) it leads within its lease."""
+        """A replica's notices (actors/replica.py) say up to where entries are committed,
+        until when (monotonic, this host's clock) it leads within its lease, and where its log
+        starts: past what we applied only when it installed the leader's snapshot (our own
+        compactions stay below our snapshots), so the state is rebuilt from that snapshot."""
         self.durable_next = max(self.durable_next, durable_next)
         self.serving_until = serving_until
+        if first_offset > self.sm.applied_offset:
+            log.info("the log now starts at %d (a snapshot was installed): reloading", first_offset)
+            self.stuck = None
+            if self.tail is not None:
+                self.tail.close()
+            self.recover(self.durable_next)
         if self._bytes_mark is None or bytes_appended < self._bytes_mark:
             self._bytes_mark = bytes_appended  # a new writer counts from 0 again
         self.bytes_since_snapshot += bytes_appended - self._bytes_mark

@@ -31,9 +31,11 @@ compactor is not keeping up; the next one says the same and more):
     [NOTICE, durable_next, bytes_appended]
 a cluster's replica (actors/replica.py) instead, durable_next being its
 commit offset + 1 (capped by its durable end):
-    [NOTICE, durable_next, bytes_appended, serving_until]
+    [NOTICE, durable_next, bytes_appended, serving_until, first_offset]
         serving_until: the monotonic time its lease ends while it leads, else 0:
-        the compactor answers kv_get only before it
+        the compactor answers kv_get only before it; first_offset: where the
+        log starts (past what the compactor applied after a snapshot install:
+        it reloads from that snapshot)
 
 child <-> supervisor (DEALER with identity = role -> ROUTER):
     child -> supervisor:  [READY, role, pid, recovery]     recovery: dict or None

@@ -127,6 +127,10 @@ class PeerLinks:
         self, ctx: zmq.Context, me: str, listen: sockets.Remote, members: dict[str, str]
     ) -> None:
         self.router = sockets.bind_remote_router(ctx, listen, listen.replication)
+        # A replica that reconnects (thawed, or its link dropped by the heartbeat) comes with
+        # the same identity while we may still hold its dead connection: let it take over,
+        # else its messages are dropped until ours times out.
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.dealers = {
             replica_id: sockets.connect_replica(
                 ctx, sockets.Remote(address, listen.keys_dir, listen.key_name), me
@@ -192,6 +196,9 @@ class ReplicaServer:
     def run(self) -> None:
         while True:
             events = dict(self.poller.poll(self._wait_ms()))
+            # First, before anything that arrived is looked at: a replica thawed after its
+            # lease ran out must not acknowledge on replies that waited for it meanwhile.
+            self.check_lease()
             if self.control in events and not self.on_control(m.unpack(self.control.recv())):
                 return
             if self.elect in events:
@@ -279,6 +286,8 @@ class ReplicaServer:
 
     def release(self, commit_offset: int) -> None:
         """Answer every held append up to `commit_offset`: it is on a majority, durably."""
+        if not self.election.is_leader():
+            return  # the lease ran out: check_lease answers them 13 (a later leader decides)
         done = 0
         while done < len(self.held) and self.held[done].offset <= commit_offset:
             done += 1
@@ -383,7 +392,7 @@ class ReplicaServer:
     def notify_compactor(self) -> None:
         serving_until = self.election.lease_deadline if self.serving() else 0.0
         lg = self.writer.log
-        notice = (self.applicable(), lg.bytes_appended, serving_until)
+        notice = (self.applicable(), lg.bytes_appended, serving_until, lg.first_offset)
         if notice != self.last_notice:
             try:
                 self.notices.send(m.pack([m.NOTICE, *notice]), zmq.NOBLOCK)

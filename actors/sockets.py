@@ -169,16 +169,18 @@ def _remote_dealer(ctx: zmq.Context, remote: Remote, identity: str | None = None
     return sock
 
 
-PEER_SNDHWM = 10_000  # messages queued toward one replica; beyond, sends are dropped
+PEER_SNDHWM = 1000  # messages queued toward one replica; beyond, sends are dropped
 
 
 def connect_replica(ctx: zmq.Context, remote: Remote, identity: str) -> zmq.Socket:
     """A replica's DEALER to another replica's replication ROUTER (`remote` names that
-    replica's --listen, with our keys). Bounded: toward a frozen or partitioned replica the
-    protocol's messages are dropped (sent NOBLOCK) once PEER_SNDHWM are queued; the leader's
-    retransmit sends again what the replica has not acknowledged."""
+    replica's --listen, with our keys). Bounded: toward a replica that is down nothing is
+    queued (ZMQ_IMMEDIATE), toward a frozen one at most PEER_SNDHWM messages; beyond, the
+    protocol's messages are dropped (sent NOBLOCK) and the leader's retransmit tick sends
+    again what the replica has not acknowledged (a snapshot first if the log moved on)."""
     sock = _remote_dealer(ctx, remote, identity)
     sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.connect(remote.replication)
     return sock
 

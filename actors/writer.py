@@ -414,6 +414,8 @@ def open_log(
     """Lock the data directory and recover its log, logging what recovery found; or the exit
     status that says why not. The writer and a cluster's replica (actors/replica.py) both
     open their log here."""
+    # Fault injection for tests: a slow start keeps the writer down for a while.
+    time.sleep(float(os.environ.get("WALNODE_FAULT_WRITER_START_DELAY", "0")))
     datadir = DataDir(data_dir)
     try:
         datadir.lock(f"walnode {who} pid {os.getpid()}", lock_fd)
@@ -505,8 +507,6 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent(args.parent_pid)
     ignore_stop_signals()  # the supervisor decides for us
     policy = config.fsync
-    # Fault injection for tests: a slow start keeps the writer down for a while.
-    time.sleep(float(os.environ.get("WALNODE_FAULT_WRITER_START_DELAY", "0")))
     opened = open_log(args.data_dir, args.lock_fd, config)
     if isinstance(opened, Exit):
         return opened

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import messages as m
+from actors import sockets
 from tests.nodeproc import NODE, REPO, walctl
 from wal.replication.election import Leader, leader_key, read_leader
 from wal.replication.etcd import EtcdClient
@@ -53,6 +54,23 @@ class ReplicaProc:
     def address(self) -> str:
         return f"tcp://127.0.0.1:{self.port}"
 
+    def child_pid(self, module: str) -> int:
+        """The pid of the supervisor's child running `python -m module` (actors.replica...)."""
+        assert self.proc is not None
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == self.proc.pid and module.encode() in argv:
+                return int(name)
+        raise AssertionError(f"no {module} under supervisor pid {self.proc.pid}")
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         os.killpg(self.proc.pid, sig)  # the group we created: supervisor, replica, compactor
@@ -61,8 +79,19 @@ class ReplicaProc:
 class Cluster:
     """`size` replicas of cluster `name` on etcd at `endpoint`, data under `root`."""
 
-    def __init__(self, root: str, endpoint: str, size: int = 3, name: str = "c", ttl: int = 2):
+    def __init__(
+        self,
+        root: str,
+        endpoint: str,
+        size: int = 3,
+        name: str = "c",
+        ttl: int = 2,
+        keys: str | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.endpoint, self.name, self.ttl = endpoint, name, ttl
+        self.keys = keys  # KEYDIR for CURVE (walctl keygen), None: --insecure
+        self.extra = list(extra)  # more walnode flags for every replica
         self.etcd = EtcdClient(endpoint, timeout=1.0)
         self.replicas = [
             ReplicaProc(
@@ -75,11 +104,13 @@ class Cluster:
         ]
         self.ctx = zmq.Context()
 
-    def start(self, replica: ReplicaProc) -> None:
+    def start(self, replica: ReplicaProc, env: dict[str, str] | None = None) -> None:
         argv = [sys.executable, NODE, "--roles", "writer,compactor", "--listen", replica.address]
-        argv += ["--insecure", "--data-dir", replica.data_dir, "--cluster", self.name]
+        argv += ["--keys", self.keys] if self.keys else ["--insecure"]
+        argv += ["--data-dir", replica.data_dir, "--cluster", self.name]
         argv += ["--coordinator", self.endpoint, "--replica-id", replica.replica_id]
         argv += ["--lease-ttl", str(self.ttl), "--cluster-size", str(len(self.replicas))]
+        argv += self.extra
         with open(replica.log_path, "ab") as log:
             replica.proc = subprocess.Popen(
                 argv,
@@ -88,6 +119,7 @@ class Cluster:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # its own process group: killed as one
+                env={**os.environ, **(env or {})},
             )
         replica.stopped = False
 
@@ -125,7 +157,7 @@ class Cluster:
             held = self.leader()
             if held is not None and held.replica_id != not_id:
                 replica = self.by_id(held.replica_id)
-                link = Link(self.ctx, replica.address)
+                link = self.link(replica)
                 code, fields = link.request(m.OP_APPEND, b"probe", timeout=1.0)
                 if code == m.OK:
                     return replica, link
@@ -133,6 +165,11 @@ class Cluster:
             time.sleep(0.05)
         logs = {r.replica_id: tail(r.log_path) for r in self.replicas}
         raise AssertionError(f"no leader served within {timeout} s: {logs}")
+
+    def link(self, replica: ReplicaProc, port_offset: int = 0) -> Link:
+        """A link to the replica's writer (port_offset 0) or compactor (1)."""
+        host, port = sockets.parse_tcp(replica.address)
+        return Link(self.ctx, f"tcp://{host}:{port + port_offset}", self.keys)
 
     def dump(self, replica: ReplicaProc) -> list[str]:
         """The replica's log as `walctl dump` prints it, one line per entry."""
@@ -144,9 +181,13 @@ class Cluster:
 class Link:
     """A DEALER to a replica's --listen port speaking the fronts' internal protocol."""
 
-    def __init__(self, ctx: zmq.Context, address: str) -> None:
+    def __init__(self, ctx: zmq.Context, address: str, keys: str | None = None) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:  # as a front with KEYDIR's client key
+            public, secret = sockets.key_pair(keys, sockets.DEFAULT_KEY_NAME)
+            self.sock.curve_publickey, self.sock.curve_secretkey = public, secret
+            self.sock.curve_serverkey = sockets.public_key(keys, sockets.SERVER_KEY)
         self.sock.connect(address)
         self.next_rid = 0
 

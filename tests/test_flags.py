@@ -32,6 +32,9 @@ OUT_OF_RANGE = [
     ("--keep-snapshots", "0", "at least 1"),
     ("--max-restarts", "-1", "at least 0"),
     ("--restart-window", "0", "between 0.01 and 86400.0"),
+    ("--lease-ttl", "0", "between 1 and 60 (1 s (etcd's minimum) to a minute)"),
+    ("--lease-ttl", "61", "between 1 and 60"),
+    ("--cluster-size", "9", "between 1 and 7 (odd: 1, 3, 5 or 7)"),
     ("--snapshot-every", "1.5", "must be an integer at least 1"),
     # digits of another script are not read as numbers (int("٦٤") is 64)
     ("--max-segment-bytes", "\u0666\u0664", "must be an integer between 64 and 1073741824"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from actors import messages as m
 from tests.sim_store import MemoryStore
 from wal.replication.protocol import (
     AppendBatch,
@@ -16,6 +17,7 @@ from wal.replication.protocol import (
     Resign,
     Role,
     Send,
+    Snapshot,
     SyncLog,
 )
 
@@ -142,3 +144,51 @@ def test_a_lost_lease_stops_the_leader_acknowledging():
     leader.on_lease_lost()
     assert not leader.is_leader()
     assert leader.on_message(AppendReply(1, "b", True, 0, 0)) == []
+
+
+def test_append_batch_ships_a_whole_group_commit_and_commits_on_a_majority():
+    """The wiring's group commit: one batch, every entry shipped at once in max_batch pieces,
+    one fsync; committed once one follower has it durably (a majority of three)."""
+    store = MemoryStore()
+    leader = Replica("a", IDS, store, max_batch=4)
+    elect(leader, 1, {"b": Position(0, -1)})
+    first, actions = leader.append_batch([b"p%d" % i for i in range(10)])
+    assert first == 1  # offset 0: epoch 1's first record
+    assert actions.count(SyncLog()) == 1
+    shipped = [e.offset for batch in sends(actions, "b") for e in batch.entries]
+    assert shipped == list(range(1, 11))  # all of it, pipelined, in pieces of at most 4
+    assert max(len(batch.entries) for batch in sends(actions, "b")) <= 4
+    store.sync()
+    assert [a for a in leader.on_synced() if isinstance(a, Committed)] == []
+    assert Committed(1, 10) in leader.on_message(AppendReply(1, "b", True, 10, 10))
+
+
+def test_acks_all_commits_only_what_every_replica_has():
+    leader = Replica("a", IDS, MemoryStore(), acks_all=True)
+    elect(leader, 1, {"b": Position(0, -1)})
+    leader.append_batch([b"x"])
+    leader.store.sync()
+    leader.on_synced()
+    actions = leader.on_message(AppendReply(1, "b", True, 1, 1))
+    assert not [a for a in actions if isinstance(a, Committed)]
+    assert leader.commit_offset == -1  # a majority has it, not everyone
+    assert Committed(1, 1) in leader.on_message(AppendReply(1, "c", True, 1, 1))
+
+
+def test_every_protocol_message_survives_the_peer_wire_form():
+    """actors/messages.py's msgpack schema for the replicas' links."""
+    snapshot = Snapshot(Position(2, 9), {"state": {"k": "v"}, "damaged": [], "rewritten": []})
+    for message in [
+        AppendBatch(3, "a", 4, 2, (Entry(5, 3, b"x"), Entry(6, 3, None)), 4),
+        AppendReply(3, "b", True, 5, 6),
+        PositionRequest(2, "a"),
+        PositionReply(2, "c", Position(1, 7)),
+        InstallSnapshot(3, "a", snapshot, 9),
+    ]:
+        assert m.unpack_peer(m.pack_peer(message)) == message
+    for garbage in [b"", b"\x93\x01\x02\x03", m.pack(["ap", 1])]:
+        try:
+            m.unpack_peer(garbage)
+        except ValueError:
+            continue
+        raise AssertionError(f"{garbage!r} was read as a message")

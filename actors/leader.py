@@ -147,6 +147,6 @@ class LeaderWatch:
                 view = NO_LEADER
             unreachable = False
             if view != sent:
-                log.info("the cluster's leader is %s", view.describe())
                 sock.send(msgpack.packb([view.replica_id, view.address, view.epoch]))
                 sent = view
+                log.info("the cluster's leader is %s", view.describe())  # once sent

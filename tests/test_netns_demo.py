@@ -94,3 +94,45 @@ def test_netns_demo_end_to_end(tmp_path):
     assert re.search(r"ok    the log's offsets are dense: 0\.\.\d+", out), out
     assert "ok    n1 reads n2's entries" in out and "ok    n2 reads n1's entries" in out, out
     assert "ok    walctl verify" in out, out
+
+
+CLUSTER_DEMO = os.path.join(REPO, "scripts", "netns_cluster_demo.py")
+
+
+@pytest.mark.timeout(90, method="signal")
+def test_netns_cluster_demo_loses_the_leaders_host(tmp_path):
+    """Three replicas, etcd and a front in namespaces; the leader's host loses its link."""
+    reason = can_run()
+    if reason:
+        pytest.skip(f"network namespaces unavailable: {reason}")
+    proc = subprocess.Popen(
+        [sys.executable, CLUSTER_DEMO, "--seconds", "1.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    out = ""
+    try:
+        out, _ = proc.communicate(timeout=75)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the demo stops its processes and namespaces
+            try:
+                out += proc.communicate(timeout=10)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out += proc.communicate(timeout=5)[0]
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        left = [n for n in listing.stdout.split() if n.startswith(f"wc{proc.pid}-")]
+        for name in left:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+    assert proc.returncode == 0, out
+    assert not left, f"the demo left namespaces behind: {left}\n{out}"
+    assert "RESULT: PASS" in out and "FAIL" not in out, out
+    lost = re.search(r"(r\d)'s host is lost \(eth0 down\)", out)
+    new = re.search(r"the leader is now (r\d)", out)
+    assert lost and new and lost.group(1) != new.group(1), out
+    assert "ok    back within lease TTL + 3 s" in out, out
+    assert "ok    walctl dump: every acknowledged append on all three replicas" in out, out

@@ -1,9 +1,10 @@
 """`walctl crashtest --cluster` end to end: a real etcd, three real replicas, two fronts.
 
-A short campaign (a leader kill, a freeze past the lease, a leader isolated by freezing its
-followers and then killed) must pass: back within lease TTL
-+ 3 s after each fault, every acknowledged entry read back through a front, and on every
-replica's data directory (walctl dump). The dump comparison itself is checked on made-up dumps.
+A short campaign must pass: a leader kill, a freeze past the lease, a leader isolated (its
+followers killed first, then it), and a power cut of the leader through the power-loss model.
+After each, appends are acknowledged again within lease TTL + 3 s; every acknowledged entry is
+read back through a front and is on every replica's data directory (walctl dump). The dump
+comparison itself is checked on made-up dumps.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def test_cluster_campaign_passes(tmp_path):
         "1",
         "--isolations",
         "1",
+        "--power-cuts",
+        "1",
         "--interval",
         "0.2",
         "--no-progress",
@@ -42,7 +45,7 @@ def test_cluster_campaign_passes(tmp_path):
     report = json.loads(report_path.read_text())
     assert res.returncode == 0, (report["failures"], res.stdout[-3000:], res.stderr[-3000:])
     assert report["passed"] and report["failures"] == []
-    kinds = ["leader-kill", "leader-freeze", "leader-isolated"]
+    kinds = ["leader-kill", "leader-freeze", "leader-isolated", "power-cut"]
     assert [k["role"] for k in report["kills"]] == kinds
     for kill in report["kills"]:
         assert kill["back_to_service_ms"] <= (2 + 3) * 1000, kill
@@ -57,6 +60,7 @@ def test_cluster_campaign_passes(tmp_path):
     # the leader held appends at each fault: they were answered (13, or acked), none lost
     assert all(k["in_flight"]["appends"] > 0 for k in report["kills"]), report["kills"]
     assert report["appends"]["double_replies"] == 0
+    assert any("power-cut, its disk kept" in note for note in report["cluster"]["notes"])
 
 
 def test_dump_comparison_finds_what_it_must():

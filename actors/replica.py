@@ -331,16 +331,22 @@ class ReplicaServer:
             if op == m.OP_APPEND:
                 staged.append(HeldAppend(-1, router, ident, rid, arg))
             elif op in GATED_READS:
-                replies.append([rid, *self.gated_read(op, arg)])
+                replies.append([rid, *self.gated_read(rid, op, arg)])
             elif op == m.OP_SYNC:  # the compactor's recovery barrier, or a front's wal_sync
                 replies.append([rid, m.OK, {"durable_offset": self.applicable()}])
             else:
-                ((_, _, result),) = self.writer.handle([[rid, op, arg]])
-                replies.append([rid, *self.writer.answer(op, result)])
+                replies.append([rid, *self.by_writer(rid, op, arg)])
         if replies:
             router.send_multipart([ident, m.pack([m.REPLIES, replies])])
 
-    def gated_read(self, op: str, arg: Any) -> tuple[int, dict]:
+    def by_writer(self, rid: int, op: str, arg: Any) -> tuple[int, dict]:
+        """The writer's handler for `op` (its errors answered as the writer answers them)."""
+        ((_, _, result),) = self.writer.handle([[rid, op, arg]])
+        code, fields = self.writer.answer(op, result)
+        return code, fields
+
+    def gated_read(self, rid: int, op: str, arg: Any) -> tuple[int, dict]:
+        """A read of the log: only while serving, and only up to the commit offset."""
         if not self.serving():
             return self.not_leader()
         if self.committed_epoch != self.core.epoch:
@@ -350,25 +356,21 @@ class ReplicaServer:
                 "in a moment"
             }
         commit_next = self.core.commit_offset + 1
-        writer = self.writer
-        if op == m.OP_READ:
-            if isinstance(arg, int) and arg >= commit_next:
-                return _not_committed(arg, writer.log.first_offset, commit_next)
-            return writer.op_read(arg)
-        if op == m.OP_SCAN:
+        first = self.writer.log.first_offset
+        if op == m.OP_READ and isinstance(arg, int) and arg >= commit_next:
+            return _not_committed(arg, first, commit_next)
+        if op == m.OP_SCAN and isinstance(arg, list) and all(isinstance(a, int) for a in arg):
             start, limit = arg
-            if isinstance(start, int) and start > commit_next:
-                return _not_committed(start, writer.log.first_offset, commit_next)
-            if isinstance(start, int) and isinstance(limit, int):
-                limit = min(limit, commit_next - start)
-            return writer.op_scan([start, limit])
-        code, fields = writer.op_info(None)()
-        first = fields["first_offset"]
-        fields.update(
-            next_offset=commit_next,
-            entries=max(0, commit_next - first),
-            replication=self.replication_status(),
-        )
+            if start > commit_next:
+                return _not_committed(start, first, commit_next)
+            arg = [start, min(limit, commit_next - start)]
+        code, fields = self.by_writer(rid, op, arg)
+        if op == m.OP_INFO and code == m.OK:
+            fields.update(
+                next_offset=commit_next,
+                entries=max(0, commit_next - fields["first_offset"]),
+                replication=self.replication_status(),
+            )
         return code, fields
 
     def not_leader(self) -> tuple[int, dict]:

@@ -16,7 +16,7 @@ import pytest
 
 from actors import messages as m
 from actors.codes import Code, Exit
-from tests.cluster import Cluster, Link
+from tests.cluster import Cluster, Link, free_base_port
 from tests.nodeproc import NODE, walctl
 from wal import DataDir, snapshot
 from wal.replication import membership
@@ -316,3 +316,35 @@ def test_a_follower_behind_the_leaders_compaction_gets_its_snapshot_and_state(
         if offset < snap.offset:
             state.apply(acked[offset].decode())
     assert snap.state == state.state
+
+
+@pytest.mark.timeout(60)
+def test_a_one_replica_cluster_with_a_local_front_reports_replication_in_status(
+    tmp_path, etcd_server, node_factory
+):
+    """`--cluster-size 1` with all three roles on one host: the replica leads alone (a
+    majority of one), the local front's appends are acknowledged, and `status` (the
+    supervisor's, from the replica's heartbeat answers) and `wal_info` carry `replication`."""
+    port = free_base_port()
+    node = node_factory(
+        "--data-dir", str(tmp_path / "d"), "--listen", f"tcp://127.0.0.1:{port}", "--insecure",
+        "--cluster", "solo", "--coordinator", etcd_server.endpoint, "--replica-id", "r1",
+        "--cluster-size", "1",
+    )  # fmt: skip
+    node.init()
+    deadline = time.monotonic() + 15
+    while True:  # until it has won the key and committed its first record
+        reply = node.call({"type": "wal_append", "payload": "x"})
+        if reply["type"] == "wal_append_ok":
+            break
+        assert reply["code"] == Code.TEMPORARILY_UNAVAILABLE and time.monotonic() < deadline
+        time.sleep(0.1)
+    info = node.call_ok({"type": "wal_info"})
+    assert info["replication"]["role"] == "leader" and info["replication"]["leader"] == "r1"
+    assert info["replication"]["commit_offset"] == reply["offset"]
+    deadline = time.monotonic() + 5
+    while "replication" not in (status := node.status()):  # its next heartbeat answer
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    assert status["replication"]["role"] == "leader", status
+    assert status["replication"]["replicas"]["r1"]["lag"] >= 0, status

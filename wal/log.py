@@ -344,6 +344,9 @@ class Log:
             del self._segments[i + 1 :]
             del self._bases[i + 1 :]
         if keep.sealed:
+            # Its index is removed without a directory fsync: one that comes back is
+            # ignored while the segment is the newest, and the roll that seals it again
+            # writes a new one before any segment follows it.
             self._reactivate(keep)
         self._segments[-1].drop_from(offset - keep.base_offset)
         self._flushed_next = min(self._flushed_next, offset)

@@ -44,6 +44,7 @@ from netns_demo import (
     EXIT_UNSUPPORTED,
     REPO,
     DemoError,
+    Network,
     _die_with_demo,
     ip,
     probe,
@@ -65,48 +66,14 @@ LEASE_TTL = 2
 IN_FLIGHT = 16
 
 
-class Hosts:
-    """The namespaces, their links, and their deletion."""
+class Hosts(Network):
+    """The namespaces of netns_demo.py's Network, for these hosts, and a host's link."""
 
     def __init__(self, tag: str) -> None:
-        self.tag = tag
-        self.made: list[str] = []
-
-    def ns(self, host: str) -> str:
-        return f"{self.tag}-{host}"
-
-    @staticmethod
-    def addr(host: str) -> str:
-        return f"{SUBNET}.{HOSTS[host]}"
-
-    def build(self) -> None:
-        sw = self.ns("sw")
-        for host in ("sw", *HOSTS):
-            ip("netns", "add", self.ns(host))
-            self.made.append(self.ns(host))
-            ip("-n", self.ns(host), "link", "set", "lo", "up")
-        ip("-n", sw, "link", "add", "br0", "type", "bridge")
-        ip("-n", sw, "link", "set", "br0", "up")
-        for host in HOSTS:
-            port = f"port-{host}"
-            ip("-n", sw, "link", "add", "name", port, "type", "veth", "peer", "name", "eth0",
-               "netns", self.ns(host))  # fmt: skip
-            ip("-n", sw, "link", "set", port, "master", "br0", "up")
-            ip("-n", self.ns(host), "addr", "add", f"{self.addr(host)}/24", "dev", "eth0")
-            ip("-n", self.ns(host), "link", "set", "eth0", "up")
+        super().__init__(tag, HOSTS, SUBNET)
 
     def link(self, host: str, state: str) -> None:
         ip("-n", self.ns(host), "link", "set", "eth0", state)
-
-    def delete(self) -> None:
-        for name in reversed(self.made):
-            for pid in ip("netns", "pids", name, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ValueError, ProcessLookupError):
-                    pass
-            ip("netns", "del", name, check=False)
-        self.made = []
 
 
 class Demo:
@@ -116,7 +83,7 @@ class Demo:
         self.hosts = Hosts(f"wc{os.getpid()}")
         self.work = tempfile.mkdtemp(prefix="walnode-netns-cluster-")
         self.keys = os.path.join(self.work, "keys")
-        self.coordinator = f"http://{Hosts.addr('etcd')}:2379"
+        self.coordinator = f"http://{self.hosts.addr('etcd')}:2379"
         self.procs: dict[str, subprocess.Popen] = {}
         self.front: Client | None = None
         self.acked: dict[int, str] = {}  # offset -> payload
@@ -160,7 +127,7 @@ class Demo:
         self.hosts.build()
         keygen = [self.py, "-m", "walctl", "keygen", self.keys]
         subprocess.run(keygen, capture_output=True, check=True, cwd=REPO, timeout=30)
-        etcd = f"http://{Hosts.addr('etcd')}"
+        etcd = f"http://{self.hosts.addr('etcd')}"
         self.spawn("etcd", "etcd", [
             etcd_binary(), "--name=demo", f"--data-dir={self.work}/etcd",
             f"--listen-client-urls={etcd}:2379", f"--advertise-client-urls={etcd}:2379",
@@ -176,7 +143,7 @@ class Demo:
         for rid in REPLICAS:
             self.spawn(rid, rid, [
                 self.py, os.path.join(REPO, "node.py"), "--roles", "writer,compactor",
-                "--listen", f"tcp://{Hosts.addr(rid)}:{PORT}", "--keys", self.keys,
+                "--listen", f"tcp://{self.hosts.addr(rid)}:{PORT}", "--keys", self.keys,
                 "--data-dir", os.path.join(self.work, rid, "data"), "--cluster", CLUSTER,
                 "--coordinator", self.coordinator, "--replica-id", rid,
                 "--lease-ttl", str(LEASE_TTL),

@@ -286,15 +286,17 @@ class Network:
     """The four namespaces (three hosts and the switch), their addresses, and
     their deletion (which removes the bridge and every veth)."""
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, hosts: dict[str, int] = HOSTS, subnet: str = SUBNET) -> None:
         self.tag = tag
+        self.hosts = hosts  # host -> last octet (scripts/netns_cluster_demo.py has its own)
+        self.subnet = subnet
         self.namespaces: list[str] = []  # created, to delete
 
     def ns(self, host: str) -> str:
         return f"{self.tag}-{host}"
 
     def addr(self, host: str) -> str:
-        return f"{SUBNET}.{HOSTS[host]}"
+        return f"{self.subnet}.{self.hosts[host]}"
 
     @property
     def endpoint(self) -> str:
@@ -302,13 +304,13 @@ class Network:
 
     def build(self) -> None:
         sw = self.ns("sw")
-        for host in ("sw", *HOSTS):
+        for host in ("sw", *self.hosts):
             ip("netns", "add", self.ns(host))
             self.namespaces.append(self.ns(host))
             ip("-n", self.ns(host), "link", "set", "lo", "up")
         ip("-n", sw, "link", "add", "br0", "type", "bridge")
         ip("-n", sw, "link", "set", "br0", "up")
-        for host in HOSTS:
+        for host in self.hosts:
             # the pair is made in the switch; its far end moves into the host as eth0
             port = f"port-{host}"
             ip(

@@ -36,13 +36,13 @@ def can_run() -> str | None:
     return None
 
 
-def remove_leftovers(demo_pid: int) -> list[str]:
-    """Stop the processes inside, and delete, the namespaces a demo run left (wn<pid>-*)."""
+def remove_leftovers(prefix: str) -> list[str]:
+    """Stop the processes inside, and delete, the namespaces a demo run left (prefix*)."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
     names = [
         line.split()[0]
         for line in listing.stdout.splitlines()
-        if line.split() and line.split()[0].startswith(f"wn{demo_pid}-")
+        if line.split() and line.split()[0].startswith(prefix)
     ]
     for name in names:
         pids = subprocess.run(
@@ -57,13 +57,10 @@ def remove_leftovers(demo_pid: int) -> list[str]:
     return names
 
 
-@pytest.mark.timeout(60, method="signal")
-def test_netns_demo_end_to_end(tmp_path):
-    reason = can_run()
-    if reason:
-        pytest.skip(f"network namespaces unavailable: {reason}")
+def run_demo(argv: list[str], tmp_path, timeout: float, tag: str) -> tuple[int, str, list[str]]:  # noqa: ANN001
+    """Run a demo script; its exit status, its output, and the namespaces it left (removed)."""
     proc = subprocess.Popen(
-        [sys.executable, DEMO, "--appends", "100"],
+        [sys.executable, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -72,7 +69,7 @@ def test_netns_demo_end_to_end(tmp_path):
     )
     out = ""
     try:
-        out, _ = proc.communicate(timeout=45)
+        out, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # the demo stops its processes and namespaces
@@ -81,8 +78,17 @@ def test_netns_demo_end_to_end(tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out += proc.communicate(timeout=5)[0]
-        left = remove_leftovers(proc.pid)
-    assert proc.returncode == 0, out
+        left = remove_leftovers(f"{tag}{proc.pid}-")
+    return proc.returncode, out, left
+
+
+@pytest.mark.timeout(60, method="signal")
+def test_netns_demo_end_to_end(tmp_path):
+    reason = can_run()
+    if reason:
+        pytest.skip(f"network namespaces unavailable: {reason}")
+    returncode, out, left = run_demo([DEMO, "--appends", "100"], tmp_path, 45, "wn")
+    assert returncode == 0, out
     assert not left, f"the demo left namespaces behind: {left}\n{out}"
     assert "RESULT: PASS" in out, out
     assert "FAIL" not in out, out
@@ -105,30 +111,9 @@ def test_netns_cluster_demo_loses_the_leaders_host(tmp_path):
     reason = can_run()
     if reason:
         pytest.skip(f"network namespaces unavailable: {reason}")
-    proc = subprocess.Popen(
-        [sys.executable, CLUSTER_DEMO, "--seconds", "1.5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
-    out = ""
-    try:
-        out, _ = proc.communicate(timeout=75)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # the demo stops its processes and namespaces
-            try:
-                out += proc.communicate(timeout=10)[0]
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out += proc.communicate(timeout=5)[0]
-        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-        left = [n for n in listing.stdout.split() if n.startswith(f"wc{proc.pid}-")]
-        for name in left:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-    assert proc.returncode == 0, out
+    argv = [CLUSTER_DEMO, "--seconds", "1.5"]
+    returncode, out, left = run_demo(argv, tmp_path, 75, "wc")
+    assert returncode == 0, out
     assert not left, f"the demo left namespaces behind: {left}\n{out}"
     assert "RESULT: PASS" in out and "FAIL" not in out, out
     lost = re.search(r"(r\d)'s host is lost \(eth0 down\)", out)

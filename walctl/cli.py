@@ -9,7 +9,10 @@
                                     check nothing acknowledged is lost
     walctl crashtest --power-loss   cut the power under a traced load (a disk
                                     model), restart walnode on what it kept
+    walctl crashtest --cluster      etcd, 3 replicas, 2 fronts: kill, freeze,
+                                    isolate the leader; check every replica
     walctl bench [--quick]          appends/s and latency of a live walnode and its peers
+    walctl bench --cluster          3 replicas beside the single node; failover
 
 info, dump and verify open the log read-only: nothing is cut, created or
 changed, so they are safe beside a running walnode. repair takes the

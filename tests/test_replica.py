@@ -97,7 +97,8 @@ def test_quorum_commit_failover_and_rejoin(cluster):
     acknowledged entry; the killed replica rejoins as a follower. Then a leader holding entries
     no follower has (both followers killed) is killed too: the two come back and elect one of
     themselves, and the old leader, restarted, cuts that suffix (log matching): in the end every
-    committed offset holds the same payload in all three data directories (walctl dump)."""
+    committed offset holds the same payload in all three data directories (walctl dump). A
+    leader stopped with SIGTERM exits 0 and hands the key on at once (it resigns)."""
     first, link = cluster.wait_serving(30)
     acked: dict[int, bytes] = {}
     append_each(link, [b"a%d" % i for i in range(10)], acked)
@@ -150,6 +151,15 @@ def test_quorum_commit_failover_and_rejoin(cluster):
     state = wait_caught_up(link, [r.replica_id for r in cluster.replicas])
     assert state["leader"] == third.replica_id and state["role"] == "leader"
     commit = state["commit_offset"]
+    link.close()
+    # a planned stop hands the key on at once: the leader resigns (else its lease, 1.3-2 s)
+    assert third.proc is not None
+    stopped_at = time.monotonic()
+    third.proc.send_signal(signal.SIGTERM)
+    assert third.proc.wait(15) == 0
+    _, link = cluster.wait_serving(TTL + 3, not_id=third.replica_id)
+    handover = time.monotonic() - stopped_at
+    assert handover < 1.2, f"a stopped leader's key passed on after {handover:.2f} s"
     link.close()
     cluster.stop_all()  # dump reads the directories at rest
     logs = [committed_payloads(cluster, r) for r in cluster.replicas]

@@ -169,7 +169,7 @@ def test_decode_at_is_total_and_only_vouches_for_matching_crcs(buf: bytes) -> No
             assert got is Damage.INCOMPLETE_HEADER
             continue
         field, stored = u32(buf, pos), u32(buf, pos + 4)
-        length = field & ~record.LOST_FLAG  # the flag marks a lost-record marker
+        length = field & record.LENGTH_MASK  # bits 31, 30: a lost marker, an epoch-start record
         end = pos + HEADER_SIZE + length
         if end > len(buf):
             assert got is Damage.INCOMPLETE_PAYLOAD
@@ -179,7 +179,8 @@ def test_decode_at_is_total_and_only_vouches_for_matching_crcs(buf: bytes) -> No
             assert got is Damage.BAD_CRC
             continue
         lost = bool(field & record.LOST_FLAG)
-        assert got == Decoded(pos + HEADER_SIZE, length, stored, end, lost)
+        epoch = record.epoch_of(field, buf[pos + HEADER_SIZE : end])
+        assert got == Decoded(pos + HEADER_SIZE, length, stored, end, lost, epoch)
 
 
 @settings(FAST, max_examples=200)

@@ -286,6 +286,10 @@ def test_a_follower_behind_the_leaders_compaction_gets_its_snapshot_and_state(
     # compacts past it; it is registered first and started once r2 or r3 leads
     follower = c.replicas[0]
     membership.register(c.etcd, c.name, follower.replica_id, follower.address, 3)
+    # as a replica that registered from this data directory before (else it refuses to start)
+    DataDir(follower.data_dir).update_meta(
+        cluster_member=membership.member_mark(c.name, follower.replica_id)
+    )
     for replica in c.replicas[1:]:
         c.start(replica)
     try:

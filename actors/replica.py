@@ -460,7 +460,13 @@ def join_cluster(
     said = 0.0
     while True:
         try:
-            if datadir.read_meta().get("cluster_member") != mark:
+            recorded = datadir.read_meta().get("cluster_member")
+            if recorded is not None and recorded != mark:
+                raise membership.MembershipError(
+                    f"data directory {datadir.path} is replica {recorded} (cluster/id), not "
+                    f"{mark}: start that replica on it, or this one on its own directory"
+                )
+            if recorded is None:
                 membership.check_new_member(
                     client, cluster.cluster, cluster.replica_id, datadir.path
                 )

@@ -362,3 +362,20 @@ def test_a_one_replica_cluster_with_a_local_front_reports_replication_in_status(
         time.sleep(0.1)
     assert status["replication"]["role"] == "leader", status
     assert status["replication"]["replicas"]["r1"]["lag"] >= 0, status
+
+
+@pytest.mark.timeout(60)
+def test_a_data_directory_of_another_replica_is_refused(tmp_path, etcd_server):
+    """A replica started on a data directory another replica registered from exits 2 naming
+    both (its log is that replica's history, not this one's)."""
+    c = Cluster(str(tmp_path), etcd_server.endpoint, ttl=TTL)
+    replica = c.replicas[1]
+    DataDir(replica.data_dir).update_meta(cluster_member=membership.member_mark("c", "r9"))
+    c.start(replica)
+    assert replica.proc is not None and replica.proc.wait(30) == Exit.USAGE
+    replica.proc = None
+    with open(replica.log_path) as log:
+        text = log.read()
+    assert "is replica c/r9 (cluster/id), not c/r2" in text, text
+    assert membership.members(c.etcd, "c") == {}  # it registered nothing
+    c.stop_all()

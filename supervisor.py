@@ -153,6 +153,8 @@ class Supervisor:
         writer_argv += config.cluster.argv() if config.cluster.enabled else []
         compactor_argv = [*child("compactor"), *process_argv(run_dir, me, data_dir), *listen]
         compactor_argv += config.compactor.argv()
+        if config.cluster.cluster is not None:  # it serves kv_get only as the replica says
+            compactor_argv += ["--cluster", config.cluster.cluster]
         front_argv = [*child("front"), *process_argv(run_dir, me), *connect]
         front_argv += config.front.argv()
         every = {

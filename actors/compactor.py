@@ -75,7 +75,7 @@ class Compactor:
         self.metrics = metrics.for_compactor()  # None without --metrics-listen
         self.stuck: str | None = None  # why the log cannot be followed past applied_offset
         # a cluster's replica: kv_get only before this monotonic time (its lease deadline);
-        # None: no cluster, always
+        # None: no cluster, always (main sets 0.0 under --cluster: never, until a notice)
         self.serving_until: float | None = None
 
     # -- recovery ----------------------------------------------------------
@@ -449,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     add_process_flags(p, data_dir=True)
     sockets.add_remote_flags(p, "--listen")
     CompactorConfig.add_flags(p)
+    p.add_argument("--cluster", default=None, help="beside a cluster's replica")
     args = p.parse_args(argv)
     config = CompactorConfig.from_args(args)
     if args.parent_pid:
@@ -462,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         keep_snapshots=config.keep_snapshots,
         auto=config.auto_compact,
     )
+    if args.cluster is not None:
+        comp.serving_until = 0.0  # no kv_get before the replica's notice says it leads
     ctx = zmq.Context()
     routers = [sockets.bind_router(ctx, sockets.compactor_endpoint(args.run_dir))]
     writer = sockets.connect_dealer(ctx, sockets.writer_endpoint(args.run_dir))

@@ -43,7 +43,7 @@ from actors.codes import Code, Exit
 from actors.config import ClusterConfig, WriterConfig, add_process_flags
 from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from actors.writer import MAX_DRAIN_MESSAGES, Writer, log_sockets, open_log
-from wal import WalError, crc_hex, record
+from wal import DataDir, WalError, crc_hex, record
 from wal.errors import DataMissing
 from wal.replication import membership
 from wal.replication import protocol as rp
@@ -56,6 +56,7 @@ log = setup_logging("replica")
 TICK_S = 0.2  # the leader resends what a follower has not acknowledged this often
 CAMPAIGN_POLL_S = 0.1  # while nobody holds the key: how often to look
 RESIGN_BACKOFF_S = (0.5, 1.5)  # after resigning, let a more up-to-date replica win first
+CANDIDATE_TIMEOUT_S = 1.0  # a position check without a majority by then: resign, start over
 MEMBERS_POLL_S = 0.2
 ETCD_TIMEOUT_S = 0.5  # per request: well inside the lease's margin
 INPROC = "inproc://election"
@@ -187,6 +188,8 @@ class ReplicaServer:
         self.committed_epoch = 0  # the epoch of the last Committed: reads need our own
         self.next_tick = time.monotonic() + TICK_S
         self.last_notice: tuple | None = None
+        self.last_notice_at = 0.0
+        self.candidate_since: float | None = None  # when the current position check began
         self.poller = zmq.Poller()
         for sock in (*self.routers, self.control, self.elect, self.peers.router):
             self.poller.register(sock, zmq.POLLIN)
@@ -243,11 +246,23 @@ class ReplicaServer:
         # LEASE_LOST needs nothing here: check_lease reads the deadline itself
 
     def check_lease(self) -> None:
-        """Stop leading at the lease deadline; answer what is held with 13."""
+        """Stop leading at the lease deadline, and stop being a candidate whose position check
+        got no majority in CANDIDATE_TIMEOUT_S (its messages lost: a fresh election); answer
+        what is held with 13."""
         core = self.core
-        if core.role is not rp.Role.FOLLOWER and not self.election.is_leader():
-            log.warning("epoch %d: the lease deadline passed; no longer leading", core.epoch)
+        now = time.monotonic()
+        if core.role is not rp.Role.CANDIDATE:
+            self.candidate_since = None
+        elif self.candidate_since is None:
+            self.candidate_since = now
+        stuck = self.candidate_since is not None and now - self.candidate_since > (
+            CANDIDATE_TIMEOUT_S
+        )
+        if core.role is not rp.Role.FOLLOWER and (stuck or not self.election.is_leader()):
+            why = "no majority answered" if stuck else "the lease deadline passed"
+            log.warning("epoch %d: %s; no longer leading", core.epoch, why)
             core.on_lease_lost()
+            self.candidate_since = None
             self.elect.send(m.pack([RESIGN]))  # the key may still be ours: a fresh election
         if self.held and not core.is_leader():
             self.fail_held()
@@ -395,10 +410,12 @@ class ReplicaServer:
         serving_until = self.election.lease_deadline if self.serving() else 0.0
         lg = self.writer.log
         notice = (self.applicable(), lg.bytes_appended, serving_until, lg.first_offset)
-        if notice != self.last_notice:
+        now = time.monotonic()
+        # again every tick even if unchanged: a restarted compactor learns it at once
+        if notice != self.last_notice or now >= self.last_notice_at + TICK_S:
             try:
                 self.notices.send(m.pack([m.NOTICE, *notice]), zmq.NOBLOCK)
-                self.last_notice = notice
+                self.last_notice, self.last_notice_at = notice, now
             except zmq.Again:
                 pass  # the compactor is behind or down; a later notice says more
 
@@ -430,15 +447,30 @@ def _not_committed(offset: int, first: int, commit_next: int) -> tuple[int, dict
     }
 
 
-def join_cluster(cluster: ClusterConfig, address: str) -> tuple[EtcdClient, dict[str, str]]:
+def join_cluster(
+    cluster: ClusterConfig, address: str, datadir: DataDir
+) -> tuple[EtcdClient, dict[str, str]]:
     """Register in etcd and wait until every member has: (the client, id -> address).
-    MembershipError if etcd's cluster contradicts our settings."""
+    MembershipError if etcd's cluster contradicts our settings, or if this id is a member
+    already and this data directory has never been it (its log was lost: it must not vote)."""
     assert cluster.cluster is not None and cluster.coordinator is not None
     assert cluster.replica_id is not None
     client = EtcdClient(cluster.coordinator, timeout=ETCD_TIMEOUT_S)
+    mark = membership.member_mark(cluster.cluster, cluster.replica_id)
     said = 0.0
     while True:
         try:
+            recorded = datadir.read_meta().get("cluster_member")
+            if recorded is not None and recorded != mark:
+                raise membership.MembershipError(
+                    f"data directory {datadir.path} is replica {recorded} (cluster/id), not "
+                    f"{mark}: start that replica on it, or this one on its own directory"
+                )
+            if recorded is None:
+                membership.check_new_member(
+                    client, cluster.cluster, cluster.replica_id, datadir.path
+                )
+                datadir.update_meta(cluster_member=mark)  # durable before it is a member
             membership.register(
                 client, cluster.cluster, cluster.replica_id, address, cluster.cluster_size
             )
@@ -481,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     listen = sockets.remote_from(args.listen, args)
     assert listen is not None and cluster.replica_id is not None  # node.py requires them
     try:
-        client, members = join_cluster(cluster, listen.endpoint)
+        client, members = join_cluster(cluster, listen.endpoint, datadir)
     except membership.MembershipError as err:
         log.error("refusing to start: %s", err)
         return Exit.USAGE

@@ -97,7 +97,8 @@ def test_quorum_commit_failover_and_rejoin(cluster):
     acknowledged entry; the killed replica rejoins as a follower. Then a leader holding entries
     no follower has (both followers killed) is killed too: the two come back and elect one of
     themselves, and the old leader, restarted, cuts that suffix (log matching): in the end every
-    committed offset holds the same payload in all three data directories (walctl dump)."""
+    committed offset holds the same payload in all three data directories (walctl dump). A
+    leader stopped with SIGTERM exits 0 and hands the key on at once (it resigns)."""
     first, link = cluster.wait_serving(30)
     acked: dict[int, bytes] = {}
     append_each(link, [b"a%d" % i for i in range(10)], acked)
@@ -150,6 +151,15 @@ def test_quorum_commit_failover_and_rejoin(cluster):
     state = wait_caught_up(link, [r.replica_id for r in cluster.replicas])
     assert state["leader"] == third.replica_id and state["role"] == "leader"
     commit = state["commit_offset"]
+    link.close()
+    # a planned stop hands the key on at once: the leader resigns (else its lease, 1.3-2 s)
+    assert third.proc is not None
+    stopped_at = time.monotonic()
+    third.proc.send_signal(signal.SIGTERM)
+    assert third.proc.wait(15) == 0
+    _, link = cluster.wait_serving(TTL + 3, not_id=third.replica_id)
+    handover = time.monotonic() - stopped_at
+    assert handover < 1.2, f"a stopped leader's key passed on after {handover:.2f} s"
     link.close()
     cluster.stop_all()  # dump reads the directories at rest
     logs = [committed_payloads(cluster, r) for r in cluster.replicas]
@@ -276,6 +286,10 @@ def test_a_follower_behind_the_leaders_compaction_gets_its_snapshot_and_state(
     # compacts past it; it is registered first and started once r2 or r3 leads
     follower = c.replicas[0]
     membership.register(c.etcd, c.name, follower.replica_id, follower.address, 3)
+    # as a replica that registered from this data directory before (else it refuses to start)
+    DataDir(follower.data_dir).update_meta(
+        cluster_member=membership.member_mark(c.name, follower.replica_id)
+    )
     for replica in c.replicas[1:]:
         c.start(replica)
     try:
@@ -348,3 +362,20 @@ def test_a_one_replica_cluster_with_a_local_front_reports_replication_in_status(
         time.sleep(0.1)
     assert status["replication"]["role"] == "leader", status
     assert status["replication"]["replicas"]["r1"]["lag"] >= 0, status
+
+
+@pytest.mark.timeout(60)
+def test_a_data_directory_of_another_replica_is_refused(tmp_path, etcd_server):
+    """A replica started on a data directory another replica registered from exits 2 naming
+    both (its log is that replica's history, not this one's)."""
+    c = Cluster(str(tmp_path), etcd_server.endpoint, ttl=TTL)
+    replica = c.replicas[1]
+    DataDir(replica.data_dir).update_meta(cluster_member=membership.member_mark("c", "r9"))
+    c.start(replica)
+    assert replica.proc is not None and replica.proc.wait(30) == Exit.USAGE
+    replica.proc = None
+    with open(replica.log_path) as log:
+        text = log.read()
+    assert "is replica c/r9 (cluster/id), not c/r2" in text, text
+    assert membership.members(c.etcd, "c") == {}  # it registered nothing
+    c.stop_all()

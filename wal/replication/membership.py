@@ -26,6 +26,28 @@ def config_key(cluster: str) -> bytes:
     return f"/walnode/{cluster}/config".encode()
 
 
+def check_new_member(client: EtcdClient, cluster: str, replica_id: str, data_dir: str) -> None:
+    """For a data directory that has never been a member: MembershipError if `replica_id` is one
+    already. Its data directory was lost or replaced: with an empty log it would answer a
+    candidate's position check as one that never acknowledged anything, so it and a replica
+    that missed an acknowledged entry could elect a leader without it (etcd refuses a member
+    that lost its data directory for the same reason; Raft assumes no disk is lost)."""
+    if client.get(members_prefix(cluster) + replica_id.encode()) is None:
+        return
+    raise MembershipError(
+        f"replica {replica_id!r} is already a member of cluster {cluster!r} in etcd, but data "
+        f"directory {data_dir} has never been its (walnode.meta names no cluster membership): "
+        "its log was lost or replaced, and a member with an empty log could help elect a leader "
+        "that lacks acknowledged entries, so it does not start. Start it on its own data "
+        "directory; a replica whose disk is gone cannot rejoin under its id (docs/REPLICATION.md)"
+    )
+
+
+def member_mark(cluster: str, replica_id: str) -> str:
+    """What a member's walnode.meta records as `cluster_member` before it first registers."""
+    return f"{cluster}/{replica_id}"
+
+
 def register(client: EtcdClient, cluster: str, replica_id: str, address: str, size: int) -> None:
     """Record this replica (and, if first, the cluster's size); MembershipError if the cluster
     was created with another size."""

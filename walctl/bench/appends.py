@@ -82,11 +82,17 @@ class WalnodeDriver:
     client's lean path (walnode.LeanPipes: no threads, the loop below reads
     and writes the pipes itself)."""
 
-    def __init__(self, data_dir: str, node_args: list[str], stderr_path: str) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        node_args: list[str],
+        stderr_path: str,
+        command: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # closed in close() and kill()
-        self.pipes = LeanPipes.spawn(data_dir, node_args, stderr=self._stderr)
+        self.pipes = LeanPipes.spawn(data_dir, node_args, stderr=self._stderr, command=command)
         self.proc = self.pipes.proc
         self.wfd, self.rfd = self.pipes.wfd, self.pipes.rfd
         self.next_id = 1  # append msg_ids: 1, 2, 3, ...
@@ -443,10 +449,13 @@ def run_walnode_level(
     snapshot_every: float | None = None,
     on_window=None,
     tag: str = "",
+    command: list[str] | None = None,
 ) -> LevelResult:
-    """A fresh walnode on a fresh data directory, one level, then a clean stop."""
+    """A fresh walnode on a fresh data directory, one level, then a clean stop.
+    `command`: another node to start instead (a baseline checkout's node.py,
+    or the null node), given the same flags."""
     data_dir = os.path.join(directory, f"walnode-{in_flight}{tag}")
-    driver = WalnodeDriver(data_dir, node_args, data_dir + ".stderr")
+    driver = WalnodeDriver(data_dir, node_args, data_dir + ".stderr", command)
     try:
         driver.start()
         result = driver.run_level(

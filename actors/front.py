@@ -139,6 +139,20 @@ class Front:
         if not replied:
             self.inbox.answered(request.line)
 
+    def answer_append(self, request: Pending, fields: list) -> None:
+        """A successful append: the writer's [offset, length, crc] (messages.py)."""
+        offset = fields[0]
+        if offset >= self.state.acked_next:
+            # stored before the ack is printed, and before any kv_get after it
+            self.state.store_acked_next(offset + 1)
+        if request.msg_id is None:
+            self.inbox.answered(request.line)
+            return
+        line = self.replies.append_ok(
+            request.src, request.dest, request.msg_id, fields, self.state.take_msg_id()
+        )
+        self.output.add(line, request.line)
+
     def fail(self, failure: Failure) -> None:
         """Answer a request with its error; a failed init frees the lines that waited for it."""
         request = failure.request
@@ -300,9 +314,9 @@ class Front:
             if typ == m.OP_INIT and code == m.OK and request.init_arg is not None:
                 self.state.store_node_id(request.init_arg[0])
                 request.src = request.init_arg[0]
-            if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:
-                # stored before the ack is printed, and before any kv_get below
-                self.state.store_acked_next(fields["offset"] + 1)
+            if typ == m.OP_APPEND and code == m.OK:
+                self.answer_append(request, fields)
+                continue
             self.answer(request, code, fields)
             if typ == m.OP_INIT:
                 self.init_resolved()

@@ -42,7 +42,6 @@ from wal import (
     DiskFull,
     Log,
     WalError,
-    crc_hex,
     snapshot,
 )
 from wal.datadir import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
@@ -118,11 +117,11 @@ class Writer:
     # -- request handlers: return (code, fields) or a callable giving them
     # after the commit (for answers that must describe the committed state).
 
-    def op_append(self, payload: bytes) -> tuple[int, dict]:
+    def op_append(self, payload: bytes) -> tuple[int, dict | list]:
         if self.disk_full_at is not None:
             return DISK_FULL_REPLY  # staging it could reuse an offset already answered
         offset, crc = self.log.append(payload)
-        return m.OK, {"offset": offset, "length": len(payload), "checksum": crc_hex(crc)}
+        return m.OK, m.append_ok_fields(offset, len(payload), crc)
 
     def op_read(self, offset: int) -> tuple[int, dict]:
         try:
@@ -285,7 +284,7 @@ class Writer:
             self.disk_full_at is not None
             and op == m.OP_APPEND
             and code == m.OK
-            and fields["offset"] >= self.disk_full_at
+            and fields[0] >= self.disk_full_at  # m.append_ok_fields: the offset first
         ):
             return list(DISK_FULL_REPLY)
         return [code, fields]
@@ -357,22 +356,57 @@ def _out_of_range(err: OffsetOutOfRange) -> tuple[int, dict]:
     }
 
 
+class Notices:
+    """The writer's notices to the compactor (messages.py): the newest
+    (durable_next, bytes_appended), sent at most once per NOTICE_INTERVAL_S.
+    One per commit would wake the compactor (and two I/O threads) for every
+    lone append, on the cores the reply's path needs."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.sent: tuple[int, int] | None = None
+        self.newest: tuple[int, int] | None = None
+        self.sent_at = -math.inf
+
+    def offer(self, lg: Log, now: float) -> None:
+        self.newest = (lg.durable_offset, lg.bytes_appended)
+        if self.newest != self.sent and now - self.sent_at >= m.NOTICE_INTERVAL_S:
+            try:
+                self.sock.send(m.pack([m.NOTICE, *self.newest]), zmq.NOBLOCK)
+                self.sent = self.newest
+            except zmq.Again:
+                pass  # the compactor is behind or down; a later notice says more
+            self.sent_at = now
+
+    def due(self, now: float) -> float | None:
+        """Seconds until a held notice may go; None if none is held."""
+        if self.newest == self.sent:
+            return None
+        return max(0.0, self.sent_at + m.NOTICE_INTERVAL_S - now)
+
+
+def _poll_timeout_ms(*dues: float | None) -> int | None:
+    waits = [d for d in dues if d is not None]
+    return math.ceil(min(waits) * 1000) if waits else None
+
+
 def serve(
     writer: Writer,
     routers: list[zmq.Socket],
     control: zmq.Socket,
-    notices: zmq.Socket,
+    notices_sock: zmq.Socket,
 ) -> None:
     """`routers`: the local ipc one, and a tcp one for remote fronts if any."""
-    last_notice = None
+    notices = Notices(notices_sock)
     poller = zmq.Poller()
     for router in routers:
         poller.register(router, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
     stopping = False
     while not stopping:
-        due = writer.sync_due()
-        events = dict(poller.poll(None if due is None else math.ceil(due * 1000)))
+        now = time.monotonic()
+        timeout = _poll_timeout_ms(writer.sync_due(), notices.due(now))
+        events = dict(poller.poll(timeout))
         if control in events:
             msg = m.unpack(control.recv())
             stopping = msg[0] == m.STOP
@@ -393,14 +427,7 @@ def serve(
         writer.disk_full_at = None
         if writer.metrics is not None:
             writer.metrics.committed(writer.log)  # after the replies: counts only what was acked
-        lg = writer.log
-        notice = (lg.durable_offset, lg.bytes_appended)
-        if notice != last_notice:
-            try:
-                notices.send(m.pack([m.NOTICE, *notice]), zmq.NOBLOCK)
-                last_notice = notice
-            except zmq.Again:
-                pass  # the compactor is behind or down; a later notice says more
+        notices.offer(writer.log, time.monotonic())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import json
-import os
 
 from tests.nodeproc import walctl
 

@@ -22,7 +22,7 @@ from actors.requests import APPEND_OK_LINE
 from walctl.bench.appends import PREFIX
 
 READ_CHUNK = 1 << 20
-CHECKSUM = "00000000"
+CHECKSUM = 0  # printed as 00000000
 
 
 class NullNode:

@@ -88,11 +88,14 @@ class WalnodeDriver:
         node_args: list[str],
         stderr_path: str,
         command: list[str] | None = None,
+        cwd: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # closed in close() and kill()
-        self.pipes = LeanPipes.spawn(data_dir, node_args, stderr=self._stderr, command=command)
+        self.pipes = LeanPipes.spawn(
+            data_dir, node_args, stderr=self._stderr, command=command, cwd=cwd
+        )
         self.proc = self.pipes.proc
         self.wfd, self.rfd = self.pipes.wfd, self.pipes.rfd
         self.next_id = 1  # append msg_ids: 1, 2, 3, ...
@@ -453,9 +456,13 @@ def run_walnode_level(
 ) -> LevelResult:
     """A fresh walnode on a fresh data directory, one level, then a clean stop.
     `command`: another node to start instead (a baseline checkout's node.py,
-    or the null node), given the same flags."""
+    or the null node), given the same flags. A node.py runs in its own
+    directory: its children run as `python -m actors.ROLE`, which looks in
+    the working directory first, so from anywhere else a baseline's
+    supervisor would start this checkout's children."""
     data_dir = os.path.join(directory, f"walnode-{in_flight}{tag}")
-    driver = WalnodeDriver(data_dir, node_args, data_dir + ".stderr", command)
+    cwd = os.path.dirname(command[-1]) if command and command[-1].endswith(".py") else None
+    driver = WalnodeDriver(data_dir, node_args, data_dir + ".stderr", command, cwd)
     try:
         driver.start()
         result = driver.run_level(

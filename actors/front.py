@@ -211,7 +211,7 @@ class Front:
         supervisor, or its reply is queued (the output marks it)."""
         if type(line) is OverlongLine:
             return self.refuse_overlong(line, start, inherited)
-        if not line.strip():
+        if line.isspace() or not line:  # a blank line (isspace: no copy, unlike strip)
             return False
         try:
             request = parse_request(line)
@@ -222,7 +222,8 @@ class Front:
         typ = request.type
         body = request.body
         dest = request.client
-        src = self.node_id if self.node_id is not None else request.node
+        node_id = self.state.node_id
+        src = node_id if node_id is not None else request.node
         msg_id = request.msg_id
         try:
             check_request(request, self.known_types)
@@ -236,7 +237,7 @@ class Front:
             )
             return self.emit_error(src, dest, msg_id, Code.CRASH, {"text": text}, start)
         try:
-            if typ != m.OP_INIT and self.node_id is None and typ in self.known_types:
+            if typ != m.OP_INIT and node_id is None and typ in self.known_types:
                 raise BadRequest(
                     Code.TEMPORARILY_UNAVAILABLE, "the node is not initialised yet: send init first"
                 )

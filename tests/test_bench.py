@@ -73,7 +73,7 @@ def test_quick_bench_reports_every_level_and_peer_and_only_real_acks(tmp_path):
     by_peer: dict[str, list[dict]] = {}
     for p in results["peers"]:
         by_peer.setdefault(p["system"], []).append(p)
-    assert set(by_peer) == set(PEERS)
+    assert set(by_peer) == {*PEERS, "zmq"}  # zmq: the bare ipc round trip, a read's floor
     assert sorted(p["in_flight"] for p in by_peer["ceiling"]) == levels
     for name, rows in by_peer.items():
         for row in rows:
@@ -89,6 +89,11 @@ def test_quick_bench_reports_every_level_and_peer_and_only_real_acks(tmp_path):
         s = r["spread"]["walnode_over_sqlite"]
         assert s["rounds"] == 2 and s["min"] <= s["median"] == r["walnode_over_sqlite"] <= s["max"]
         assert r["walnode_over_null"] is not None
+    # a lone read beside its floor (the null node's read plus the zmq round trip)
+    one = next(w for w in results["walnode"] if w["in_flight"] == 1)
+    assert one["read_p50_us"] > 0
+    assert next(n for n in results["null"] if n["in_flight"] == 1)["read_p50_us"] > 0
+    assert results["ratios"][0]["walnode_read_p50_over_floor"] > 0
     snap = results["snapshot"]
     assert snap["cycles"] >= 1 and snap["verified"], snap
     for key in ("without", "with"):

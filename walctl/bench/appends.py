@@ -75,6 +75,7 @@ class LevelResult:
     control: list = field(default_factory=list)  # snapshot/compact: dicts with start, end
     verified: bool = False
     verify_note: str = ""
+    read_latencies: array.array = field(default_factory=lambda: array.array("d"))
 
 
 class WalnodeDriver:
@@ -453,10 +454,12 @@ def run_walnode_level(
     on_window=None,
     tag: str = "",
     command: list[str] | None = None,
+    reads_seconds: float = 0.0,
 ) -> LevelResult:
     """A fresh walnode on a fresh data directory, one level, then a clean stop.
     `command`: another node to start instead (a baseline checkout's node.py,
-    or the null node), given the same flags. A node.py runs in its own
+    or the null node), given the same flags; `reads_seconds`: then that long
+    of one-at-a-time wal_reads (walctl/bench/reads.py). A node.py runs in its own
     directory: its children run as `python -m actors.ROLE`, which looks in
     the working directory first, so from anywhere else a baseline's
     supervisor would start this checkout's children."""
@@ -468,6 +471,10 @@ def run_walnode_level(
         result = driver.run_level(
             in_flight, seconds, warmup, snapshot_every=snapshot_every, on_window=on_window
         )
+        if reads_seconds:  # then lone reads of offset 0, nothing else in flight
+            from walctl.bench import reads
+
+            result.read_latencies = reads.lone_reads(driver.wfd, driver.rfd, reads_seconds)
         rc = driver.close()
         if rc != 0:
             raise driver._fail(f"walnode exited with status {rc} at end of input")

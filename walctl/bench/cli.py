@@ -209,6 +209,8 @@ def _one_round(directory: str, s: dict, index: int) -> dict:
         if s["client_ceiling"]:
             command = [sys.executable, "-m", nullnode.__name__]
             out["null"].append(_node_level(directory, s, n, tag + "-null", "null", command))
+            if n == 1:  # the read's floor: the pipe's (the null node's reads) and zmq's
+                out["peers"].append(_zmq_row(s))
         if "ceiling" in s["peers"]:
             out["peers"].append(_peer_row(directory, s, "ceiling", n))
     for name in s["peers"]:
@@ -266,7 +268,14 @@ def _node_level(
     from walctl.bench import appends, report
 
     r = appends.run_walnode_level(
-        directory, n, s["seconds"], s["warmup"], s["node_args"], tag=tag, command=command
+        directory,
+        n,
+        s["seconds"],
+        s["warmup"],
+        s["node_args"],
+        tag=tag,
+        command=command,
+        reads_seconds=s["seconds"] / 2 if n == 1 else 0.0,
     )
     row = report.walnode_row(r, system)
     row["data_dir"] = os.path.join(directory, f"walnode-{n}{tag}")
@@ -276,6 +285,24 @@ def _node_level(
         f"{'verified' if r.verified else 'NOT VERIFIED: ' + r.verify_note}"
     )
     return row
+
+
+def _zmq_row(s: dict) -> dict:
+    """The bare ZeroMQ ipc round trip, a peer row (walctl/bench/reads.py)."""
+    from walctl.bench import reads, report
+
+    lat = reads.zmq_round_trips(s["seconds"] / 2)
+    elapsed = sum(lat)
+    say(f"  zmq ipc round trip: p50 {report.latency_fields(lat)['p50_us']} µs")
+    return {
+        "name": "zmq",
+        "label": report.ZMQ_LABEL,
+        "in_flight": 1,
+        "appends": len(lat),
+        "appends_per_sec": len(lat) / elapsed if elapsed else None,
+        "latencies": lat,
+        "note": "the floor of a read: this plus the client ceiling's read p50",
+    }
 
 
 def _peer_row(directory: str, s: dict, name: str, batch: int) -> dict:

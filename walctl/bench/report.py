@@ -16,6 +16,7 @@ TARGET_LEVEL = 1000  # the in-flight level of the rate and CPU targets
 TARGET_SQLITE_RATIO = 60  # x sqlite3's one-at-a-time commit rate, at TARGET_LEVEL
 TARGET_P50_RATIO = 1.0  # one-at-a-time append p50 <= 1x a bare write+fdatasync's
 TARGET_SNAPSHOT_P99_RATIO = 1.5  # p99 during snapshot+compaction <= 1.5x without
+TARGET_READ_RATIO = 1.5  # one-at-a-time read p50 <= 1.5x the pipe + ZeroMQ round trips
 TARGET_CPU_US = 6.0  # µs of CPU per append in all walnode's processes, at TARGET_LEVEL
 WALNODE_ROLES = ("front", "writer", "compactor", "supervisor")
 
@@ -58,6 +59,7 @@ LABELS = {
     "baseline": "baseline walnode (--baseline)",
     "null": "client ceiling: a node without a disk",
 }
+ZMQ_LABEL = "ZeroMQ ipc round trip (DEALER/ROUTER echo)"
 
 
 def walnode_row(r: LevelResult, system: str = "walnode") -> dict:
@@ -86,6 +88,7 @@ def walnode_row(r: LevelResult, system: str = "walnode") -> dict:
             if r.window_acks
         },
         "note": "" if r.verified else "NOT VERIFIED: " + r.verify_note,
+        "read_p50_us": latency_fields(r.read_latencies)["p50_us"],
     }
 
 
@@ -175,6 +178,13 @@ def targets(ratios: list[dict], walnode: list[dict], snapshot: dict | None) -> l
         "walnode_p50_over_raw_p50",
         f"<= {TARGET_P50_RATIO}x",
         lambda v: v <= TARGET_P50_RATIO,
+    )
+    add(
+        "one-at-a-time read p50 / (pipe + ZeroMQ ipc round trip)",
+        1,
+        "walnode_read_p50_over_floor",
+        f"<= {TARGET_READ_RATIO}x",
+        lambda v: v <= TARGET_READ_RATIO,
     )
     cpu = walnode_cpu_us(next((w for w in walnode if w["in_flight"] == TARGET_LEVEL), None))
     out.append(
@@ -311,6 +321,9 @@ def _note(r: dict) -> str:
     if r["system"] in ("walnode", "baseline") and r.get("verified"):
         gc = r.get("group_commit") or {}
         note = f"verified; {gc.get('mean_batch', '-')} appends per fsync"
+    if r.get("read_p50_us") is not None:
+        read = f"lone wal_read p50 {_num(r['read_p50_us'])} µs"
+        note = f"{note}; {read}" if note else read
     if r.get("rounds", 1) > 1 and r.get("rate_min") is not None:
         rates = f"median of {r['rounds']} rounds, {_num(r['rate_min'])}-{_num(r['rate_max'])}/s"
         note = f"{note}; {rates}" if note else rates
@@ -342,6 +355,7 @@ RATIO_COLUMNS = {
     "walnode_over_baseline": "walnode / baseline",
     "walnode_p50_over_raw_p50": "walnode p50 / raw p50",
     "walnode_p50_over_sqlite_p50": "walnode p50 / sqlite3 p50",
+    "walnode_read_p50_over_floor": "read p50 / (pipe + zmq)",
 }
 
 

@@ -38,15 +38,25 @@ def _value(rows: list[dict], in_flight: int, field: str) -> float | None:
 
 
 def round_ratios(one_round: dict, levels: list[int]) -> dict[int, dict[str, float | None]]:
-    """Every ratio of RATIOS inside one round, by walnode's in-flight level."""
+    """Every ratio of RATIOS inside one round, by walnode's in-flight level,
+    and at 1 in flight the read's: its p50 over the two bare round trips'."""
     out: dict[int, dict[str, float | None]] = {}
     for n in levels:
         out[n] = {}
         for name, (num, num_field, den, den_field, den_level) in RATIOS.items():
             a = _value(_rows_of(one_round, num), n, num_field)
             b = _value(_rows_of(one_round, den), den_level or n, den_field)
-            out[n][name] = round(a / b, 3) if a is not None and b else None
+            out[n][name] = _ratio(a, b)
+        read = _value(one_round.get("walnode") or [], n, "read_p50_us")
+        pipe = _value(one_round.get("null") or [], n, "read_p50_us")
+        zmq_rtt = _value(_rows_of(one_round, "zmq"), 1, "p50_us")
+        floor = pipe + zmq_rtt if pipe is not None and zmq_rtt is not None else None
+        out[n]["walnode_read_p50_over_floor"] = _ratio(read, floor) if n == 1 else None
     return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
 
 
 def spread(values: list[float | None]) -> dict | None:
@@ -69,7 +79,7 @@ def ratios(rounds: list[dict], levels: list[int]) -> list[dict]:
     out = []
     for n in levels:
         row: dict = {"in_flight": n, "spread": {}}
-        for name in RATIOS:
+        for name in [*RATIOS, "walnode_read_p50_over_floor"]:
             s = spread([pr[n][name] for pr in per_round])
             row[name] = s and s["median"]
             row["spread"][name] = s

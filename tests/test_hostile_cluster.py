@@ -110,7 +110,7 @@ def test_wiped_replica_under_old_id_refuses_to_start_and_nothing_acknowledged_is
     cluster.kill(b)
     code, fields = link.request(m.OP_APPEND, b"acknowledged-X", timeout=10)
     assert code == m.OK, fields
-    x = fields["offset"]
+    x = m.append_fields(fields)["offset"]
     link.close()
     cluster.kill(a)
     import shutil

@@ -287,6 +287,11 @@ class ReplicaServer:
         while self.sync_wanted:
             self.sync_wanted = False
             self.writer.commit()  # raises on I/O failure: nothing is acknowledged
+            if self.writer.disk_full_at is not None:
+                # The log dropped entries the core has shipped and counted (next_offset went
+                # back): going on could give an offset of this epoch a second entry. Exit;
+                # the restart recovers from the files and rejoins as a follower.
+                raise WalError(f"disk full: entries from {self.writer.disk_full_at} dropped")
             self.perform(self.core.on_synced())
 
     def append(self, staged: list[HeldAppend]) -> None:

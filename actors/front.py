@@ -139,6 +139,30 @@ class Front:
         if not replied:
             self.inbox.answered(request.line)
 
+    def answer_appends(self, acked: list[tuple[Pending, list]]) -> None:
+        """A run of successful appends, each with the writer's [offset, length,
+        crc] (messages.py), answered in bulk: one store of the acknowledged
+        offset and of the msg_ids, then every line queued at once."""
+        newest = max(fields[0] for _, fields in acked)
+        if newest >= self.state.acked_next:
+            # stored before these acks are printed, and before any kv_get after them
+            self.state.store_acked_next(newest + 1)
+        replying = [(request, fields) for request, fields in acked if request.msg_id is not None]
+        if len(replying) < len(acked):
+            for request, _ in acked:
+                if request.msg_id is None:
+                    self.inbox.answered(request.line)
+        if not replying:
+            return
+        msg_id = self.state.take_msg_ids(len(replying))
+        fmt = self.replies.append_ok
+        lines = []
+        for request, fields in replying:
+            text = fmt(request.src, request.dest, request.msg_id, fields, msg_id)
+            lines.append((text, request.line))
+            msg_id += 1
+        self.output.add_many(lines)
+
     def fail(self, failure: Failure) -> None:
         """Answer a request with its error; a failed init frees the lines that waited for it."""
         request = failure.request
@@ -187,7 +211,7 @@ class Front:
         supervisor, or its reply is queued (the output marks it)."""
         if type(line) is OverlongLine:
             return self.refuse_overlong(line, start, inherited)
-        if not line.strip():
+        if line.isspace() or not line:  # a blank line (isspace: no copy, unlike strip)
             return False
         try:
             request = parse_request(line)
@@ -198,7 +222,8 @@ class Front:
         typ = request.type
         body = request.body
         dest = request.client
-        src = self.node_id if self.node_id is not None else request.node
+        node_id = self.state.node_id
+        src = node_id if node_id is not None else request.node
         msg_id = request.msg_id
         try:
             check_request(request, self.known_types)
@@ -212,7 +237,7 @@ class Front:
             )
             return self.emit_error(src, dest, msg_id, Code.CRASH, {"text": text}, start)
         try:
-            if typ != m.OP_INIT and self.node_id is None and typ in self.known_types:
+            if typ != m.OP_INIT and node_id is None and typ in self.known_types:
                 raise BadRequest(
                     Code.TEMPORARILY_UNAVAILABLE, "the node is not initialised yet: send init first"
                 )
@@ -288,24 +313,35 @@ class Front:
     def on_replies(self, msg: list) -> None:
         if msg[0] != m.REPLIES:
             return
+        acked: list[tuple[Pending, list]] = []  # a run of appends' successes, answered in bulk
+        answered = self.peers.answered
         for rid, code, fields in msg[1]:
-            request = self.peers.answered(rid)
+            request = answered(rid)
             if request is None:  # answered already (timeout or a peer's crash)
                 continue
-            typ = request.type
-            if typ == m.OP_SNAPSHOT and request.peer == "writer" and code == m.OK:
-                request.peer = "compactor"  # the barrier passed: now the snapshot itself
-                self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], request)
+            if code == m.OK and request.type == m.OP_APPEND:
+                acked.append((request, fields))
                 continue
-            if typ == m.OP_INIT and code == m.OK and request.init_arg is not None:
-                self.state.store_node_id(request.init_arg[0])
-                request.src = request.init_arg[0]
-            if typ == m.OP_APPEND and code == m.OK and fields["offset"] >= self.state.acked_next:
-                # stored before the ack is printed, and before any kv_get below
-                self.state.store_acked_next(fields["offset"] + 1)
-            self.answer(request, code, fields)
-            if typ == m.OP_INIT:
-                self.init_resolved()
+            if acked:  # replies keep the order the peer gave them
+                self.answer_appends(acked)
+                acked = []
+            self.on_reply(rid, request, code, fields)
+        if acked:
+            self.answer_appends(acked)
+
+    def on_reply(self, rid: int, request: Pending, code: int, fields: dict) -> None:
+        """One reply from a peer, other than an append's success."""
+        typ = request.type
+        if typ == m.OP_SNAPSHOT and request.peer == "writer" and code == m.OK:
+            request.peer = "compactor"  # the barrier passed: now the snapshot itself
+            self.forward(rid, m.OP_SNAPSHOT, fields["durable_offset"], request)
+            return
+        if typ == m.OP_INIT and code == m.OK and request.init_arg is not None:
+            self.state.store_node_id(request.init_arg[0])
+            request.src = request.init_arg[0]
+        self.answer(request, code, fields)
+        if typ == m.OP_INIT:
+            self.init_resolved()
 
     def on_control(self, msg: list) -> None:
         kind = msg[0]

@@ -33,9 +33,13 @@ class FrontState:
                 self.node_id = f.read() or None
 
     def take_msg_id(self) -> int:
+        return self.take_msg_ids(1)
+
+    def take_msg_ids(self, count: int) -> int:
+        """`count` msg_ids in a row, stored once; the first of them."""
         n = self._next_msg_id
-        self._next_msg_id = n + 1
-        struct.pack_into("<Q", self._mm, 0, n + 1)
+        self._next_msg_id = n + count
+        struct.pack_into("<Q", self._mm, 0, n + count)
         return n
 
     def store_acked_next(self, acked_next: int) -> None:

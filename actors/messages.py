@@ -9,7 +9,11 @@ front -> writer (DEALER -> ROUTER), many requests per message:
         init: [node_id, node_ids]
 writer -> front, one message per group commit:
     [REPLIES, [[rid, code, fields], ...]]
-        code 0: ok, `fields` are the reply's fields in protocol order;
+        code 0: ok, `fields` are the reply's fields in protocol order, except
+        for wal_append, the hot path, where `fields` is the list
+        [offset, length, crc32 as an int] (`append_ok_fields`; the front
+        prints the checksum as hex, `append_fields` gives the protocol's
+        dict): no map keys to pack and unpack for every append;
         otherwise a PROTOCOL.md error code and `fields` holds "text" (and
         any extra fields such as first_offset/next_offset).
 
@@ -26,8 +30,10 @@ compactor -> writer: [REQUESTS, ...] with ops wal_sync and
             whole_segments: True for automatic retention (the offset moves
                 down to its segment's start, nothing is copied), False for
                 wal_compact (exactly below offset)
-writer -> compactor, after each commit that moved anything (dropped if the
-compactor is not keeping up; the next one says the same and more):
+writer -> compactor, after a commit that moved anything, at most one per
+NOTICE_INTERVAL_S (a later one at the end of the interval says what came
+since: a notice per commit would wake the compactor for every lone append);
+dropped if the compactor is not keeping up (the next one says the same and more):
     [NOTICE, durable_next, bytes_appended]
 a cluster's replica (actors/replica.py) instead, durable_next being its
 commit offset + 1 (capped by its durable end):
@@ -59,6 +65,7 @@ from typing import Any
 
 import msgpack
 
+from wal import crc_hex
 from wal.replication import protocol as p
 
 REQUESTS = "req"
@@ -89,6 +96,19 @@ OP_SNAPSHOT = "wal_snapshot"
 OP_COMPACT = "wal_compact"
 
 OK = 0
+NOTICE_INTERVAL_S = 0.005
+
+
+def append_ok_fields(offset: int, length: int, crc: int) -> list:
+    """A successful append's reply fields as the writer sends them (above)."""
+    return [offset, length, crc]
+
+
+def append_fields(fields: list) -> dict:
+    """The protocol's wal_append_ok fields from the writer's list."""
+    offset, length, crc = fields
+    return {"offset": offset, "length": length, "checksum": crc_hex(crc)}
+
 
 _packer = msgpack.Packer(use_bin_type=True)
 

@@ -70,6 +70,12 @@ class Output:
         self._lines.append((data, start))
         self.queued_bytes += len(data)
 
+    def add_many(self, replies: list[tuple[str, int]]) -> None:
+        """Queue reply lines (without newline) with the line starts they answer, in order."""
+        lines = [((text + "\n").encode(), start) for text, start in replies]
+        self._lines.extend(lines)
+        self.queued_bytes += sum(len(data) for data, _ in lines)
+
     def backed_up(self) -> bool:
         return self.queued_bytes >= HIGH_WATER
 

@@ -43,7 +43,7 @@ from actors.codes import Code, Exit
 from actors.config import ClusterConfig, WriterConfig, add_process_flags
 from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from actors.writer import MAX_DRAIN_MESSAGES, Writer, log_sockets, open_log
-from wal import DataDir, WalError, crc_hex, record
+from wal import DataDir, WalError, record
 from wal.errors import DataMissing
 from wal.replication import membership
 from wal.replication import protocol as rp
@@ -316,7 +316,7 @@ class ReplicaServer:
         for held in released:
             length = len(held.payload)
             crc = record.checksum(length.to_bytes(4, "little"), held.payload)
-            fields = {"offset": held.offset, "length": length, "checksum": crc_hex(crc)}
+            fields = m.append_ok_fields(held.offset, length, crc)
             by_front[(held.router, held.ident)].append([held.rid, m.OK, fields])
         for (router, ident), replies in by_front.items():
             router.send_multipart([ident, m.pack([m.REPLIES, replies])])

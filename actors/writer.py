@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -42,7 +45,6 @@ from wal import (
     DiskFull,
     Log,
     WalError,
-    crc_hex,
     snapshot,
 )
 from wal.datadir import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
@@ -54,6 +56,14 @@ log = setup_logging("writer")
 
 SCAN_MAX_BYTES = 4 * 1024 * 1024
 MAX_DRAIN_MESSAGES = 256  # messages taken into one group commit
+# A batch with at least this many appends has its fdatasync in the sync thread
+# (Commits); a smaller one is synced inline.
+PIPELINE_MIN_APPENDS = 32
+# What may be handled while an earlier batch's fdatasync runs: these only stage
+# appends or read. Anything else waits for that batch first.
+OVERLAPPABLE = frozenset(
+    [m.OP_APPEND, m.OP_READ, m.OP_SCAN, m.OP_INFO, m.OP_SYNC, m.OP_SEGMENT_INFO]
+)
 
 
 class GroupCommitStats:
@@ -118,11 +128,11 @@ class Writer:
     # -- request handlers: return (code, fields) or a callable giving them
     # after the commit (for answers that must describe the committed state).
 
-    def op_append(self, payload: bytes) -> tuple[int, dict]:
+    def op_append(self, payload: bytes) -> tuple[int, dict | list]:
         if self.disk_full_at is not None:
             return DISK_FULL_REPLY  # staging it could reuse an offset already answered
         offset, crc = self.log.append(payload)
-        return m.OK, {"offset": offset, "length": len(payload), "checksum": crc_hex(crc)}
+        return m.OK, m.append_ok_fields(offset, len(payload), crc)
 
     def op_read(self, offset: int) -> tuple[int, dict]:
         try:
@@ -290,10 +300,15 @@ class Writer:
             self.disk_full_at is not None
             and op == m.OP_APPEND
             and code == m.OK
-            and fields["offset"] >= self.disk_full_at
+            and fields[0] >= self.disk_full_at  # m.append_ok_fields: the offset first
         ):
             return list(DISK_FULL_REPLY)
         return [code, fields]
+
+    def replies(self, handled: list) -> list:
+        """A message's replies, [[rid, code, fields], ...], from what `handle`
+        returned, once its commit is done."""
+        return [[rid, *self.answer(op, result)] for rid, op, result in handled]
 
     def commit(self) -> None:
         """Make what was handled as durable as the policy promises. On a full
@@ -326,6 +341,32 @@ class Writer:
             self.stats.batch(entries, seconds)
             if self.metrics is not None:
                 self.metrics.fsynced(entries, seconds)
+
+    def flush_for_sync(self) -> tuple[int, int]:
+        """Write what was handled, for an fdatasync in the sync thread:
+        (a duplicate fd to fdatasync and close, the offset it makes durable).
+        On a full disk, what fitted is written (as in `commit`)."""
+        try:
+            return self.log.flush_for_sync()
+        except DiskFull as err:
+            self.disk_full(err)
+            return self.log.flush_for_sync()
+
+    def synced(self, job: SyncJob) -> None:
+        """A sync thread's fdatasync returned: its error raised (never retried,
+        nothing it covered is answered), else its entries are durable.
+        DataMissing if the data directory is not the one locked any more."""
+        if job.error is not None:
+            raise job.error
+        before = self.log.durable_offset
+        self.log.synced(job.target)
+        self.last_sync = time.monotonic()
+        if self.log.durable_offset != before:
+            entries = self.log.durable_offset - before
+            self.stats.batch(entries, job.seconds)
+            if self.metrics is not None:
+                self.metrics.fsynced(entries, job.seconds)
+        self.datadir.check_identity(self.identity)
 
     def sync_due(self) -> float | None:
         """Seconds until the interval policy owes an fsync; None if nothing owed."""
@@ -362,50 +403,197 @@ def _out_of_range(err: OffsetOutOfRange) -> tuple[int, dict]:
     }
 
 
+class Notices:
+    """The writer's notices to the compactor (messages.py): the newest
+    (durable_next, bytes_appended), sent at most once per NOTICE_INTERVAL_S.
+    One per commit would wake the compactor (and two I/O threads) for every
+    lone append, on the cores the reply's path needs."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.sent: tuple[int, int] | None = None
+        self.newest: tuple[int, int] | None = None
+        self.sent_at = -math.inf
+
+    def offer(self, lg: Log, now: float) -> None:
+        self.newest = (lg.durable_offset, lg.bytes_appended)
+        if self.newest != self.sent and now - self.sent_at >= m.NOTICE_INTERVAL_S:
+            try:
+                self.sock.send(m.pack([m.NOTICE, *self.newest]), zmq.NOBLOCK)
+                self.sent = self.newest
+            except zmq.Again:
+                pass  # the compactor is behind or down; a later notice says more
+            self.sent_at = now
+
+    def due(self, now: float) -> float | None:
+        """Seconds until a held notice may go; None if none is held."""
+        if self.newest == self.sent:
+            return None
+        return max(0.0, self.sent_at + m.NOTICE_INTERVAL_S - now)
+
+
+@dataclass(slots=True)
+class SyncJob:
+    """One fdatasync for the sync thread: `fd` (a duplicate, closed after),
+    making entries below `target` durable."""
+
+    fd: int
+    target: int
+    error: OSError | None = None
+    seconds: float = 0.0
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class SyncThread:
+    """fdatasyncs off the serving loop: os.fdatasync releases the GIL, so the
+    loop receives and stages the next batch meanwhile. Each finished job
+    writes a byte to a pipe the loop polls."""
+
+    def __init__(self) -> None:
+        self.wake_fd, self._signal_fd = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        self._jobs: queue.SimpleQueue[SyncJob] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="fdatasync", daemon=True).start()
+
+    def submit(self, fd: int, target: int) -> SyncJob:
+        job = SyncJob(fd, target)
+        self._jobs.put(job)
+        return job
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            t0 = time.perf_counter()
+            try:
+                os.fdatasync(job.fd)  # looked up at each call: tests inject faults into os
+            except OSError as err:
+                job.error = err
+            finally:
+                job.seconds = time.perf_counter() - t0
+                os.close(job.fd)
+                job.done.set()
+                os.write(self._signal_fd, b"\0")
+
+    def clear_wake(self) -> None:
+        try:
+            os.read(self.wake_fd, 4096)
+        except BlockingIOError:
+            pass
+
+
+class Commits:
+    """The group commits, in order. Under --fsync always a batch of at least
+    PIPELINE_MIN_APPENDS appends is fdatasynced in the sync thread while the
+    loop receives and stages the next one; its replies leave only once its
+    fdatasync returned, and before any reply of a later batch. A smaller batch
+    (a lone request) is synced inline: handing it to the thread would add two
+    wake-ups to its latency for nothing to overlap. Requests that do more than
+    stage an append or read (truncate_before, init, segment config) wait for
+    the batch in flight first."""
+
+    def __init__(self, writer: Writer, notices: Notices) -> None:
+        self.writer = writer
+        self.notices = notices
+        self.syncer = SyncThread()
+        self.staged: list[tuple[zmq.Socket, bytes, list]] = []  # handled, commit not begun
+        self.inflight: tuple[list, SyncJob] | None = None
+
+    def handle(self, router: zmq.Socket, ident: bytes, requests: list) -> None:
+        if self.inflight is not None and any(op not in OVERLAPPABLE for _, op, _ in requests):
+            self.finish()
+        self.staged.append((router, ident, self.writer.handle(requests)))
+
+    def step(self) -> None:
+        """After each poll: answer the batch whose fdatasync returned, then
+        begin the next commit if none is in flight."""
+        if self.inflight is not None and self.inflight[1].done.is_set():
+            self.finish()
+        if self.inflight is None:
+            self.begin()
+
+    def begin(self) -> None:
+        batches, self.staged = self.staged, []
+        writer = self.writer
+        appends = sum(1 for _, _, replies in batches for _, op, _ in replies if op == m.OP_APPEND)
+        if writer.policy.name == "always" and appends >= PIPELINE_MIN_APPENDS:
+            fd, target = writer.flush_for_sync()
+            self.inflight = (batches, self.syncer.submit(fd, target))
+            return
+        writer.commit()  # raises on I/O failure: no reply leaves for this batch
+        self.reply(batches)
+
+    def finish(self) -> None:
+        """Wait for the batch in flight and answer it."""
+        assert self.inflight is not None
+        batches, job = self.inflight
+        job.done.wait()
+        self.inflight = None
+        self.writer.synced(job)  # raises on I/O failure: no reply leaves for this batch
+        self.reply(batches)
+
+    def drain(self) -> None:
+        """Stopping: commit and answer everything handled."""
+        if self.inflight is not None:
+            self.finish()
+        batches, self.staged = self.staged, []
+        self.writer.commit()
+        self.reply(batches)
+
+    def reply(self, batches: list) -> None:
+        writer = self.writer
+        for router, ident, replies in batches:
+            router.send_multipart([ident, m.pack([m.REPLIES, writer.replies(replies)])])
+        writer.disk_full_at = None
+        if writer.metrics is not None:
+            writer.metrics.committed(writer.log)  # after the replies: counts only what was acked
+        self.notices.offer(writer.log, time.monotonic())
+
+
+def _poll_timeout_ms(*dues: float | None) -> int | None:
+    waits = [d for d in dues if d is not None]
+    return math.ceil(min(waits) * 1000) if waits else None
+
+
 def serve(
     writer: Writer,
     routers: list[zmq.Socket],
     control: zmq.Socket,
-    notices: zmq.Socket,
+    notices_sock: zmq.Socket,
 ) -> None:
     """`routers`: the local ipc one, and a tcp one for remote fronts if any."""
-    last_notice = None
+    commits = Commits(writer, Notices(notices_sock))
     poller = zmq.Poller()
     for router in routers:
         poller.register(router, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
+    poller.register(commits.syncer.wake_fd, zmq.POLLIN)
     stopping = False
     while not stopping:
-        due = writer.sync_due()
-        events = dict(poller.poll(None if due is None else math.ceil(due * 1000)))
+        now = time.monotonic()
+        timeout = (
+            None  # the sync thread's pipe wakes us
+            if commits.inflight is not None
+            else _poll_timeout_ms(writer.sync_due(), commits.notices.due(now))
+        )
+        events = dict(poller.poll(timeout))
+        if commits.syncer.wake_fd in events:
+            # read before `done` is looked at: a byte written after a job was
+            # answered must not make every later poll return at once
+            commits.syncer.clear_wake()
         if control in events:
             msg = m.unpack(control.recv())
             stopping = msg[0] == m.STOP
             if msg[0] == m.PING:
                 control.send(m.pack([m.PONG, os.getpid()]))
-        batches = []
         for router in routers:
             if router not in events:
                 continue
             for ident, data in sockets.drain(router, MAX_DRAIN_MESSAGES, multipart=True):
                 msg = m.unpack(data)
                 if msg[0] == m.REQUESTS:
-                    batches.append((router, ident, writer.handle(msg[1])))
-        writer.commit()  # raises on I/O failure: no reply leaves for this batch
-        for router, ident, replies in batches:
-            out = [[rid, *writer.answer(op, result)] for rid, op, result in replies]
-            router.send_multipart([ident, m.pack([m.REPLIES, out])])
-        writer.disk_full_at = None
-        if writer.metrics is not None:
-            writer.metrics.committed(writer.log)  # after the replies: counts only what was acked
-        lg = writer.log
-        notice = (lg.durable_offset, lg.bytes_appended)
-        if notice != last_notice:
-            try:
-                notices.send(m.pack([m.NOTICE, *notice]), zmq.NOBLOCK)
-                last_notice = notice
-            except zmq.Again:
-                pass  # the compactor is behind or down; a later notice says more
+                    commits.handle(router, ident, msg[1])
+        commits.step()
+    commits.drain()
 
 
 def open_log(

@@ -1,6 +1,7 @@
 """`walctl bench --quick`: a smoke run of the benchmark, end to end.
 
-It drives a real walnode at 1 and 8 in flight and every peer, briefly. The
+It drives a real walnode at 1 and 8 in flight, the null node (the client's
+own ceiling) and every peer, briefly, in two alternating rounds. The
 numbers are not judged here (a loaded CI machine makes them anything);
 what is checked is that every level and peer is there with a positive rate
 and ordered percentiles, and that the benchmark cannot claim acks it did
@@ -13,7 +14,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import json
-import os
 
 from tests.nodeproc import walctl
 
@@ -47,22 +47,33 @@ def test_quick_bench_reports_every_level_and_peer_and_only_real_acks(tmp_path):
     assert levels == [1, 8]
     bench_dir = glob.glob(str(tmp_path / "walnode-bench-*"))
     assert len(bench_dir) == 1
-    for w in results["walnode"]:
-        _ordered(w)
-        assert w["verified"], w["verify_note"]
-        assert w["errors"] == 0 and w["acked_total"] == w["sent_total"] > 0
-        info = w["wal_info"]
-        assert info["next_offset"] == w["acked_total"]
-        assert info["first_offset"] + info["entries"] == info["next_offset"]
-        # the same, from the files: the node's data directory read offline
-        on_disk = walctl("info", os.path.join(bench_dir[0], f"walnode-{w['in_flight']}"))
-        assert on_disk.returncode == 0, on_disk.stderr
-        assert json.loads(on_disk.stdout)["next_offset"] == w["acked_total"]
+    assert len(results["rounds"]) == 2  # --quick: two rounds, each with every system
+    for one_round in results["rounds"]:
+        assert [w["in_flight"] for w in one_round["walnode"]] == levels
+        assert [w["in_flight"] for w in one_round["null"]] == levels
+        for w in one_round["walnode"]:
+            _ordered(w)
+            assert w["verified"], w["verify_note"]
+            assert w["errors"] == 0 and w["acked_total"] == w["sent_total"] > 0
+            info = w["wal_info"]
+            assert info["next_offset"] == w["acked_total"]
+            assert info["first_offset"] + info["entries"] == info["next_offset"]
+            # the same, from the files: the node's data directory read offline
+            on_disk = walctl("info", w["data_dir"])
+            assert on_disk.returncode == 0, on_disk.stderr
+            assert json.loads(on_disk.stdout)["next_offset"] == w["acked_total"]
+    for w in results["walnode"]:  # the median round's row, with the spread of the rates
+        assert w["rounds"] == 2 and w["rate_min"] <= w["appends_per_sec"] <= w["rate_max"], w
+    # the client's own ceiling: the same loop against a node without a disk
+    assert [n["in_flight"] for n in results["null"]] == levels
+    for n in results["null"]:
+        _ordered(n)
+        assert n["verified"] and n["acked_total"] > 0, n
 
     by_peer: dict[str, list[dict]] = {}
     for p in results["peers"]:
         by_peer.setdefault(p["system"], []).append(p)
-    assert set(by_peer) == set(PEERS)
+    assert set(by_peer) == {*PEERS, "zmq"}  # zmq: the bare ipc round trip, a read's floor
     assert sorted(p["in_flight"] for p in by_peer["ceiling"]) == levels
     for name, rows in by_peer.items():
         for row in rows:
@@ -74,12 +85,21 @@ def test_quick_bench_reports_every_level_and_peer_and_only_real_acks(tmp_path):
                 _ordered(row)
 
     assert [r["in_flight"] for r in results["ratios"]] == levels
+    for r in results["ratios"]:
+        s = r["spread"]["walnode_over_sqlite"]
+        assert s["rounds"] == 2 and s["min"] <= s["median"] == r["walnode_over_sqlite"] <= s["max"]
+        assert r["walnode_over_null"] is not None
+    # a lone read beside its floor (the null node's read plus the zmq round trip)
+    one = next(w for w in results["walnode"] if w["in_flight"] == 1)
+    assert one["read_p50_us"] > 0
+    assert next(n for n in results["null"] if n["in_flight"] == 1)["read_p50_us"] > 0
+    assert results["ratios"][0]["walnode_read_p50_over_floor"] > 0
     snap = results["snapshot"]
     assert snap["cycles"] >= 1 and snap["verified"], snap
     for key in ("without", "with"):
         assert 0 < snap[key]["p50_us"] <= snap[key]["p99_us"], snap
     assert {t["target"].split(" (")[0] for t in results["targets"]} >= {
-        "durable acked appends/s at 1000 in flight",
+        "walnode / sqlite3 commit rate at 1000 in flight",
         "one-at-a-time p50 / raw write+fdatasync p50",
     }
     assert png.stat().st_size > 1000

@@ -145,7 +145,7 @@ def test_writer_fails_the_rest_of_a_batch_after_a_full_disk(tmp_path, monkeypatc
     writer.disk_full_at = None  # the next batch, space is back
     replies = writer.handle([[5, m.OP_APPEND, b"set d=4"]])
     writer.commit()
-    assert writer.answer(*replies[0][1:])[1]["offset"] == 1
+    assert m.append_fields(writer.answer(*replies[0][1:])[1])["offset"] == 1
     wal.close()
 
 

@@ -26,10 +26,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
+from actors import messages as m
 from actors.requests import (
     APPEND_OK,
     APPEND_OK_LINE,
     MAX_DEPTH,
+    ReplyFormatter,
     Unreadable,
     overlong_envelope,
     parse_json,
@@ -1004,14 +1006,29 @@ def test_overlong_envelope_reads_what_json_reads_or_nothing(
 
 
 @settings(FAST, max_examples=300)
-@given(any_text, any_text, st.integers(0, 2**63), st.integers(0, 2**63), st.integers(0, 2**20))
+@given(
+    any_text,
+    any_text,
+    st.integers(0, 2**63),
+    st.integers(0, 2**63),
+    st.integers(0, 2**20),
+    st.integers(0, 2**32 - 1),
+)
 def test_fast_append_reply_is_json_dumps_layout(
-    src: str, dest: str, in_reply_to: int, offset: int, length: int
+    src: str, dest: str, in_reply_to: int, offset: int, length: int, crc: int
 ) -> None:
-    fields = {"offset": offset, "length": length, "checksum": "0a1b2c3d"}
+    """The writer's [offset, length, crc] printed by the front's fast path
+    is json.dumps of the protocol's reply, the checksum as 8 hex digits."""
+    fields = m.append_fields(m.append_ok_fields(offset, length, crc))
+    assert fields["checksum"] == f"{crc:08x}" and len(fields["checksum"]) == 8
     body = {"type": APPEND_OK, "in_reply_to": in_reply_to, **fields, "msg_id": 7}
     expected = json.dumps({"src": src, "dest": dest, "body": body})
-    got = APPEND_OK_LINE.format(
-        json.dumps(src), json.dumps(dest), in_reply_to, offset, length, "0a1b2c3d", 7
-    )
+    formatter = ReplyFormatter()
+    got = formatter.append_ok(src, dest, in_reply_to, m.append_ok_fields(offset, length, crc), 7)
     assert got == expected
+    assert (
+        APPEND_OK_LINE.format(
+            json.dumps(src), json.dumps(dest), in_reply_to, offset, length, crc, 7
+        )
+        == expected
+    )

@@ -147,6 +147,30 @@ def test_damaged_length_field_in_the_newest_segment_names_file_and_byte(node_fac
     assert node.close() == 0
 
 
+def test_a_length_that_swallows_whole_records_is_refused_not_kept(node_factory, data_dir):
+    # entry 0's length 0 -> 64 ends exactly where entry 5 starts, and entry 5
+    # decodes: kept as one rotted record, entries 1..4 vanished and "tail"
+    # moved from offset 5 to 1. The records found inside it make it a damaged
+    # length field: refused, named, and repair keeps every offset.
+    payloads = ["", *["xxxxxxxx"] * 4, "tail"]  # records of 8 and 16 bytes
+    node = node_factory("--data-dir", data_dir, "--no-auto-compact")
+    node.init()
+    for i, p in enumerate(payloads):
+        assert node.call_ok({"type": "wal_append", "payload": p})["offset"] == i
+    assert node.close() == 0
+    flip_byte(seg(data_dir, 0), 0, 0x40)
+
+    node = node_factory("--data-dir", data_dir)
+    assert node.proc.wait(30) != 0
+    assert f"corruption in {seg(data_dir, 0)} at byte 0" in node.stderr_text()
+    assert walctl("repair", data_dir, "--yes").returncode == 0
+    node = start(node_factory, data_dir)
+    assert node.call({"type": "wal_read", "offset": 0})["code"] == 20
+    for i in range(1, len(payloads)):
+        assert node.call_ok({"type": "wal_read", "offset": i})["payload"] == payloads[i]
+    assert node.close() == 0
+
+
 def test_rot_in_the_newest_segment_is_kept_and_reported(node_factory, data_dir):
     fill(node_factory, data_dir)
     flip_byte(seg(data_dir, 50), 2 * RECORD + HEADER_SIZE + 3)  # offset 52, not the tail

@@ -2,8 +2,8 @@
 
 With `WALNODE_FS_TRACE=<trace file>` and `WALNODE_FS_TRACE_ROOT=<data dir>`
 in its environment, a process records each change it makes under the root
-(open with create or truncate, write, truncate, fsync/fdatasync, rename,
-unlink, mkdir) to the trace file, after the change is made and before the
+(open with create or truncate, dup, write, truncate, fsync/fdatasync,
+rename, unlink, mkdir) to the trace file, after the change is made and before the
 call returns. Every walnode process appends to the same file, one
 `write` per record with O_APPEND, so the trace is one global order that
 respects causality: an fsync is in the trace before any reply it allowed.
@@ -54,6 +54,15 @@ def _close(fd):
     _real["close"](fd)
     if _fds.pop(fd, None) is not None:
         _emit("close", os.getpid(), fd)
+
+
+def _dup(fd):
+    new = _real["dup"](fd)
+    p = _fds.get(fd)
+    if p is not None:  # the same open file: what is synced through one is through both
+        _fds[new] = p
+        _emit("dup", os.getpid(), fd, new)
+    return new
 
 
 def _write(fd, data):
@@ -125,12 +134,13 @@ def install(trace_path: str, root: str) -> None:
     global _trace_fd, _root
     if _real:
         return
-    names = ["open", "close", "write", "pwrite", "ftruncate", "fsync", "fdatasync"]
+    names = ["open", "close", "dup", "write", "pwrite", "ftruncate", "fsync", "fdatasync"]
     names += ["rename", "replace", "remove", "unlink", "mkdir"]
     _real.update({n: getattr(os, n) for n in names})
     _root = os.path.abspath(root)
     _trace_fd = _real["open"](trace_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.open, os.close, os.write, os.pwrite = _open, _close, _write, _pwrite
+    os.dup = _dup
     os.ftruncate, os.mkdir = _ftruncate, _mkdir
     os.fsync, os.fdatasync = _syncer("fsync"), _syncer("fdatasync")
     os.rename, os.replace = _renamer("rename"), _renamer("replace")

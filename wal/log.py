@@ -278,6 +278,19 @@ class Log:
             self._segments[-1].sync()
             self._durable_next = target
 
+    def flush_for_sync(self) -> tuple[int, int]:
+        """For an fdatasync made outside the log (a sync thread, while more
+        entries are staged): flush, then (a duplicate of the active segment's
+        fd, which the caller fdatasyncs and closes; the offset that makes
+        durable). A duplicate, so that a roll closing the segment meanwhile
+        cannot hand its number to another file. Then `synced(target)`."""
+        self.flush()
+        return os.dup(self._segments[-1].fd), self._flushed_next
+
+    def synced(self, target: int) -> None:
+        """The fdatasync of a `flush_for_sync` returned: entries below `target` are durable."""
+        self._durable_next = max(self._durable_next, target)
+
     def roll(self) -> None:
         """Seal the active segment and open a new one at the next offset.
 

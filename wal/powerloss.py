@@ -121,6 +121,8 @@ class Disk:
             self._open(rec[1], rec[2], rec[3], rec[4])
         elif kind == "close":
             self.fds.pop((rec[1], rec[2]), None)
+        elif kind == "dup":  # a second descriptor of the same open file
+            self.fds[(rec[1], rec[3])] = self.fds[(rec[1], rec[2])]
         elif kind == "write":
             self._file_op(self.fds[(rec[1], rec[2])], ("write", rec[3], rec[4]))
         elif kind == "truncate":

@@ -94,8 +94,29 @@ def _rotted_in_place(buf: bytes | memoryview | mmap.mmap, pos: int, sealed: bool
     length field) cannot be placed with certainty: the caller refuses it."""
     end = _record_end(buf, pos)
     if end == len(buf):
-        return sealed
-    return end < len(buf) and isinstance(record.decode_at(buf, end), record.Decoded)
+        return sealed and not _chain_inside(buf, pos, end)
+    return (
+        end < len(buf)
+        and isinstance(record.decode_at(buf, end), record.Decoded)
+        and not _chain_inside(buf, pos, end)
+    )
+
+
+def _chain_inside(buf: bytes | memoryview | mmap.mmap, pos: int, end: int) -> bool:
+    """Whether valid records start inside the record at `pos` and run on to
+    exactly `end`: then its length field may be what rotted (a flipped bit
+    that made it swallow those records), and keeping it as one record would
+    drop them and move every later offset down. Only runs on damage."""
+    for q in range(pos + 1, end - HEADER_SIZE + 1):
+        at = q
+        while at < end:
+            got = record.decode_at(buf, at)
+            if not isinstance(got, record.Decoded):
+                break
+            at = got.end
+        if at == end:
+            return True
+    return False
 
 
 def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | None:
@@ -398,9 +419,9 @@ def _refusal(scan: ScanResult) -> str:
     assert scan.damage is not None  # asked only of a scan that stopped at damage
     if scan.damage is Damage.BAD_CRC:
         return (
-            f"{scan.damage.value}, and the record after it does not decode either "
-            f"(its length field or the next record is damaged too), so the offsets "
-            f"after it cannot be placed"
+            f"{scan.damage.value}, and its length field cannot be trusted (the record "
+            f"after it does not decode, or valid records start inside it), so the "
+            f"offsets after it cannot be placed"
         )
     return (
         f"{scan.damage.value}: a damaged length field, or a sealed segment cut short; "

@@ -75,6 +75,7 @@ class LevelResult:
     control: list = field(default_factory=list)  # snapshot/compact: dicts with start, end
     verified: bool = False
     verify_note: str = ""
+    read_latencies: array.array = field(default_factory=lambda: array.array("d"))
 
 
 class WalnodeDriver:
@@ -82,11 +83,20 @@ class WalnodeDriver:
     client's lean path (walnode.LeanPipes: no threads, the loop below reads
     and writes the pipes itself)."""
 
-    def __init__(self, data_dir: str, node_args: list[str], stderr_path: str) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        node_args: list[str],
+        stderr_path: str,
+        command: list[str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # closed in close() and kill()
-        self.pipes = LeanPipes.spawn(data_dir, node_args, stderr=self._stderr)
+        self.pipes = LeanPipes.spawn(
+            data_dir, node_args, stderr=self._stderr, command=command, cwd=cwd
+        )
         self.proc = self.pipes.proc
         self.wfd, self.rfd = self.pipes.wfd, self.pipes.rfd
         self.next_id = 1  # append msg_ids: 1, 2, 3, ...
@@ -443,15 +453,28 @@ def run_walnode_level(
     snapshot_every: float | None = None,
     on_window=None,
     tag: str = "",
+    command: list[str] | None = None,
+    reads_seconds: float = 0.0,
 ) -> LevelResult:
-    """A fresh walnode on a fresh data directory, one level, then a clean stop."""
+    """A fresh walnode on a fresh data directory, one level, then a clean stop.
+    `command`: another node to start instead (a baseline checkout's node.py,
+    or the null node), given the same flags; `reads_seconds`: then that long
+    of one-at-a-time wal_reads (walctl/bench/reads.py). A node.py runs in its own
+    directory: its children run as `python -m actors.ROLE`, which looks in
+    the working directory first, so from anywhere else a baseline's
+    supervisor would start this checkout's children."""
     data_dir = os.path.join(directory, f"walnode-{in_flight}{tag}")
-    driver = WalnodeDriver(data_dir, node_args, data_dir + ".stderr")
+    cwd = os.path.dirname(command[-1]) if command and command[-1].endswith(".py") else None
+    driver = WalnodeDriver(data_dir, node_args, data_dir + ".stderr", command, cwd)
     try:
         driver.start()
         result = driver.run_level(
             in_flight, seconds, warmup, snapshot_every=snapshot_every, on_window=on_window
         )
+        if reads_seconds:  # then lone reads of offset 0, nothing else in flight
+            from walctl.bench import reads
+
+            result.read_latencies = reads.lone_reads(driver.wfd, driver.rfd, reads_seconds)
         rc = driver.close()
         if rc != 0:
             raise driver._fail(f"walnode exited with status {rc} at end of input")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from walctl.bench import report
+
 PEER_STYLE = {
     "sqlite": ("tab:red", "sqlite3 (WAL, FULL)"),
     "rocksdict": ("tab:purple", "rocksdict (sync)"),
     "lmdb": ("tab:brown", "lmdb (sync)"),
     "raw": ("tab:gray", "raw write+fdatasync"),
 }
-
-
-TARGET_RATE = 150_000  # the throughput target: durable acked appends/s at 1000 in flight
 
 
 class ChartUnavailable(Exception):
@@ -62,7 +61,15 @@ def write_png(results: dict, path: str) -> None:
                 linestyle=":",
                 label=style[1] + ", 1 at a time",
             )
-    ax1.axhline(TARGET_RATE, color="black", linestyle="-.", linewidth=0.8, label="target at 1000")
+    sqlite = next((p for p in results["peers"] if p["system"] == "sqlite"), None)
+    if sqlite and sqlite["appends_per_sec"]:
+        ax1.axhline(
+            report.TARGET_SQLITE_RATIO * sqlite["appends_per_sec"],
+            color="black",
+            linestyle="-.",
+            linewidth=0.8,
+            label=f"target at {report.TARGET_LEVEL}: {report.TARGET_SQLITE_RATIO}x sqlite3",
+        )
     ax1.set_xscale("log")
     ax1.set_yscale("log")
     ax1.set_xlabel("requests in flight")

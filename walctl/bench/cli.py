@@ -88,6 +88,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also run the top level once under py-spy; stacks and a summary go to DIR",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds: each measures every system once, alternating; ratios are taken inside "
+        "a round and reported as the median over rounds with min-max (3; --quick: 2)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="NODE_PY",
+        help="also run another walnode (a checkout's node.py, e.g. the code before a change) "
+        "in every round, beside this one",
+    )
+    p.add_argument(
+        "--no-client-ceiling",
+        action="store_true",
+        help="skip the client's ceiling (the same closed loop against a node without a disk)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the benchmark's files")
     p.add_argument(
         "--quick",
@@ -104,7 +122,10 @@ def _settings(args: argparse.Namespace) -> dict:
         snapshot_level = max(levels) if quick else 64
     return {
         "levels": levels,
-        "seconds": args.seconds if args.seconds is not None else (0.3 if quick else 3.0),
+        "rounds": args.rounds if args.rounds is not None else (2 if quick else 3),
+        "baseline": os.path.abspath(args.baseline) if args.baseline else None,
+        "client_ceiling": not args.no_client_ceiling,
+        "seconds": args.seconds if args.seconds is not None else (0.2 if quick else 2.0),
         "warmup": args.warmup if args.warmup is not None else (0.1 if quick else 1.0),
         "peers": args.peers
         if args.peers is not None
@@ -133,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from walctl.bench import report
+    from walctl.bench import report, rounds
 
     s = _settings(args)
     if args.png and not _chart_available():  # before minutes of measuring, not after
@@ -149,8 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     directory = tempfile.mkdtemp(prefix="walnode-bench-", dir=parent)
     results = _header(directory, s)
     try:
-        level_results = _walnode_levels(directory, s)
-        peer_results = _peer_results(directory, s)
+        results["rounds"] = [_one_round(directory, s, i) for i in range(s["rounds"])]
         snapshot = _snapshot_comparison(directory, s) if s["snapshot_level"] else None
         if sampler is not None:
             results["profile"] = _profiled_level(directory, s, sampler, args.profile)
@@ -160,17 +180,44 @@ def _run(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(directory, ignore_errors=True)
 
-    results["walnode"] = [report.walnode_row(r) for r in level_results]
-    results["peers"] = [report.peer_row(p) for p in peer_results]
+    for key in ("walnode", "baseline", "null", "peers"):
+        results[key] = rounds.median_rows(results["rounds"], key)
     results["snapshot"] = snapshot
-    results["ratios"] = report.ratios(results["walnode"], results["peers"])
-    results["targets"] = report.targets(results["walnode"], results["peers"], snapshot)
+    results["ratios"] = rounds.ratios(results["rounds"], s["levels"])
+    results["targets"] = report.targets(results["ratios"], results["walnode"], snapshot)
     _write_files(args, results)
     _print_results(results)
-    verified = all(w["verified"] for w in results["walnode"]) and (
-        snapshot is None or snapshot["verified"]
-    )
+    verified = all(
+        w["verified"] for r in results["rounds"] for w in r["walnode"] + r["baseline"]
+    ) and (snapshot is None or snapshot["verified"])
     return 0 if verified else 1
+
+
+def _one_round(directory: str, s: dict, index: int) -> dict:
+    """Every system once: at each level walnode, the baseline, the client's
+    ceiling and the disk's, one after the other; then the one-at-a-time peers."""
+    from walctl.bench import nullnode, report
+
+    say(f"round {index + 1} of {s['rounds']}")
+    tag = f"-r{index + 1}" if index else ""  # the first round's directories keep plain names
+    out: dict = {"walnode": [], "baseline": [], "null": [], "peers": []}
+    for n in s["levels"]:
+        out["walnode"].append(_node_level(directory, s, n, tag, "walnode", None))
+        if s["baseline"]:
+            command = [sys.executable, s["baseline"]]
+            out["baseline"].append(_node_level(directory, s, n, tag + "-base", "baseline", command))
+        if s["client_ceiling"]:
+            command = [sys.executable, "-m", nullnode.__name__]
+            out["null"].append(_node_level(directory, s, n, tag + "-null", "null", command))
+            if n == 1:  # the read's floor: the pipe's (the null node's reads) and zmq's
+                out["peers"].append(_zmq_row(s))
+        if "ceiling" in s["peers"]:
+            out["peers"].append(_peer_row(directory, s, "ceiling", n))
+    for name in s["peers"]:
+        if name != "ceiling":
+            out["peers"].append(_peer_row(directory, s, name, 1))
+    out["peers"] = [report.peer_row(p) for p in out["peers"]]
+    return out
 
 
 def _chart_available() -> bool:
@@ -215,38 +262,60 @@ def _header(directory: str, s: dict) -> dict:
     return results
 
 
-def _walnode_levels(directory: str, s: dict) -> list:
+def _node_level(
+    directory: str, s: dict, n: int, tag: str, system: str, command: list[str] | None
+) -> dict:
     from walctl.bench import appends, report
 
-    level_results = []
-    for n in s["levels"]:
-        r = appends.run_walnode_level(directory, n, s["seconds"], s["warmup"], s["node_args"])
-        level_results.append(r)
-        row = report.walnode_row(r)
-        say(
-            f"  walnode {n:>5} in flight: {row['appends_per_sec']:>10,.0f}/s  "
-            f"p50 {row['p50_us']} µs  p99 {row['p99_us']} µs  "
-            f"{'verified' if r.verified else 'NOT VERIFIED: ' + r.verify_note}"
-        )
-    return level_results
+    r = appends.run_walnode_level(
+        directory,
+        n,
+        s["seconds"],
+        s["warmup"],
+        s["node_args"],
+        tag=tag,
+        command=command,
+        reads_seconds=s["seconds"] / 2 if n == 1 else 0.0,
+    )
+    row = report.walnode_row(r, system)
+    row["data_dir"] = os.path.join(directory, f"walnode-{n}{tag}")
+    say(
+        f"  {system:<8} {n:>5} in flight: {row['appends_per_sec']:>10,.0f}/s  "
+        f"p50 {row['p50_us']} µs  p99 {row['p99_us']} µs  "
+        f"{'verified' if r.verified else 'NOT VERIFIED: ' + r.verify_note}"
+    )
+    return row
 
 
-def _peer_results(directory: str, s: dict) -> list[dict]:
+def _zmq_row(s: dict) -> dict:
+    """The bare ZeroMQ ipc round trip, a peer row (walctl/bench/reads.py)."""
+    from walctl.bench import reads, report
+
+    lat = reads.zmq_round_trips(s["seconds"] / 2)
+    elapsed = sum(lat)
+    say(f"  zmq ipc round trip: p50 {report.latency_fields(lat)['p50_us']} µs")
+    return {
+        "name": "zmq",
+        "label": report.ZMQ_LABEL,
+        "in_flight": 1,
+        "appends": len(lat),
+        "appends_per_sec": len(lat) / elapsed if elapsed else None,
+        "latencies": lat,
+        "note": "the floor of a read: this plus the client ceiling's read p50",
+    }
+
+
+def _peer_row(directory: str, s: dict, name: str, batch: int) -> dict:
     from walctl.bench import peers
 
-    peer_results = []
-    for name in s["peers"]:
-        batches = s["levels"] if name == "ceiling" else [1]
-        for batch in batches:
-            try:
-                p = peers.run_peer(name, directory, s["seconds"], s["warmup"] / 2, batch)
-            except Exception as err:  # a peer's failure is a row, not a crash
-                p = peers.missing(name, batch)
-                p["note"] = f"failed: {type(err).__name__}: {err}"
-            peer_results.append(p)
-            rate = p["appends_per_sec"]
-            say(f"  {name:<9} {batch:>5}: " + (f"{rate:>10,.0f}/s" if rate else p["note"]))
-    return peer_results
+    try:
+        p = peers.run_peer(name, directory, s["seconds"], s["warmup"] / 2, batch)
+    except Exception as err:  # a peer's failure is a row, not a crash
+        p = peers.missing(name, batch)
+        p["note"] = f"failed: {type(err).__name__}: {err}"
+    rate = p["appends_per_sec"]
+    say(f"  {name:<9} {batch:>5}: " + (f"{rate:>10,.0f}/s" if rate else p["note"]))
+    return p
 
 
 def _snapshot_comparison(directory: str, s: dict) -> dict:

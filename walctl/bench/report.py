@@ -11,10 +11,14 @@ import time
 
 from walctl.bench.appends import LevelResult
 
-TARGET_RATE = 150_000  # durable acked appends/s at 1000 in flight (chart.py draws it too)
-TARGET_SQLITE_RATIO = 20  # x sqlite3's commit rate
-TARGET_P50_RATIO = 2  # one-at-a-time p50 <= 2x a bare write+fdatasync
-TARGET_SNAPSHOT_P99_RATIO = 2  # p99 during snapshot+compaction <= 2x without
+# The targets of issue #15, as ratios to peers measured in the same round.
+TARGET_LEVEL = 1000  # the in-flight level of the rate and CPU targets
+TARGET_SQLITE_RATIO = 60  # x sqlite3's one-at-a-time commit rate, at TARGET_LEVEL
+TARGET_P50_RATIO = 1.0  # one-at-a-time append p50 <= 1x a bare write+fdatasync's
+TARGET_SNAPSHOT_P99_RATIO = 1.5  # p99 during snapshot+compaction <= 1.5x without
+TARGET_READ_RATIO = 1.5  # one-at-a-time read p50 <= 1.5x the pipe + ZeroMQ round trips
+TARGET_CPU_US = 6.0  # µs of CPU per append in all walnode's processes, at TARGET_LEVEL
+WALNODE_ROLES = ("front", "writer", "compactor", "supervisor")
 
 
 def percentile(sorted_values, q: float) -> float | None:
@@ -50,10 +54,20 @@ def _group_commit(r: LevelResult) -> dict | None:
     }
 
 
-def walnode_row(r: LevelResult) -> dict:
+LABELS = {
+    "walnode": "walnode (--fsync always)",
+    "baseline": "baseline walnode (--baseline)",
+    "null": "client ceiling: a node without a disk",
+}
+ZMQ_LABEL = "ZeroMQ ipc round trip (DEALER/ROUTER echo)"
+
+
+def walnode_row(r: LevelResult, system: str = "walnode") -> dict:
+    """A row of a node driven by the closed loop: walnode, the --baseline
+    checkout's walnode, or the null node (walctl/bench/nullnode.py)."""
     return {
-        "system": "walnode",
-        "label": "walnode (--fsync always)",
+        "system": system,
+        "label": LABELS[system],
         "in_flight": r.in_flight,
         "appends_per_sec": round(r.window_acks / r.seconds, 1),
         "appends": r.window_acks,
@@ -74,6 +88,7 @@ def walnode_row(r: LevelResult) -> dict:
             if r.window_acks
         },
         "note": "" if r.verified else "NOT VERIFIED: " + r.verify_note,
+        "read_p50_us": latency_fields(r.read_latencies)["p50_us"],
     }
 
 
@@ -124,78 +139,73 @@ def _median_ms(values: list[float]) -> float | None:
     return round(v[len(v) // 2] * 1000, 1) if v else None
 
 
-def _peer(peers: list[dict], name: str, in_flight: int | None = None) -> dict | None:
-    for p in peers:
-        if p["system"] == name and (in_flight is None or p["in_flight"] == in_flight):
-            return p if p.get("appends_per_sec") else None
-    return None
+def walnode_cpu_us(w: dict | None) -> float | None:
+    """µs of CPU per acknowledged append in walnode's own processes (not the client)."""
+    per = (w or {}).get("cpu_us_per_append") or {}
+    got = [per[r] for r in WALNODE_ROLES if r in per]
+    return round(sum(got), 1) if got else None
 
 
-def _div(a, b) -> float | None:
-    return round(a / b, 2) if a is not None and b else None
-
-
-def ratios(walnode: list[dict], peers: list[dict]) -> list[dict]:
-    sqlite = _peer(peers, "sqlite")
-    raw = _peer(peers, "raw")
+def targets(ratios: list[dict], walnode: list[dict], snapshot: dict | None) -> list[dict]:
+    """Each target of issue #15 with its measured figure: a ratio's median over
+    the rounds (its spread in `spread`)."""
+    by_level = {r["in_flight"]: r for r in ratios}
     out = []
-    for w in walnode:
-        ceiling = _peer(peers, "ceiling", w["in_flight"])
+
+    def add(name: str, level: int, key: str, goal: str, ok) -> None:
+        row = by_level.get(level) or {}
+        measured = row.get(key)
         out.append(
             {
-                "in_flight": w["in_flight"],
-                "walnode_over_sqlite": _div(
-                    w["appends_per_sec"], sqlite and sqlite["appends_per_sec"]
-                ),
-                "walnode_over_ceiling": _div(
-                    w["appends_per_sec"], ceiling and ceiling["appends_per_sec"]
-                ),
-                "walnode_p50_over_raw_p50": _div(w["p50_us"], raw and raw["p50_us"]),
+                "target": name,
+                "measured": measured,
+                "spread": (row.get("spread") or {}).get(key),
+                "goal": goal,
+                "met": None if measured is None else ok(measured),
             }
         )
-    return out
 
-
-def targets(walnode: list[dict], peers: list[dict], snapshot: dict | None) -> list[dict]:
-    by_level = {w["in_flight"]: w for w in walnode}
-    sqlite = _peer(peers, "sqlite")
-    raw = _peer(peers, "raw")
-    out = []
-
-    def add(name: str, measured, goal: str, met) -> None:
-        out.append({"target": name, "measured": measured, "goal": goal, "met": met})
-
-    top = by_level.get(1000)
     add(
-        "durable acked appends/s at 1000 in flight",
-        top and top["appends_per_sec"],
-        f">= {TARGET_RATE:,}",
-        None if top is None else top["appends_per_sec"] >= TARGET_RATE,
-    )
-    best = max(walnode, key=lambda w: w["appends_per_sec"], default=None)
-    r = _div(best and best["appends_per_sec"], sqlite and sqlite["appends_per_sec"])
-    add(
-        "walnode's best rate / sqlite3's commit rate"
-        + (f" (walnode at {best['in_flight']} in flight)" if best else ""),
-        r,
+        f"walnode / sqlite3 commit rate at {TARGET_LEVEL} in flight",
+        TARGET_LEVEL,
+        "walnode_over_sqlite",
         f">= {TARGET_SQLITE_RATIO}x",
-        None if r is None else r >= TARGET_SQLITE_RATIO,
+        lambda v: v >= TARGET_SQLITE_RATIO,
     )
-    one = by_level.get(1)
-    r = _div(one and one["p50_us"], raw and raw["p50_us"])
     add(
         "one-at-a-time p50 / raw write+fdatasync p50",
-        r,
+        1,
+        "walnode_p50_over_raw_p50",
         f"<= {TARGET_P50_RATIO}x",
-        None if r is None else r <= TARGET_P50_RATIO,
+        lambda v: v <= TARGET_P50_RATIO,
+    )
+    add(
+        "one-at-a-time read p50 / (pipe + ZeroMQ ipc round trip)",
+        1,
+        "walnode_read_p50_over_floor",
+        f"<= {TARGET_READ_RATIO}x",
+        lambda v: v <= TARGET_READ_RATIO,
+    )
+    cpu = walnode_cpu_us(next((w for w in walnode if w["in_flight"] == TARGET_LEVEL), None))
+    out.append(
+        {
+            "target": f"µs CPU per append, walnode's processes, at {TARGET_LEVEL} in flight",
+            "measured": cpu,
+            "spread": None,
+            "goal": f"<= {TARGET_CPU_US:g} µs",
+            "met": None if cpu is None else cpu <= TARGET_CPU_US,
+        }
     )
     r = snapshot and snapshot["p99_ratio"]
-    add(
-        "append p99 with snapshot+compaction / without"
-        + (f" ({snapshot['in_flight']} in flight)" if snapshot else ""),
-        r,
-        f"<= {TARGET_SNAPSHOT_P99_RATIO}x",
-        None if r is None else r <= TARGET_SNAPSHOT_P99_RATIO,
+    out.append(
+        {
+            "target": "append p99 with snapshot+compaction / without"
+            + (f" ({snapshot['in_flight']} in flight)" if snapshot else ""),
+            "measured": r,
+            "spread": None,
+            "goal": f"<= {TARGET_SNAPSHOT_P99_RATIO}x",
+            "met": None if r is None else r <= TARGET_SNAPSHOT_P99_RATIO,
+        }
     )
     return out
 
@@ -293,14 +303,37 @@ def _render(header: list[str], rows: list[list[str]], markdown: bool) -> list[st
     return [line(header), "-" * len(line(header))] + [line(r) for r in rows]
 
 
+def fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.2f}"
+
+
+def fmt_spread(s: dict | None) -> str:
+    """A ratio over rounds: median (min-max)."""
+    if s is None:
+        return "-"
+    if s["rounds"] == 1:
+        return fmt_ratio(s["median"])
+    return f"{fmt_ratio(s['median'])} ({fmt_ratio(s['min'])}-{fmt_ratio(s['max'])})"
+
+
+def _note(r: dict) -> str:
+    note = r.get("note") or ""
+    if r["system"] in ("walnode", "baseline") and r.get("verified"):
+        gc = r.get("group_commit") or {}
+        note = f"verified; {gc.get('mean_batch', '-')} appends per fsync"
+    if r.get("read_p50_us") is not None:
+        read = f"lone wal_read p50 {_num(r['read_p50_us'])} µs"
+        note = f"{note}; {read}" if note else read
+    if r.get("rounds", 1) > 1 and r.get("rate_min") is not None:
+        rates = f"median of {r['rounds']} rounds, {_num(r['rate_min'])}-{_num(r['rate_max'])}/s"
+        note = f"{note}; {rates}" if note else rates
+    return note
+
+
 def main_rows(results: dict) -> list[list[str]]:
     rows = []
     peers = sorted(results["peers"], key=lambda p: (p["system"] != "ceiling", p["in_flight"]))
-    for r in results["walnode"] + peers:
-        note = r.get("note") or ""
-        if r["system"] == "walnode" and r.get("verified"):
-            gc = r.get("group_commit") or {}
-            note = f"verified; {gc.get('mean_batch', '-')} appends per fsync"
+    for r in results["walnode"] + results.get("baseline", []) + results.get("null", []) + peers:
         rows.append(
             [
                 r["label"],
@@ -309,10 +342,39 @@ def main_rows(results: dict) -> list[list[str]]:
                 _num(r.get("p50_us")),
                 _num(r.get("p99_us")),
                 _num(r.get("p999_us")),
-                note,
+                _note(r),
             ]
         )
     return rows
+
+
+RATIO_COLUMNS = {
+    "walnode_over_sqlite": "walnode / sqlite3",
+    "walnode_over_ceiling": "walnode / ceiling",
+    "walnode_over_null": "walnode / client ceiling",
+    "walnode_over_baseline": "walnode / baseline",
+    "walnode_p50_over_raw_p50": "walnode p50 / raw p50",
+    "walnode_p50_over_sqlite_p50": "walnode p50 / sqlite3 p50",
+    "walnode_read_p50_over_floor": "read p50 / (pipe + zmq)",
+}
+
+
+def ratio_lines(results: dict, markdown: bool) -> list[str]:
+    """The ratios, each its median over the rounds with (min-max)."""
+    ratios = results["ratios"]
+    keys = [k for k in RATIO_COLUMNS if any(r.get(k) is not None for r in ratios)]
+    header = ["in flight", *[RATIO_COLUMNS[k] for k in keys]]
+    rows = [
+        [str(r["in_flight"]), *[fmt_spread((r.get("spread") or {}).get(k)) for k in keys]]
+        for r in ratios
+    ]
+    rounds = results.get("settings", {}).get("rounds", 1)
+    title = (
+        f"Ratios inside each round, median over {rounds} rounds (min-max):"
+        if rounds > 1
+        else "Ratios (one round):"
+    )
+    return [title, "", *_render(header, rows, markdown)]
 
 
 def table(results: dict, markdown: bool = False) -> str:
@@ -335,17 +397,7 @@ def table(results: dict, markdown: bool = False) -> str:
     lines.append("")
     lines += _render(header, rows, markdown)
     lines.append("")
-    header = ["in flight", "walnode / sqlite3", "walnode / ceiling", "walnode p50 / raw p50"]
-    rows = [
-        [
-            str(r["in_flight"]),
-            _num(r["walnode_over_sqlite"], 2),
-            _num(r["walnode_over_ceiling"], 2),
-            _num(r["walnode_p50_over_raw_p50"], 2),
-        ]
-        for r in results["ratios"]
-    ]
-    lines += _render(header, rows, markdown)
+    lines += ratio_lines(results, markdown)
     s = results.get("snapshot")
     if s:
         lines.append("")
@@ -378,7 +430,7 @@ def table(results: dict, markdown: bool = False) -> str:
     for t in results["targets"]:
         verdict = {True: "MET", False: "NOT MET", None: "not measured"}[t["met"]]
         m = t["measured"]
-        measured = "-" if m is None else _num(m, 0 if m >= 100 else 2) + ("" if m >= 100 else "x")
+        measured = "-" if m is None else fmt_spread(t.get("spread") or {"median": m, "rounds": 1})
         item = f"{verdict}: {t['target']}: {measured} (goal {t['goal']})"
         lines.append(("- " + item) if markdown else item)
     return "\n".join(lines)

@@ -232,6 +232,9 @@ CLUSTER_USAGE = [
     (["--cluster-size", "4"], "--cluster-size must be odd (1, 3, 5 or 7), got 4"),
     (["--acks", "most"], "--acks must be one of quorum, all, got 'most'"),
     (["--fsync", "never"], "--cluster needs --fsync always (got never)"),
+    (["--replica-id", ""], "--replica-id must be 1 to 64 letters, digits"),
+    (["--cluster", ""], "--cluster must be 1 to 64 letters, digits"),
+    (["--replica-id", "r/1"], "--replica-id must be 1 to 64 letters, digits"),
 ]
 
 

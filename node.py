@@ -16,6 +16,7 @@ startup.check_stdio()
 startup.record_stop_signals()
 
 import argparse
+import re
 import sys
 
 if __package__:  # installed, as walnode_entry.node (pyproject.toml says why)
@@ -39,6 +40,7 @@ from actors.runtime import setup_logging
 log = setup_logging("supervisor")  # this process is the supervisor
 
 ALL_ROLES = frozenset({"writer", "compactor", "front"})
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a cluster's or replica's name: an etcd key part
 LOG_SIDE = frozenset({"writer", "compactor"})
 
 
@@ -174,6 +176,12 @@ def check_cluster(
             f"--cluster-size must be odd (1, 3, 5 or 7), got {cluster.cluster_size}: an even "
             "size tolerates no more failures than the odd size below it"
         )
+    for flag, value in (("--cluster", cluster.cluster), ("--replica-id", cluster.replica_id)):
+        if value is not None and (not value or not NAME_RE.fullmatch(value)):
+            p.error(
+                f"{flag} must be 1 to 64 letters, digits, '.', '_' or '-' (it names an etcd "
+                f"key), got {value!r}"
+            )
     if not cluster.enabled:
         given = [f for f in ("coordinator", "replica_id") if getattr(cluster, f) is not None]
         if given:

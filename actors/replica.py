@@ -287,6 +287,11 @@ class ReplicaServer:
         while self.sync_wanted:
             self.sync_wanted = False
             self.writer.commit()  # raises on I/O failure: nothing is acknowledged
+            if self.writer.disk_full_at is not None:
+                # The log dropped entries the core has shipped and counted (next_offset went
+                # back): going on could give an offset of this epoch a second entry. Exit;
+                # the restart recovers from the files and rejoins as a follower.
+                raise WalError(f"disk full: entries from {self.writer.disk_full_at} dropped")
             self.perform(self.core.on_synced())
 
     def append(self, staged: list[HeldAppend]) -> None:
@@ -311,7 +316,7 @@ class ReplicaServer:
         for held in released:
             length = len(held.payload)
             crc = record.checksum(length.to_bytes(4, "little"), held.payload)
-            fields = m.append_ok_fields(held.offset, length, crc)  # as the writer sends it
+            fields = m.append_ok_fields(held.offset, length, crc)
             by_front[(held.router, held.ident)].append([held.rid, m.OK, fields])
         for (router, ident), replies in by_front.items():
             router.send_multipart([ident, m.pack([m.REPLIES, replies])])

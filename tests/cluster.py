@@ -197,12 +197,13 @@ class Link:
         return self.next_rid
 
     def replies(self, timeout: float) -> dict[int, tuple[int, dict]]:
-        """Every reply that arrives within `timeout` s, by request id."""
+        """Every reply that arrives within `timeout` s, by request id (an append's fields as
+        the protocol has them: offset, length, checksum)."""
         out: dict[int, tuple[int, dict]] = {}
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0 and self.sock.poll(left * 1000):
             for rid, code, fields in m.unpack(self.sock.recv())[1]:
-                out[rid] = (code, fields)
+                out[rid] = (code, _fields(fields))
         return out
 
     def request(self, op: str, arg: object, timeout: float = 5.0) -> tuple[int, dict]:
@@ -211,11 +212,16 @@ class Link:
         while (left := deadline - time.monotonic()) > 0 and self.sock.poll(left * 1000):
             for got, code, fields in m.unpack(self.sock.recv())[1]:
                 if got == rid:
-                    return code, fields
+                    return code, _fields(fields)
         return -1, {"text": f"no reply within {timeout} s"}
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+def _fields(fields: dict | list) -> dict:
+    """An append's ok fields travel as a list (m.append_ok_fields), other replies' as a dict."""
+    return m.append_fields(fields) if isinstance(fields, list) else fields
 
 
 def tail(path: str, lines: int = 15) -> str:

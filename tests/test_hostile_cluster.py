@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -110,7 +109,7 @@ def test_wiped_replica_under_old_id_refuses_to_start_and_nothing_acknowledged_is
     cluster.kill(b)
     code, fields = link.request(m.OP_APPEND, b"acknowledged-X", timeout=10)
     assert code == m.OK, fields
-    x = m.append_fields(fields)["offset"]
+    x = fields["offset"]
     link.close()
     cluster.kill(a)
     import shutil
@@ -221,27 +220,8 @@ def freeze_rounds(cluster: Cluster) -> None:
         time.sleep(1.0)
 
 
-class SmallSegmentCluster(Cluster):
-    """Replicas with 4 KiB segments and no automatic compaction (the test compacts)."""
-
-    def start(self, replica: ReplicaProc) -> None:
-        from tests.nodeproc import NODE, REPO
-
-        argv = [sys.executable, NODE, "--roles", "writer,compactor", "--listen", replica.address]
-        argv += ["--insecure", "--data-dir", replica.data_dir, "--cluster", self.name]
-        argv += ["--coordinator", self.endpoint, "--replica-id", replica.replica_id]
-        argv += ["--lease-ttl", str(self.ttl), "--cluster-size", str(len(self.replicas))]
-        argv += ["--max-segment-bytes", "4096", "--no-auto-compact"]
-        with open(replica.log_path, "ab") as log:
-            replica.proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        replica.stopped = False
+# Replicas with 4 KiB segments and no automatic compaction (the test compacts).
+SMALL_SEGMENTS = ("--max-segment-bytes", "4096", "--no-auto-compact")
 
 
 @pytest.mark.timeout(90)
@@ -253,7 +233,7 @@ def test_kv_get_after_install_snapshot_with_compactor_running(tmp_path, etcd_ser
     catch_up reads the log from where its state is): when that replica leads, every kv_get
     fails with 13 "entry 0 is no longer in the log (it starts at 302)" instead of answering
     the committed value."""
-    c = SmallSegmentCluster(os.fspath(tmp_path), etcd_server.endpoint, ttl=6)
+    c = Cluster(os.fspath(tmp_path), etcd_server.endpoint, ttl=6, extra=SMALL_SEGMENTS)
     c.start_all()
     try:
         leader, link = c.wait_serving(30)

@@ -86,7 +86,7 @@ def append_each(link: Link, payloads: list[bytes], acked: dict[int, bytes]) -> N
     for payload in payloads:
         code, fields = link.request(m.OP_APPEND, payload)
         assert code == m.OK, fields
-        acked[m.append_fields(fields)["offset"]] = payload
+        acked[fields["offset"]] = payload
 
 
 @pytest.mark.timeout(120)
@@ -117,7 +117,7 @@ def test_quorum_commit_failover_and_rejoin(cluster):
     assert set(late) == set(rids), f"not acknowledged after the thaw: {late}"
     for rid, (code, fields) in late.items():
         assert code == m.OK, fields
-        acked[m.append_fields(fields)["offset"]] = rids[rid]
+        acked[fields["offset"]] = rids[rid]
     link.close()
 
     killed_at = time.monotonic()
@@ -232,6 +232,9 @@ CLUSTER_USAGE = [
     (["--cluster-size", "4"], "--cluster-size must be odd (1, 3, 5 or 7), got 4"),
     (["--acks", "most"], "--acks must be one of quorum, all, got 'most'"),
     (["--fsync", "never"], "--cluster needs --fsync always (got never)"),
+    (["--replica-id", ""], "--replica-id must be 1 to 64 letters, digits"),
+    (["--cluster", ""], "--cluster must be 1 to 64 letters, digits"),
+    (["--replica-id", "r/1"], "--replica-id must be 1 to 64 letters, digits"),
 ]
 
 
@@ -306,7 +309,7 @@ def test_a_follower_behind_the_leaders_compaction_gets_its_snapshot_and_state(
         assert len(replies) == len(payloads)
         for payload, (code, fields) in replies.items():
             assert code == m.OK, fields
-            acked[m.append_fields(fields)["offset"]] = payload
+            acked[fields["offset"]] = payload
         burst_end = max(acked) + 1
         wait_caught_up(link, [follower.replica_id])
         append_each(link, [b"set k%d=w%d" % (i % 20, i) for i in range(120)], acked)

@@ -192,3 +192,18 @@ def test_every_protocol_message_survives_the_peer_wire_form():
         except ValueError:
             continue
         raise AssertionError(f"{garbage!r} was read as a message")
+
+
+def test_append_batch_does_not_resend_the_log_to_a_follower_that_is_behind():
+    """A follower that is away (the tick rewound it to its acknowledged offset) gets nothing
+    from a group commit: its replies and the tick move it on, one batch at a time. (Shipping
+    it everything it lacks on every group commit read and resent the whole log each time: a
+    leader with one replica down fell from ~19,000 to ~2,000 appends/s at 1000 in flight.)"""
+    leader = Replica("a", IDS, MemoryStore(), max_batch=4)
+    elect(leader, 1, {"b": Position(0, -1)})
+    leader.append_batch([b"p%d" % i for i in range(20)])
+    leader.on_message(AppendReply(1, "b", True, 20, 20))  # b has it all; c never answered
+    leader.on_tick()  # rewinds c to offset 0
+    _, actions = leader.append_batch([b"q0", b"q1"])
+    assert [e.offset for batch in sends(actions, "b") for e in batch.entries] == [21, 22]
+    assert sends(actions, "c") == []

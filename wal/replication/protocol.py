@@ -306,10 +306,12 @@ class Replica:
         epoch = self.epoch
         self.store.append([Entry(first + i, epoch, p) for i, p in enumerate(payloads)])
         actions: list[Action] = [SyncLog()]
-        shipped = self._ship()
-        while shipped:  # each batch is at most max_batch entries: ship until all are sent
-            actions += shipped
-            shipped = self._ship()
+        end = self.store.end()
+        for peer, progress in self.progress.items():
+            if progress.next_offset < first:
+                continue  # behind (away, or catching up): its replies and the tick move it on
+            while progress.next_offset < end:  # at most max_batch entries a batch
+                actions.append(self._batch_for(peer))
         return first, actions
 
     # --- the rules a broken variant may override (the simulation checks they matter) ---

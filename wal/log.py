@@ -54,7 +54,7 @@ class SegmentInfo:
     start_offset: int
     end_offset: int | None  # inclusive; None for an empty segment
     entries: int
-    size_bytes: int  # the file's size on disk
+    size_bytes: int  # record bytes (the active segment's file is longer: preallocated zeros)
     sealed: bool
 
 
@@ -220,7 +220,7 @@ class Log:
                     start_offset=s.base_offset,
                     end_offset=s.next_offset - 1 if s.entries else None,
                     entries=s.entries,
-                    size_bytes=s.file_size(),
+                    size_bytes=s.size,
                     sealed=s.sealed,
                 )
             )
@@ -254,7 +254,7 @@ class Log:
         if not self._segments:  # a read-only view of an empty directory
             return
         try:
-            self._segments[-1].flush()
+            self._segments[-1].flush(self.max_segment_bytes)
         except DiskFull:
             self.bytes_appended = self._bytes_flushed
             raise

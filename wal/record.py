@@ -8,6 +8,7 @@ bytes is 0x2144df1c, not 0). See docs/FORMAT.md.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 import zlib
 from array import array
@@ -20,6 +21,9 @@ HEADER_SIZE = HEADER.size  # 8
 # it where a record had rotted, so that the offset stays taken and says what
 # was lost. Payloads are far below 2 GiB, so no ordinary record has the bit.
 LOST_FLAG = 0x8000_0000
+# A segment is zero-filled ahead of its data (preallocated, docs/FORMAT.md):
+# the data ends at the first header of zeros, which never validates.
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 def encode(payload: bytes) -> tuple[bytes, int]:
@@ -108,3 +112,15 @@ def decode_at(buf: bytes | memoryview | mmap.mmap, pos: int) -> Decoded | Damage
     if zlib.crc32(buf[start:end], zlib.crc32(buf[pos : pos + 4])) != crc:
         return Damage.BAD_CRC
     return Decoded(start, length, crc, end, lost)
+
+
+def first_nonzero(buf: bytes | memoryview | mmap.mmap, pos: int) -> int:
+    """The first byte from `pos` on that is not zero, or len(buf): zeros are
+    what preallocation wrote past the data (scanned in C, not per byte)."""
+    found = _NONZERO.search(buf, pos)
+    return len(buf) if found is None else found.start()
+
+
+def zero_from(buf: bytes | memoryview | mmap.mmap, pos: int) -> bool:
+    """True if every byte from `pos` on is zero: preallocated room, not data."""
+    return first_nonzero(buf, pos) == len(buf)

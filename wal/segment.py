@@ -23,6 +23,12 @@ from wal.fsutil import DISK_FULL_ERRNOS, write_all
 from wal.record import HEADER_SIZE, Damage
 
 NAME_RE = re.compile(r"^(\d{20})\.log$")
+# The active segment is zero-filled (and fsynced) this far ahead of its data,
+# so that an append's fdatasync writes data blocks only, no size or extent
+# change (docs/FORMAT.md). fallocate alone leaves unwritten extents, whose
+# conversion at fdatasync is a metadata change too.
+PREALLOCATE_CHUNK = 4 << 20
+_ZEROS = bytes(1 << 20)
 
 
 def segment_name(base_offset: int) -> str:
@@ -63,7 +69,8 @@ def scan_bytes(buf: bytes | memoryview | mmap.mmap, *, sealed: bool = False) -> 
     pos = 0
     while True:
         pos = record.valid_run(buf, pos, positions)
-        if pos == size:
+        if pos == size or record.zero_from(buf, pos):
+            # the end of the data: zeros after it are preallocated room, not damage
             return ScanResult(positions, pos, size, None, False, tuple(rotted), tuple(lost))
         got = record.decode_at(buf, pos)
         if isinstance(got, record.Decoded):  # valid_run leaves markers to decode_at
@@ -74,10 +81,12 @@ def scan_bytes(buf: bytes | memoryview | mmap.mmap, *, sealed: bool = False) -> 
             break
         positions.append(pos)
         pos = _record_end(buf, pos)
-    tail_shaped = not any(buf[pos:size]) or next_valid_record(buf, pos) is None
+    tail_shaped = next_valid_record(buf, pos) is None
     if got is Damage.BAD_CRC and tail_shaped:
-        # a whole record with a bad CRC is a tear only at the very end
-        tail_shaped = _record_end(buf, pos) >= size or not any(buf[pos:size])
+        # a whole record with a bad CRC is a tear only at the very end: at the
+        # end of the file, or with only preallocated zeros after it
+        end = _record_end(buf, pos)
+        tail_shaped = end >= size or record.zero_from(buf, end)
     return ScanResult(positions, pos, size, got, tail_shaped, tuple(rotted), tuple(lost))
 
 
@@ -106,10 +115,16 @@ def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | No
     Only runs on damage, so its cost (a probe per byte) is paid rarely.
     """
     size = len(buf)
-    for q in range(pos + 1, size - HEADER_SIZE + 1):
+    q = pos + 1
+    while q <= size - HEADER_SIZE:
+        if not any(buf[q : q + HEADER_SIZE]):
+            # a header of zeros never validates: skip a preallocated run in C
+            q = max(q + 1, record.first_nonzero(buf, q) - HEADER_SIZE + 1)
+            continue
         length = int.from_bytes(buf[q : q + 4], "little")
         if q + HEADER_SIZE + length <= size and not isinstance(record.decode_at(buf, q), Damage):
             return q
+        q += 1
     return None
 
 
@@ -157,7 +172,8 @@ class Segment:
         self._files = files if files is not None else FileCache()
         self._positions = positions  # array('Q'), or a view of the mmapped index file
         self._mapping = mapping
-        self._written = size  # bytes in the file
+        self._written = size  # record bytes in the file (the data ends here)
+        self._allocated = size  # the file's size: zeros past _written are preallocated
         self._staged: list[bytes] = []
         self._staged_bytes = 0
         self.sealed = sealed
@@ -193,8 +209,9 @@ class Segment:
         if scan.damage is not None and not (last and scan.tail_shaped):
             raise CorruptionError(path, scan.valid_end, _refusal(scan))
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        size = scan.valid_end if scan.damage is not None else scan.file_size
-        seg = cls(path, base_offset, fd, scan.positions, size, sealed=not last, files=files)
+        seg = cls(path, base_offset, fd, scan.positions, scan.valid_end, not last, files=files)
+        if scan.damage is None:
+            seg._allocated = scan.file_size  # a zero tail is room already made
         return seg, scan
 
     @classmethod
@@ -220,6 +237,7 @@ class Segment:
         if not self.sealed:
             raise WalError(f"segment {self.name} is active: its index still grows")
         self.sync()  # the index must never be durable before the records it points at
+        self._cut_to_data()
         self._release_fd()  # a sealed segment is read through the FileCache from now on
         path = index.index_path(self.path)
         if not index.write(path, self.base_offset, self._positions, self.size):
@@ -244,7 +262,37 @@ class Segment:
         """Cut the file back to the last valid record; returns bytes removed."""
         os.ftruncate(self._fd, self._written)
         os.fsync(self._fd)
+        self._allocated = self._written
         return file_size - self._written
+
+    def _cut_to_data(self) -> None:
+        """Cut a preallocated zero tail off (a sealed segment is its records
+        only), durably: an index recording the data's size must not reach the
+        disk before the file has that size."""
+        if self._allocated > self._written:
+            os.ftruncate(self.fd, self._written)
+            os.fsync(self.fd)
+            self._allocated = self._written
+
+    def _preallocate(self, end: int, limit: int) -> None:
+        """Zero-fill the file ahead of `end` (where the next write ends), up to
+        `limit` bytes, and fsync once, so the fdatasyncs of the data written
+        there change no metadata. Past `limit` (a segment over its size limit)
+        or on a full disk, nothing is made: the write extends the file."""
+        if end <= self._allocated or end > limit:
+            return
+        target = min(limit, max(end, self._allocated + PREALLOCATE_CHUNK))
+        pos = self._allocated
+        try:
+            while pos < target:
+                pos += os.pwrite(self._fd, _ZEROS[: target - pos], pos)
+            os.fsync(self._fd)
+        except OSError as err:
+            if err.errno not in DISK_FULL_ERRNOS:
+                raise
+            os.ftruncate(self._fd, self._allocated)  # zeros only: no sync needed
+            return
+        self._allocated = target
 
     # -- writing ---------------------------------------------------------
 
@@ -271,11 +319,13 @@ class Segment:
         self._staged.append(data)
         self._staged_bytes += len(data)
 
-    def flush(self) -> None:
-        """Write every staged record with one write call (no fsync)."""
+    def flush(self, preallocate_to: int = 0) -> None:
+        """Write every staged record with one write call (no fsync), first
+        zero-filling the file ahead of them up to `preallocate_to` bytes."""
         if not self._staged:
             return
         data = self._staged[0] if len(self._staged) == 1 else b"".join(self._staged)
+        self._preallocate(self._written + len(data), preallocate_to)
         os.lseek(self._fd, self._written, os.SEEK_SET)
         try:
             write_all(self._fd, data)
@@ -288,8 +338,10 @@ class Segment:
             # could bring back entries their clients were told are not written.
             os.ftruncate(self._fd, self._written)
             os.fdatasync(self._fd)
+            self._allocated = self._written
             raise DiskFull(f"no space left appending to {self.path}: {err.strerror}") from None
         self._written += len(data)
+        self._allocated = max(self._allocated, self._written)
         self._staged.clear()
         self._staged_bytes = 0
 
@@ -307,6 +359,7 @@ class Segment:
         """Flush and fsync; the segment takes no more writes."""
         self.flush()
         self.sync()
+        self._cut_to_data()
         self.sealed = True
 
     def close(self) -> None:
@@ -371,9 +424,6 @@ class Segment:
     def bytes_before(self, nth: int) -> int:
         """Record bytes of the entries before `nth` in this segment."""
         return self._positions[nth] if nth < len(self._positions) else self.size
-
-    def file_size(self) -> int:
-        return os.fstat(self.fd).st_size
 
 
 def _refusal(scan: ScanResult) -> str:

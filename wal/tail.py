@@ -7,7 +7,9 @@ record that is still being written: a record there that fails its CRC is
 rot, and is yielded as damaged (payload None) at its offset, not an error.
 A sealed segment is followed through its index file, so even a damaged
 length field costs one entry. After a compaction rewrites or removes the
-segment it was reading, it finds its place again by file name.
+segment it was reading, it finds its place again by file name. The newest
+segment is zero-filled past its data (preallocated): a header of zeros is
+where its records end, never a damaged entry.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class LogTail:
     def _stalled(self) -> None:
         """The entry should be here and is not: name the file and byte."""
         head = os.pread(self._fd, HEADER_SIZE, self._pos) if self._fd >= 0 else b""
-        if len(head) == HEADER_SIZE:
+        if len(head) == HEADER_SIZE and any(head):
             length = HEADER.unpack(head)[0] & ~LOST_FLAG
             raise CorruptionError(
                 self._path,
@@ -169,6 +171,8 @@ class LogTail:
         p = 0
         while self.offset < until:
             got = decode_at(buf, p)
+            if got is Damage.BAD_CRC and not any(buf[p : p + HEADER_SIZE]):
+                break  # preallocated zeros (a header of zeros never validates): no record here
             if got is Damage.BAD_CRC:
                 # written (below `until`), so not a tear: rot, kept at its offset
                 # as long as its length is believable (the next record decodes)

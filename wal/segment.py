@@ -236,8 +236,8 @@ class Segment:
         written (a full disk, say): nothing is lost but the next open's time."""
         if not self.sealed:
             raise WalError(f"segment {self.name} is active: its index still grows")
-        self.sync()  # the index must never be durable before the records it points at
         self._cut_to_data()
+        self.sync()  # the index must never be durable before the records it points at
         self._release_fd()  # a sealed segment is read through the FileCache from now on
         path = index.index_path(self.path)
         if not index.write(path, self.base_offset, self._positions, self.size):
@@ -266,12 +266,11 @@ class Segment:
         return file_size - self._written
 
     def _cut_to_data(self) -> None:
-        """Cut a preallocated zero tail off (a sealed segment is its records
-        only), durably: an index recording the data's size must not reach the
-        disk before the file has that size."""
+        """Cut a preallocated zero tail off: a sealed segment is its records
+        only. The caller's fdatasync next makes the new size durable (an index
+        recording it must not reach the disk first)."""
         if self._allocated > self._written:
             os.ftruncate(self.fd, self._written)
-            os.fsync(self.fd)
             self._allocated = self._written
 
     def _preallocate(self, end: int, limit: int) -> None:
@@ -358,8 +357,8 @@ class Segment:
     def seal(self) -> None:
         """Flush and fsync; the segment takes no more writes."""
         self.flush()
-        self.sync()
         self._cut_to_data()
+        self.sync()
         self.sealed = True
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from wal import faults, index, layout, record
+from wal import checkpoint, faults, index, layout, record
 from wal.errors import CorruptionError, DataMissing, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
@@ -64,6 +64,7 @@ class RecoveryReport:
 
     segments: int = 0
     segments_indexed: int = 0  # sealed segments opened through their index, not read
+    checkpoint_bytes: int = 0  # the newest segment's prefix taken from its checkpoint, not read
     entries_recovered: int = 0
     first_offset: int = 0
     next_offset: int = 0
@@ -268,6 +269,7 @@ class Log:
             target = self._flushed_next
             self._segments[-1].sync()
             self._durable_next = target
+            self._segments[-1].checkpoint()  # after the fdatasync: it covers synced records only
 
     def roll(self) -> None:
         """Seal the active segment and open a new one at the next offset.
@@ -455,6 +457,7 @@ def _open_segments(
                 continue
             if not last:
                 unindexed.append(seg)
+            report.checkpoint_bytes = scan.checkpointed if last else 0
             _report_rot(report, seg, scan)
             if scan.damage is not None:  # a torn tail of the last segment
                 report.truncated_file = os.path.basename(path)
@@ -547,7 +550,8 @@ def _layout(directory: str, readonly: bool, notes: list[str]) -> layout.Layout |
 def _remove_stale_indexes(directory: str, bases: list[int], notes: list[str]) -> None:
     """Remove index files no sealed segment owns: the index of a deleted
     segment, of the newest one (it grows again, after a repair cut it), and
-    temp files of an index write that was cut short."""
+    temp files of an index write that was cut short; and checkpoints
+    (wal/checkpoint.py) of any but the newest segment."""
     sealed = set(bases[:-1])
     removed = False
     for name in os.listdir(directory):
@@ -558,5 +562,9 @@ def _remove_stale_indexes(directory: str, bases: list[int], notes: list[str]) ->
             os.remove(os.path.join(directory, name))
             notes.append(f"removed {name}, a stale or unfinished segment index")
             removed = True
+        newest = bases[-1] if bases else None
+        held = checkpoint.parse_name(name)
+        if held is not None and (held != newest or name.endswith(checkpoint.TMP_SUFFIX)):
+            os.remove(os.path.join(directory, name))  # derived data: no note, no dir fsync
     if removed:
         fsync_dir(directory)  # or a removed index could come back, for a segment reusing its name

@@ -13,10 +13,12 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import threading
+import zlib
 from array import array
 from typing import NamedTuple
 
-from wal import index, record
+from wal import checkpoint, index, record
 from wal.errors import CorruptionError, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import DISK_FULL_ERRNOS, write_all
@@ -57,16 +59,24 @@ class ScanResult(NamedTuple):
     # tear), or they end a sealed segment (which was fsynced whole).
     rotted: tuple[int, ...] = ()
     lost: tuple[int, ...] = ()  # start bytes of lost-record markers (walctl repair)
+    data_crc: int | None = None  # CRC-32 of bytes [0, valid_end): asked of the newest only
+    checkpointed: int = 0  # bytes at the start taken from a checkpoint (wal/checkpoint.py)
 
 
-def scan_bytes(buf: bytes | memoryview | mmap.mmap, *, sealed: bool = False) -> ScanResult:
-    """Decode records from the start of `buf` until the end or the first damage
-    that is not one rotted record (see ScanResult.rotted)."""
-    positions = array("Q")
+def scan_bytes(
+    buf: bytes | memoryview | mmap.mmap,
+    *,
+    sealed: bool = False,
+    prefix: checkpoint.Prefix | None = None,
+) -> ScanResult:
+    """Decode records from the start of `buf` (or after a verified `prefix`)
+    until the end or the first damage that is not one rotted record (see
+    ScanResult.rotted)."""
+    positions = prefix.positions if prefix is not None else array("Q")
     size = len(buf)
     rotted: list[int] = []
     lost: list[int] = []
-    pos = 0
+    pos = prefix.size if prefix is not None else 0
     while True:
         pos = record.valid_run(buf, pos, positions)
         if pos == size or record.zero_from(buf, pos):
@@ -128,13 +138,27 @@ def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | No
     return None
 
 
-def scan_file(path: str, *, sealed: bool = False) -> ScanResult:
+def scan_file(path: str, *, sealed: bool = False, newest: bool = False) -> ScanResult:
+    """Check a segment file. The newest: after its checkpoint's prefix if that
+    still holds (wal/checkpoint.py), and with the CRC of its data."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            return scan_bytes(b"")
+            return scan_bytes(b"")._replace(data_crc=0 if newest else None)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return scan_bytes(m, sealed=sealed)
+            if not newest:
+                return scan_bytes(m, sealed=sealed)
+            prefix = checkpoint.load(checkpoint.path_for(path), parse_name_of(path), m)
+            scan = scan_bytes(m, sealed=sealed, prefix=prefix)
+            start, crc = (prefix.size, prefix.crc) if prefix is not None else (0, 0)
+            with memoryview(m) as view:
+                crc = zlib.crc32(view[start : scan.valid_end], crc)
+            return scan._replace(data_crc=crc, checkpointed=start)
+
+
+def parse_name_of(path: str) -> int:
+    base = parse_name(os.path.basename(path))
+    return -1 if base is None else base
 
 
 class ReadRecord(NamedTuple):
@@ -177,6 +201,11 @@ class Segment:
         self._staged: list[bytes] = []
         self._staged_bytes = 0
         self.sealed = sealed
+        # CRC-32 of the bytes [0, _written), kept up as records are written, for
+        # checkpoints (wal/checkpoint.py); None: not known, none are written
+        self.data_crc: int | None = None
+        self._checkpointed = 0  # the prefix bytes the newest checkpoint covers
+        self._checkpointing: threading.Thread | None = None
 
     # -- opening ---------------------------------------------------------
 
@@ -185,7 +214,9 @@ class Segment:
         """Create a new, empty active segment. The caller fsyncs the directory."""
         path = os.path.join(directory, segment_name(base_offset))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        return cls(path, base_offset, fd, array("Q"), 0, sealed=False, files=files)
+        seg = cls(path, base_offset, fd, array("Q"), 0, sealed=False, files=files)
+        seg.data_crc = 0
+        return seg
 
     @classmethod
     def open_checked(
@@ -205,11 +236,13 @@ class Segment:
         interrupted append, raises CorruptionError. A torn tail of the last
         segment is left for the caller to cut.
         """
-        scan = scan_file(path, sealed=not last)
+        scan = scan_file(path, sealed=not last, newest=last)
         if scan.damage is not None and not (last and scan.tail_shaped):
             raise CorruptionError(path, scan.valid_end, _refusal(scan))
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         seg = cls(path, base_offset, fd, scan.positions, scan.valid_end, not last, files=files)
+        seg.data_crc = scan.data_crc
+        seg._checkpointed = scan.checkpointed
         if scan.damage is None:
             seg._allocated = scan.file_size  # a zero tail is room already made
         return seg, scan
@@ -341,6 +374,8 @@ class Segment:
             raise DiskFull(f"no space left appending to {self.path}: {err.strerror}") from None
         self._written += len(data)
         self._allocated = max(self._allocated, self._written)
+        if self.data_crc is not None:
+            self.data_crc = zlib.crc32(data, self.data_crc)
         self._staged.clear()
         self._staged_bytes = 0
 
@@ -354,6 +389,30 @@ class Segment:
         """fdatasync the file. A failure propagates: it is never retried."""
         os.fdatasync(self.fd)
 
+    def checkpoint(self) -> None:
+        """Once the written (and, the caller says, fdatasynced) records grew
+        checkpoint.EVERY_BYTES past the last checkpoint, store their positions
+        in a background thread (the positions are copied first: one memcpy)."""
+        if (
+            self.data_crc is None
+            or self._staged
+            or self._written - self._checkpointed < checkpoint.EVERY_BYTES
+            or (self._checkpointing is not None and self._checkpointing.is_alive())
+        ):
+            return
+        assert isinstance(self._positions, array)  # the active segment's, in memory
+        args = (checkpoint.path_for(self.path), self.base_offset, self._positions[:])
+        self._checkpointing = threading.Thread(
+            target=checkpoint.write, args=(*args, self._written, self.data_crc), daemon=True
+        )
+        self._checkpointing.start()
+        self._checkpointed = self._written
+
+    def _checkpoint_done(self) -> None:
+        if self._checkpointing is not None:
+            self._checkpointing.join()
+            self._checkpointing = None
+
     def seal(self) -> None:
         """Flush and fsync; the segment takes no more writes."""
         self.flush()
@@ -362,6 +421,7 @@ class Segment:
         self.sealed = True
 
     def close(self) -> None:
+        self._checkpoint_done()
         self._release_fd()
         self._files.forget(self.path)
         self._release_positions()

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import mmap
 import os
 from collections.abc import Iterator
 
-from wal import index
+from wal import checkpoint, index
 from wal.errors import CorruptionError, WalError
 from wal.log import read_start_offset
 from wal.record import HEADER, HEADER_SIZE, LOST_FLAG, Damage, Decoded, decode_at
@@ -90,13 +91,26 @@ class LogTail:
             i = offset - base
             self._pos = positions[i] if i < len(positions) else size
             return
-        pos = 0
-        for _ in range(offset - base):  # skip to the entry: headers only
+        pos, skip = self._checkpointed(offset - base, size)
+        for _ in range(skip):  # skip to the entry: headers only
             head = os.pread(self._fd, HEADER_SIZE, pos)
             if len(head) < HEADER_SIZE:
                 raise WalError(f"entry {offset} is not in {self._path} yet")
             pos += HEADER_SIZE + (HEADER.unpack(head)[0] & ~LOST_FLAG)
         self._pos = pos
+
+    def _checkpointed(self, skip: int, size: int) -> tuple[int, int]:
+        """Where the newest segment's `skip`-th record starts, as far as its
+        checkpoint (wal/checkpoint.py) tells, and how many records are left to
+        skip from there: a restart then walks headers only past the prefix."""
+        if not skip or not size:
+            return 0, skip
+        with mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) as m:
+            prefix = checkpoint.load(checkpoint.path_for(self._path), self._base, m)
+        if prefix is None:
+            return 0, skip
+        n = min(skip, len(prefix.positions))
+        return (prefix.positions[n] if n < len(prefix.positions) else prefix.size), skip - n
 
     def read(self, until: int) -> Iterator[tuple[int, bytes | None]]:
         """Yield (offset, payload) for every entry from here up to `until`

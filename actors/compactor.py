@@ -36,7 +36,7 @@ from actors import metrics, sockets
 from actors.codes import Code, Exit
 from actors.config import CompactorConfig, add_process_flags
 from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
-from wal import CorruptionError, DiskFull, WalError, fsyncbench, snapshot
+from wal import CorruptionError, DiskFull, WalError, epochs, fsyncbench, snapshot
 from wal.datadir import DataDir
 from wal.statemachine import StateMachine
 from wal.tail import LogTail
@@ -205,8 +205,10 @@ class Compactor:
             }
         damage = snapshot.Damage(tuple(self.sm.damaged), frozenset(self.sm.rewritten))
         t0 = time.perf_counter()
+        # a replica's snapshot records its last entry's epoch (None on a single node)
+        epoch = epochs.snapshot_epoch(self.datadir.wal_dir, self.sm.applied_offset - 1)
         snap = snapshot.write(
-            self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state, damage
+            self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state, damage, epoch
         )
         if self.metrics is not None:
             self.metrics.snapshot_written(time.perf_counter() - t0)

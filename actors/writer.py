@@ -135,11 +135,14 @@ class Writer:
                 "offset": offset,
                 "lost": True,
             }
-        return m.OK, {
+        reply = {
             "offset": e.offset,
             "payload": e.payload.decode("utf-8", "replace"),
             "checksum_valid": e.checksum_valid,
         }
+        if e.epoch_start is not None:  # a replicated leader's first record: payload ""
+            reply["epoch_start"] = e.epoch_start
+        return m.OK, reply
 
     def op_scan(self, arg: list) -> tuple[int, dict]:
         from_offset, max_entries = arg
@@ -155,6 +158,8 @@ class Writer:
                 item["lost"] = _lost_text(e)
             elif not e.checksum_valid:
                 item["checksum_valid"] = False
+            elif e.epoch_start is not None:
+                item["epoch_start"] = e.epoch_start
             out.append(item)
         return m.OK, {"entries": out, "next_offset": from_offset + len(out)}
 

@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.sim_store import MemoryStore, Record
 from wal.replication.protocol import Action, Committed, Message, Replica, Role, Send, SyncLog
@@ -92,6 +93,10 @@ class Simulation:
     seed: int
     config: SimConfig = field(default_factory=SimConfig)
     trace: bool = False
+    # The replicas' stores: MemoryStore, or tests/sim_walstore.py's real WalStore on a directory.
+    # Besides LogStore, a store does what the simulated disk and compactor do (sync, crash,
+    # compact) and shows the checker its records (records, durable_records).
+    make_store: Callable[[str], Any] = field(default=lambda _rid: MemoryStore())
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -101,7 +106,7 @@ class Simulation:
         self.majority = count // 2 + 1
         self.max_batch = self.config.max_batch or self.rng.randint(1, 4)
         self.replica_class = BROKEN[self.config.broken] if self.config.broken else Replica
-        self.stores = {rid: MemoryStore() for rid in self.ids}
+        self.stores = {rid: self.make_store(rid) for rid in self.ids}
         self.replicas = {rid: self._boot(rid) for rid in self.ids}
         self.up = set(self.ids)
         self.frozen: set[str] = set()  # up but stopped (SIGSTOP): doing nothing, receiving nothing
@@ -423,11 +428,22 @@ class Failure:
         return f".venv/bin/python -m tests.replsim --seed {self.seed}{options} --trace"
 
 
-def run_schedules(first_seed: int, count: int, config: SimConfig) -> Failure | None:
-    """Run seeds first_seed .. first_seed+count-1; the first failure, or None."""
+def run_schedules(
+    first_seed: int,
+    count: int,
+    config: SimConfig,
+    make_stores: Callable[[int], Callable[[str], Any]] | None = None,
+) -> Failure | None:
+    """Run seeds first_seed .. first_seed+count-1; the first failure, or None.
+    make_stores(seed): the store factory of that seed's simulation (default: MemoryStore)."""
     for seed in range(first_seed, first_seed + count):
+        simulation = (
+            Simulation(seed, config)
+            if make_stores is None
+            else Simulation(seed, config, make_store=make_stores(seed))
+        )
         try:
-            Simulation(seed, config).run()
+            simulation.run()
         except Violation as violation:
             return Failure(seed, str(violation))
     return None

@@ -169,7 +169,7 @@ def test_decode_at_is_total_and_only_vouches_for_matching_crcs(buf: bytes) -> No
             assert got is Damage.INCOMPLETE_HEADER
             continue
         field, stored = u32(buf, pos), u32(buf, pos + 4)
-        length = field & ~record.LOST_FLAG  # the flag marks a lost-record marker
+        length = field & record.LENGTH_MASK  # bits 31, 30: a lost marker, an epoch-start record
         end = pos + HEADER_SIZE + length
         if end > len(buf):
             assert got is Damage.INCOMPLETE_PAYLOAD
@@ -179,7 +179,8 @@ def test_decode_at_is_total_and_only_vouches_for_matching_crcs(buf: bytes) -> No
             assert got is Damage.BAD_CRC
             continue
         lost = bool(field & record.LOST_FLAG)
-        assert got == Decoded(pos + HEADER_SIZE, length, stored, end, lost)
+        epoch = record.epoch_of(field, buf[pos + HEADER_SIZE : end])
+        assert got == Decoded(pos + HEADER_SIZE, length, stored, end, lost, epoch)
 
 
 @settings(FAST, max_examples=200)
@@ -314,8 +315,10 @@ def check_corruption_names_the_damage(
 def test_torn_tail_keeps_exactly_the_records_before_the_cut(
     payloads: list[bytes], max_segment_bytes: int, data: st.DataObject
 ) -> None:
-    """The two torn tails FORMAT.md names: the newest segment cut at any byte,
-    or zeros after its last whole record (a file extended, never written)."""
+    """The newest segment cut at any byte, then maybe zeros after it (a file
+    extended, never written: what preallocation leaves). What follows the last
+    whole record is a torn tail, cut and reported, exactly when it holds a
+    byte that is not zero; a tail of zeros is the end of the data, kept."""
     with tempfile.TemporaryDirectory() as d:
         segs = write_log(d, payloads, max_segment_bytes)
         base = int(os.path.basename(segs[-1])[:20])
@@ -329,13 +332,16 @@ def test_torn_tail_keeps_exactly_the_records_before_the_cut(
         os.truncate(segs[-1], cut)
         with open(segs[-1], "ab") as f:
             f.write(bytes(zeros))
+        with open(segs[-1], "rb") as f:
+            before = f.read()
         log, report = Log.open(d, max_segment_bytes=max_segment_bytes)  # never CorruptionError
         try:
             whole = [e for e in ends if e <= cut]
             assert log.next_offset == base + len(whole)
             kept_end = whole[-1] if whole else 0
-            assert report.bytes_truncated == cut + zeros - kept_end
-            assert os.path.getsize(segs[-1]) == kept_end
+            torn = any(before[kept_end:])
+            assert report.bytes_truncated == (len(before) - kept_end if torn else 0)
+            assert os.path.getsize(segs[-1]) == (kept_end if torn else len(before))
             assert_entries_are_originals(log, payloads)
         finally:
             log.close()

@@ -51,6 +51,8 @@ META_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
         f"an integer from {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}",
     ),
     "reached_segment": (_is_count, "a segment's base offset (an integer from 0)"),
+    # a replica's newest epoch seen (docs/REPLICATION.md); absent: 0
+    "current_epoch": (_is_count, "an epoch (an integer from 0)"),
 }
 
 

@@ -36,6 +36,8 @@ class Entry:
     crc: int
     checksum_valid: bool
     lost: bool = False  # a lost-record marker left by walctl repair; payload says what was lost
+    # An epoch-start record of a replicated log (payload b""): the epoch it starts
+    epoch_start: int | None = None
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,14 @@ class Log:
 
     def append(self, payload: bytes) -> tuple[int, int]:
         """Stage one entry; returns (offset, crc). Not on disk until flush/sync."""
-        data, crc = record.encode(payload)
+        return self._stage(*record.encode(payload))
+
+    def append_epoch_start(self, epoch: int) -> tuple[int, int]:
+        """Stage an epoch-start record (a replicated leader's first record of its
+        epoch); returns (offset, crc). Not on disk until flush/sync."""
+        return self._stage(*record.encode_epoch_start(epoch))
+
+    def _stage(self, data: bytes, crc: int) -> tuple[int, int]:
         active = self._segments[-1]
         if active.entries and active.size + len(data) > self.max_segment_bytes:
             self.roll()
@@ -304,6 +313,47 @@ class Log:
             sealed.path, sealed.base_offset, last=True, writable=True
         )
 
+    def truncate_from(self, offset: int) -> None:
+        """Remove every entry from `offset` on, durably (a replicated log cutting a
+        suffix its leader does not have; never below first_offset).
+
+        Ordered for a per-file disk: the recorded reach is lowered first (a newer
+        segment than recorded is fine at open), then the later segments are
+        deleted newest first and the directory fsynced, then the segment holding
+        `offset` is cut (ftruncate, fsync). A cut between leaves a prefix of the
+        old log, longer than asked, never a gap. The cut segment, if it was
+        sealed, takes appends again (its index file is removed: no longer true).
+        """
+        self.flush()
+        if not self.first_offset <= offset <= self.next_offset:
+            raise WalError(
+                f"cannot truncate from {offset}: the log holds [{self.first_offset}, "
+                f"{self.next_offset})"
+            )
+        if offset == self.next_offset:
+            return
+        i = bisect.bisect_right(self._bases, offset) - 1
+        keep, later = self._segments[i], self._segments[i + 1 :]
+        if later:
+            if self.on_reach is not None:
+                self.on_reach(keep.base_offset)
+            self.reached = keep.base_offset
+            for seg in reversed(later):
+                seg.close()
+                os.remove(seg.path)
+                index.remove(seg.path)
+            fsync_dir(self.directory)
+            del self._segments[i + 1 :]
+            del self._bases[i + 1 :]
+        if keep.sealed:
+            # Its index is removed without a directory fsync: one that comes back is
+            # ignored while the segment is the newest, and the roll that seals it again
+            # writes a new one before any segment follows it.
+            self._reactivate(keep)
+        self._segments[-1].drop_from(offset - keep.base_offset)
+        self._flushed_next = min(self._flushed_next, offset)
+        self._durable_next = min(self._durable_next, offset)
+
     # -- compaction ----------------------------------------------------------
 
     def segment_start(self, offset: int) -> int:
@@ -312,8 +362,12 @@ class Log:
             return offset
         return self._bases[bisect.bisect_right(self._bases, offset) - 1]
 
-    def truncate_before(self, offset: int) -> tuple[int, int, int]:
+    def truncate_before(self, offset: int, *, past_end: bool = False) -> tuple[int, int, int]:
         """Remove every entry below `offset` from the directory.
+
+        past_end: `offset` may be beyond next_offset (a replica installing a
+        snapshot newer than its whole log): every segment goes and the log
+        restarts, empty, at `offset`, by the same steps with an empty rewrite.
 
         Returns (entries_before, entries_after, record_bytes_freed). Whole
         segments below the offset are deleted; the one that straddles it is
@@ -327,12 +381,14 @@ class Log:
         entries_before, bytes_before = self.entries, self.total_bytes
         if offset <= self.first_offset:
             return entries_before, entries_before, 0
-        if offset > self.next_offset:
+        if offset > self.next_offset and not past_end:
             raise WalError(f"cannot compact at {offset}: the log ends at {self.next_offset}")
         i = bisect.bisect_right(self._bases, offset) - 1
         seg = self._segments[i]
         rewritten = None
-        if seg.base_offset != offset:
+        if offset > self.next_offset:
+            rewritten = self._rewrite_tail(seg, seg.next_offset, at=offset)
+        elif seg.base_offset != offset:
             rewritten = self._rewrite_tail(seg, offset)
         faults.point("compact.before_commit")
         try:
@@ -358,15 +414,19 @@ class Log:
             faults.point("compact.deleting")
         fsync_dir(self.directory)
         self._bases = [s.base_offset for s in self._segments]
+        self._durable_next = max(self._durable_next, self.first_offset)  # past the end
+        self._flushed_next = max(self._flushed_next, self.first_offset)
         if rewritten is not None and rewritten.sealed:
             rewritten.write_index()
         return entries_before, self.entries, bytes_before - self.total_bytes
 
-    def _rewrite_tail(self, seg: Segment, offset: int) -> Segment:
-        """Copy `seg`'s records from `offset` on into a fsynced temp file."""
-        first = offset - seg.base_offset  # not `index`: that names the module here
+    def _rewrite_tail(self, seg: Segment, offset: int, at: int | None = None) -> Segment:
+        """Copy `seg`'s records from `offset` on into a fsynced temp file (named
+        for `at` if given: past the end, the copy is empty and starts there)."""
+        first = min(offset - seg.base_offset, seg.entries)  # not `index`: the module's name
         start = seg.bytes_before(first)
         data = seg.read_bytes(start, seg.size - start)
+        offset = offset if at is None else at
         path = os.path.join(self.directory, segment_name(offset))
         with disk_full_undone(path + TMP_SUFFIX):
             fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -426,6 +486,8 @@ class Log:
 
 def _entry(offset: int, got: ReadRecord) -> Entry:
     # a marker's CRC holds, but what it stands for is gone: not a valid entry
+    if got.epoch_start is not None:
+        return Entry(offset, b"", got.crc, True, False, got.epoch_start)
     return Entry(offset, got.payload, got.crc, got.valid and not got.lost, got.lost)
 
 

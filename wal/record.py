@@ -21,6 +21,12 @@ HEADER_SIZE = HEADER.size  # 8
 # it where a record had rotted, so that the offset stays taken and says what
 # was lost. Payloads are far below 2 GiB, so no ordinary record has the bit.
 LOST_FLAG = 0x8000_0000
+# A length field with this bit set marks an *epoch-start* record: a replicated
+# log's leader writes one as the first record of its epoch (docs/REPLICATION.md).
+# Its payload is the epoch, u64 LE; it takes an offset and holds no client data.
+EPOCH_FLAG = 0x4000_0000
+LENGTH_MASK = 0x3FFF_FFFF  # the length bits of the length field
+EPOCH = struct.Struct("<Q")
 # A segment is zero-filled ahead of its data (preallocated, docs/FORMAT.md):
 # the data ends at the first header of zeros, which never validates.
 _NONZERO = re.compile(rb"[^\x00]")
@@ -50,6 +56,22 @@ def encode_lost(text: bytes) -> bytes:
     return length + checksum(length, text).to_bytes(4, "little") + text
 
 
+def encode_epoch_start(epoch: int) -> tuple[bytes, int]:
+    """An epoch-start record: EPOCH_FLAG in the length, the epoch as u64 LE."""
+    body = EPOCH.pack(epoch)
+    length = (EPOCH_FLAG | len(body)).to_bytes(4, "little")
+    crc = checksum(length, body)
+    return length + crc.to_bytes(4, "little") + body, crc
+
+
+def epoch_of(length_field: int, payload: bytes) -> int | None:
+    """The epoch an epoch-start record carries; None for any other record (or a
+    flagged one whose payload is not 8 bytes: it cannot be one)."""
+    if length_field & EPOCH_FLAG and not length_field & LOST_FLAG and len(payload) == EPOCH.size:
+        return int(EPOCH.unpack(payload)[0])
+    return None
+
+
 class Damage(Enum):
     """Why a record could not be decoded."""
 
@@ -64,6 +86,7 @@ class Decoded(NamedTuple):
     crc: int
     end: int
     lost: bool = False  # a marker of a lost record (LOST_FLAG), its payload the loss's text
+    epoch_start: int | None = None  # an epoch-start record (EPOCH_FLAG): the epoch it starts
 
 
 def valid_run(buf: bytes | memoryview | mmap.mmap, pos: int, positions: array) -> int:
@@ -102,16 +125,16 @@ def decode_at(buf: bytes | memoryview | mmap.mmap, pos: int) -> Decoded | Damage
     size = len(buf)
     if pos + HEADER_SIZE > size:
         return Damage.INCOMPLETE_HEADER
-    length, crc = HEADER.unpack_from(buf, pos)
-    lost = bool(length & LOST_FLAG)
-    length &= ~LOST_FLAG
+    field, crc = HEADER.unpack_from(buf, pos)
+    length = field & LENGTH_MASK
     start = pos + HEADER_SIZE
     end = start + length
     if end > size:
         return Damage.INCOMPLETE_PAYLOAD
     if zlib.crc32(buf[start:end], zlib.crc32(buf[pos : pos + 4])) != crc:
         return Damage.BAD_CRC
-    return Decoded(start, length, crc, end, lost)
+    epoch = epoch_of(field, bytes(buf[start:end])) if field & EPOCH_FLAG else None
+    return Decoded(start, length, crc, end, bool(field & LOST_FLAG), epoch)
 
 
 def first_nonzero(buf: bytes | memoryview | mmap.mmap, pos: int) -> int:

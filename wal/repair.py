@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 
-from wal import index, layout, record
+from wal import epochs, index, layout, record
 from wal.datadir import DataDir
 from wal.errors import CorruptionError, WalError
 from wal.fsutil import atomic_write, fsync_dir, write_all
@@ -163,7 +163,7 @@ def _check_scanned(
         scan = scan_bytes(buf[pos:], sealed=not last)
         for p in scan.rotted:
             at = offset + bisect.bisect_left(scan.positions, p)
-            length = int.from_bytes(buf[pos + p : pos + p + 4], "little")
+            length = int.from_bytes(buf[pos + p : pos + p + 4], "little") & record.LENGTH_MASK
             end = pos + p + record.HEADER_SIZE + length
             problems.append(
                 Problem(path, pos + p, end, record.Damage.BAD_CRC.value, at, False, 1, True, end)
@@ -233,6 +233,14 @@ def check_files(datadir: DataDir) -> tuple[list[str], list[tuple[str, bytes, str
                 f"{err.path} is gone with the entries it held (how many is not recorded): "
                 f"restore it; repair cannot recreate it without reusing acknowledged offsets"
             )
+    try:
+        epochs.read(wal)  # a replica's: the epoch of every entry
+    except CorruptionError as err:
+        problems.append(str(err))
+        refusals.append(
+            f"{err.path} is damaged and the entries' epochs are recorded nowhere else: copy "
+            f"this replica's data directory from another replica"
+        )
     return problems, rewrites, refusals
 
 

@@ -79,12 +79,14 @@ def scan_bytes(
     pos = prefix.size if prefix is not None else 0
     while True:
         pos = record.valid_run(buf, pos, positions)
-        if pos == size or record.zero_from(buf, pos):
+        if pos == size or (not sealed and record.zero_from(buf, pos)):
             # the end of the data: zeros after it are preallocated room, not damage
+            # (a sealed segment was cut to its records: zeros there are damage)
             return ScanResult(positions, pos, size, None, False, tuple(rotted), tuple(lost))
         got = record.decode_at(buf, pos)
-        if isinstance(got, record.Decoded):  # valid_run leaves markers to decode_at
-            lost.append(pos)
+        if isinstance(got, record.Decoded):  # valid_run leaves flagged records to decode_at
+            if got.lost:
+                lost.append(pos)
         elif got is Damage.BAD_CRC and _rotted_in_place(buf, pos, sealed):
             rotted.append(pos)
         else:
@@ -101,7 +103,7 @@ def scan_bytes(
 
 
 def _record_end(buf: bytes | memoryview | mmap.mmap, pos: int) -> int:
-    length = int.from_bytes(buf[pos : pos + 4], "little") & ~record.LOST_FLAG
+    length = int.from_bytes(buf[pos : pos + 4], "little") & record.LENGTH_MASK
     return pos + HEADER_SIZE + length
 
 
@@ -131,7 +133,7 @@ def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | No
             # a header of zeros never validates: skip a preallocated run in C
             q = max(q + 1, record.first_nonzero(buf, q) - HEADER_SIZE + 1)
             continue
-        length = int.from_bytes(buf[q : q + 4], "little")
+        length = int.from_bytes(buf[q : q + 4], "little") & record.LENGTH_MASK
         if q + HEADER_SIZE + length <= size and not isinstance(record.decode_at(buf, q), Damage):
             return q
         q += 1
@@ -168,6 +170,7 @@ class ReadRecord(NamedTuple):
     crc: int  # as stored
     valid: bool  # the stored CRC matches the bytes
     lost: bool  # a lost-record marker (walctl repair): payload is what was lost
+    epoch_start: int | None = None  # an epoch-start record: the epoch (payload is its 8 bytes)
 
 
 class Segment:
@@ -290,6 +293,23 @@ class Segment:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def drop_from(self, nth: int) -> None:
+        """Remove the segment's entries from its `nth` on, durably (ftruncate,
+        fsync): a replicated log cutting a suffix its leader does not have."""
+        if self.sealed:
+            raise WalError(f"segment {self.name} is sealed")
+        self.flush()
+        positions = self._positions
+        assert isinstance(positions, array)  # not sealed: an in-memory index
+        self._written = self.bytes_before(nth)
+        del positions[nth:]
+        os.ftruncate(self._fd, self._written)
+        os.fsync(self._fd)
+        self._allocated = self._written  # the zeros went with the cut; the next write makes room
+        # the running CRC covered the bytes cut: taken again from the file (rare)
+        self.data_crc = zlib.crc32(os.pread(self._fd, self._written, 0))
+        self._checkpointed = min(self._checkpointed, self._written)
 
     def cut_tail(self, file_size: int) -> int:
         """Cut the file back to the last valid record; returns bytes removed."""
@@ -461,10 +481,12 @@ class Segment:
             payload = buf[s + HEADER_SIZE : e]
             valid = (
                 len(buf) >= e
-                and length & ~record.LOST_FLAG == e - s - HEADER_SIZE
+                and length & record.LENGTH_MASK == e - s - HEADER_SIZE
                 and record.checksum(length_bytes, payload) == stored_crc
             )
-            out.append(ReadRecord(payload, stored_crc, valid, bool(length & record.LOST_FLAG)))
+            lost = bool(length & record.LOST_FLAG)
+            epoch = record.epoch_of(length, payload) if valid else None
+            out.append(ReadRecord(payload, stored_crc, valid, lost, epoch))
         return out
 
     def read_bytes(self, start: int, length: int) -> bytes:

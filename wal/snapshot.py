@@ -14,6 +14,11 @@ lost-record markers) is written as version 2 instead: the body is the map
 {"state": {...}, "damaged": [offsets], "rewritten": [keys set or deleted
 since the last damaged offset]}, so a snapshot never silently skips one.
 
+A replica's snapshot (docs/REPLICATION.md) also records the epoch of its
+last entry (offset - 1): version 3, body {"state": {...}, "damaged": [...],
+"rewritten": [...], "epoch": E}. A snapshot without an epoch is written as
+version 1 or 2 exactly as before; every version is read.
+
 Written to `<name>.tmp`, fsynced, renamed into place, the directory fsynced:
 a crash leaves the old set of snapshots or the new one. A file that fails
 any check is never loaded; the loader falls back to the one before.
@@ -34,6 +39,7 @@ from wal.fsutil import disk_full_undone, fsync_dir, make_dirs, write_all
 
 MAGIC = b"WNSNAP\x00\x01"
 MAGIC_DAMAGED = b"WNSNAP\x00\x02"  # version 2: the state with its damaged offsets
+MAGIC_EPOCH = b"WNSNAP\x00\x03"  # version 3: version 2's fields and the last entry's epoch
 HEAD = struct.Struct("<8sQQ")
 CRC = struct.Struct("<I")
 NAME_RE = re.compile(r"^(\d{20})\.snap$")
@@ -54,6 +60,7 @@ class Snapshot:
     path: str
     size_bytes: int
     damage: Damage = Damage()
+    epoch: int | None = None  # the epoch of the entry at offset - 1 (a replica's; version 3)
 
 
 def snapshot_name(offset: int) -> str:
@@ -69,8 +76,20 @@ def list_offsets(directory: str) -> list[int]:
     return sorted(int(m.group(1)) for n in names if (m := NAME_RE.match(n)))
 
 
-def encode(offset: int, state: dict[str, str], damage: Damage | None = None) -> bytes:
-    if damage is not None and damage.damaged:
+def encode(
+    offset: int, state: dict[str, str], damage: Damage | None = None, epoch: int | None = None
+) -> bytes:
+    if epoch is not None:
+        damage = damage or Damage()
+        magic = MAGIC_EPOCH
+        fields = {
+            "state": state,
+            "damaged": list(damage.damaged),
+            "rewritten": sorted(damage.rewritten),
+            "epoch": epoch,
+        }
+        body = msgpack.packb(fields, use_bin_type=True)
+    elif damage is not None and damage.damaged:
         magic = MAGIC_DAMAGED
         fields = {
             "state": state,
@@ -92,10 +111,16 @@ def decode(data: bytes) -> tuple[int, dict[str, str]]:
 
 def decode_with_damage(data: bytes) -> tuple[int, dict[str, str], Damage]:
     """decode, and the damaged offsets a version 2 snapshot carries."""
+    offset, state, damage, _ = decode_all(data)
+    return offset, state, damage
+
+
+def decode_all(data: bytes) -> tuple[int, dict[str, str], Damage, int | None]:
+    """decode_with_damage, and the epoch a version 3 snapshot carries (else None)."""
     if len(data) < HEAD.size + CRC.size:
         raise ValueError(f"too short ({len(data)} bytes)")
     magic, offset, length = HEAD.unpack_from(data)
-    if magic not in (MAGIC, MAGIC_DAMAGED):
+    if magic not in (MAGIC, MAGIC_DAMAGED, MAGIC_EPOCH):
         raise ValueError(f"bad magic {magic!r}")
     if HEAD.size + length + CRC.size != len(data):
         raise ValueError(f"body length {length} does not match the file size {len(data)}")
@@ -106,20 +131,27 @@ def decode_with_damage(data: bytes) -> tuple[int, dict[str, str], Damage]:
     if not isinstance(state, dict):
         raise ValueError("body is not a map")
     if magic == MAGIC:
-        return offset, state, Damage()
+        return offset, state, Damage(), None
     try:
         damage = Damage(tuple(state["damaged"]), frozenset(state["rewritten"]))
-        return offset, state["state"], damage
+        epoch = state["epoch"] if magic == MAGIC_EPOCH else None
+        if epoch is not None and not (isinstance(epoch, int) and epoch >= 0):
+            raise TypeError(f"epoch {epoch!r} is not an integer >= 0")
+        return offset, state["state"], damage, epoch
     except (KeyError, TypeError) as err:
-        raise ValueError(f"a version 2 body without its fields: {err}") from None
+        raise ValueError(f"a version {magic[-1]} body without its fields: {err}") from None
 
 
 def write(
-    directory: str, offset: int, state: dict[str, str], damage: Damage | None = None
+    directory: str,
+    offset: int,
+    state: dict[str, str],
+    damage: Damage | None = None,
+    epoch: int | None = None,
 ) -> Snapshot:
     """Write a snapshot durably: temp file, fsync, rename, fsync the directory."""
     make_dirs(directory)
-    data = encode(offset, state, damage)
+    data = encode(offset, state, damage, epoch)
     path = os.path.join(directory, snapshot_name(offset))
     tmp = path + ".tmp"
     faults.point("snapshot.before_temp")
@@ -137,7 +169,7 @@ def write(
     faults.point("snapshot.after_rename")
     fsync_dir(directory)
     faults.point("snapshot.after_dir_fsync")
-    return Snapshot(offset, state, path, len(data), damage or Damage())
+    return Snapshot(offset, state, path, len(data), damage or Damage(), epoch)
 
 
 def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
@@ -152,7 +184,7 @@ def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            got_offset, state, damage = decode_with_damage(data)
+            got_offset, state, damage, epoch = decode_all(data)
             if got_offset != offset:
                 raise ValueError(f"holds offset {got_offset}, not the {offset} of its name")
         except (OSError, ValueError, msgpack.UnpackException) as err:
@@ -160,7 +192,7 @@ def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
             os.rename(path, path + ".corrupt")
             fsync_dir(directory)
             continue
-        return Snapshot(offset, state, path, len(data), damage), skipped
+        return Snapshot(offset, state, path, len(data), damage, epoch), skipped
     return None, skipped
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from wal import checkpoint, index
 from wal.errors import CorruptionError, WalError
 from wal.log import read_start_offset
-from wal.record import HEADER, HEADER_SIZE, LOST_FLAG, Damage, Decoded, decode_at
+from wal.record import HEADER, HEADER_SIZE, LENGTH_MASK, Damage, Decoded, decode_at
 from wal.segment import parse_name
 
 CHUNK = 1 << 20
@@ -96,7 +96,7 @@ class LogTail:
             head = os.pread(self._fd, HEADER_SIZE, pos)
             if len(head) < HEADER_SIZE:
                 raise WalError(f"entry {offset} is not in {self._path} yet")
-            pos += HEADER_SIZE + (HEADER.unpack(head)[0] & ~LOST_FLAG)
+            pos += HEADER_SIZE + (HEADER.unpack(head)[0] & LENGTH_MASK)
         self._pos = pos
 
     def _checkpointed(self, skip: int, size: int) -> tuple[int, int]:
@@ -114,7 +114,9 @@ class LogTail:
 
     def read(self, until: int) -> Iterator[tuple[int, bytes | None]]:
         """Yield (offset, payload) for every entry from here up to `until`
-        (exclusive); payload None for an entry whose record cannot be read."""
+        (exclusive); payload None for an entry whose record cannot be read, and
+        b"" for an epoch-start record (no client data: the state machine's
+        apply leaves the state as it is for an empty payload)."""
         stalled = 0
         while self.offset < until:
             if self._fd < 0:
@@ -141,7 +143,7 @@ class LogTail:
         """The entry should be here and is not: name the file and byte."""
         head = os.pread(self._fd, HEADER_SIZE, self._pos) if self._fd >= 0 else b""
         if len(head) == HEADER_SIZE and any(head):
-            length = HEADER.unpack(head)[0] & ~LOST_FLAG
+            length = HEADER.unpack(head)[0] & LENGTH_MASK
             raise CorruptionError(
                 self._path,
                 self._pos,
@@ -170,7 +172,7 @@ class LogTail:
             got = decode_at(buf, s)  # a record is valid only if it ends where the next starts
             payload = None
             if type(got) is Decoded and got.end == e and not got.lost:
-                payload = buf[got.payload_start : e]
+                payload = b"" if got.epoch_start is not None else buf[got.payload_start : e]
             else:
                 self.damage_at = (self._path, start + s)
             self._pos = start + e
@@ -190,7 +192,7 @@ class LogTail:
             if got is Damage.BAD_CRC:
                 # written (below `until`), so not a tear: rot, kept at its offset
                 # as long as its length is believable (the next record decodes)
-                end = p + HEADER_SIZE + (HEADER.unpack_from(buf, p)[0] & ~LOST_FLAG)
+                end = p + HEADER_SIZE + (HEADER.unpack_from(buf, p)[0] & LENGTH_MASK)
                 if self.offset + 1 < until and not self._next_decodes(buf, end, p):
                     if end == len(buf):
                         break  # the next record is past this chunk: read again from here
@@ -204,13 +206,16 @@ class LogTail:
                 payload = None
             elif isinstance(got, Damage):
                 if got is Damage.INCOMPLETE_PAYLOAD and p == 0 and len(buf) == want:
-                    want = HEADER_SIZE + (HEADER.unpack_from(buf)[0] & ~LOST_FLAG)  # one big record
+                    # one big record
+                    want = HEADER_SIZE + (HEADER.unpack_from(buf)[0] & LENGTH_MASK)
                     buf = os.pread(self._fd, want, origin)
                     continue
                 break
             else:
                 end = got.end
                 payload = None if got.lost else bytes(buf[got.payload_start : end])
+                if got.epoch_start is not None:
+                    payload = b""
             if payload is None:
                 self.damage_at = (self._path, origin + p)
             self._pos = origin + end

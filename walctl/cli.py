@@ -89,6 +89,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
                     "checksum": crc_hex(e.crc),
                     "checksum_valid": e.checksum_valid,
                 }
+                if e.epoch_start is not None:
+                    line["epoch_start"] = e.epoch_start
                 sys.stdout.write(json.dumps(line) + "\n")
                 offset = e.offset + 1
     finally:

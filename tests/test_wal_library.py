@@ -3,6 +3,7 @@ the data directory and the state machine. No processes, no sockets."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -837,3 +838,30 @@ def test_flipped_length_field_mid_segment_is_corruption_not_a_torn_tail(tmp_path
         Log.open(d)
     assert err.value.path == seg and err.value.position == position
     assert os.path.getsize(seg) == size_before  # nothing was cut
+
+
+def test_a_full_disk_while_preallocating_falls_back_to_a_plain_append(tmp_path, monkeypatch):
+    """No room for the zeros (ENOSPC from their pwrite, after a part of them
+    landed): they are cut off again and the batch is appended as without
+    preallocation; nothing is lost or reported."""
+    real = os.pwrite
+
+    def full(fd, data, pos):
+        real(fd, data[: len(data) // 2], pos)  # a short part of the zeros lands
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    log, _ = Log.open(os.fspath(tmp_path))
+    try:
+        monkeypatch.setattr(os, "pwrite", full)
+        log.append(b"entry")
+        log.sync()
+        monkeypatch.setattr(os, "pwrite", real)
+        assert os.path.getsize(seg_path(tmp_path)) == log.total_bytes == HEADER_SIZE + 5
+        assert log.read(0).payload == b"entry"
+    finally:
+        log.close()
+    log, report = Log.open(os.fspath(tmp_path))
+    try:
+        assert log.next_offset == 1 and report.bytes_truncated == 0
+    finally:
+        log.close()

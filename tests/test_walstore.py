@@ -366,3 +366,29 @@ def test_walctl_verify_names_a_damaged_epochs_file(tmp_path):
         [sys.executable, "-m", "walctl", "verify", path], cwd=ROOT, capture_output=True, text=True
     )
     assert bad.returncode == 3 and "EPOCHS" in bad.stdout and "line 1" in bad.stdout, bad.stdout
+
+
+def test_the_compactor_writes_a_replicas_snapshot_with_its_last_entrys_epoch(
+    tmp_path, node_factory
+):
+    """In a data directory with EPOCHS (a replica's), the real compactor's snapshot is version 3
+    with the epoch of its last entry, and the store reads that position back."""
+    path = str(tmp_path / "data")
+    store = open_store(path)
+    store.append(entries(0, 3, 2, start_record=True) + entries(3, 8, 2, start_record=True))
+    store.sync()
+    store.close()
+    node = node_factory(f"--data-dir={path}")
+    node.init()
+    assert node.call_ok({"type": "wal_snapshot"})["snapshot_offset"] == 6
+    assert node.close() == 0
+    snap, _ = snapshot.load_latest(os.path.join(path, "snapshots"))
+    assert snap is not None and snap.epoch == 8
+    with open(snap.path, "rb") as f:
+        assert f.read(8) == b"WNSNAP\x00\x03"
+    store = open_store(path)
+    assert store.snapshot() == Snapshot(
+        Position(8, 5),
+        {"state": {"k1": "e3", "k2": "e3", "k4": "e8", "k5": "e8"}, "damaged": [], "rewritten": []},
+    )
+    store.close()

@@ -18,6 +18,7 @@ import os
 
 import pytest
 
+from tests.damage import cut_to_data
 from tests.nodeproc import walctl
 from tests.test_segment_index import SEGMENT_BYTES, payload_of, seg, write_log
 from wal import CorruptionError, DiskFull, Log, record
@@ -30,6 +31,7 @@ def older_rolls_cut(wal: str, torn: bytes) -> None:
     the batch the roll flushed (entries 6 and 7, never acknowledged), only
     `torn`; the empty segment 8 had its directory entry committed."""
     write_log(wal, 6)  # segments 0 and 3, both whole; 3 is the newest
+    cut_to_data(seg(wal, 3))  # older walnode did not preallocate
     with open(seg(wal, 3), "ab") as f:
         f.write(torn)
     open(seg(wal, 8), "wb").close()

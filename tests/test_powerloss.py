@@ -36,9 +36,10 @@ import msgpack
 import pytest
 
 from tests.nodeproc import Node
-from wal import DataDir, Log, powerloss, snapshot
+from wal import DataDir, Log, index, powerloss, snapshot
 from wal.errors import CorruptionError, WalError
 from wal.fstrace import ROOT_ENV, TRACE_ENV
+from wal.segment import segment_name
 from wal.statemachine import StateMachine
 from walctl import cli as walctl_cli
 
@@ -120,6 +121,7 @@ def check_recovery(root: str, written: dict[int, str], acked: set[int], states: 
     # 2: no wal/ yet ("not a walnode data directory"), before its mkdir was durable
     fresh = before == 2 and not os.path.isdir(os.path.join(root, "wal")) and not acked
     DataDir(root, create=False).read_meta()  # replaced atomically: never torn
+    assert_indexes_match(os.path.join(root, "wal"))
     try:
         wal, _ = Log.open(os.path.join(root, "wal"), max_segment_bytes=SEGMENT_BYTES)
     except CorruptionError as err:
@@ -145,6 +147,21 @@ def check_recovery(root: str, written: dict[int, str], acked: set[int], states: 
     finally:
         wal.close()
     assert verify_exit(root) == 0, "walctl verify calls corrupt what start-up left"
+
+
+def assert_indexes_match(wal: str) -> None:
+    """A sealed segment is cut to its records (its preallocated zeros gone)
+    durably before its index is written: an index on disk always matches its
+    segment's size, never one the cut did not reach."""
+    if not os.path.isdir(wal):
+        return
+    for name in os.listdir(wal):
+        base = index.parse_name(name)
+        segment = os.path.join(wal, segment_name(base)) if base is not None else ""
+        if base is not None and os.path.exists(segment):
+            loaded = index.load(os.path.join(wal, name), base, os.path.getsize(segment))
+            assert loaded is not None, f"{name} does not match {segment_name(base)}'s size"
+            loaded.close()
 
 
 def check_node_serves(node_factory, root: str, written: dict[int, str], acked: set[int]) -> None:
@@ -180,7 +197,33 @@ def traced_workload(tmp_path, node_factory, rng: random.Random) -> tuple[str, li
     assert disk.live_state() == powerloss.read_tree(str(root))
     kinds = {r[0] for r in records}
     assert {"write", "sync", "rename", "unlink", "mkdir", "truncate", "ack"} <= kinds
+    assert_syncs_change_no_size(records, str(root))
     return str(root), records, written
+
+
+def assert_syncs_change_no_size(records: list, root: str) -> None:
+    """Preallocation: every record a segment's sync makes durable was written
+    inside zeros already durable (the file's durable size covers it), so the
+    fdatasync changes no size or extent; the zero-filling writes themselves
+    (only zeros) are what extends a segment."""
+    disk = powerloss.Disk(root)
+    paths: dict[tuple[int, int], str] = {}
+    prefilled = 0
+    for r in records:
+        if r[0] == "open":
+            paths[(r[1], r[2])] = r[3]
+        elif r[0] == "sync" and paths.get((r[1], r[2]), "").endswith(".log"):
+            f = disk.files[disk.fds[(r[1], r[2])][1]]
+            for op in f.pending:
+                if op[0] == "write" and any(op[2]):
+                    assert op[1] + len(op[2]) <= len(f.durable), (
+                        f"a sync of {paths[(r[1], r[2])]} makes records durable past its "
+                        f"durable size {len(f.durable)} (byte {op[1]}): not preallocated"
+                    )
+                elif op[0] == "write":
+                    prefilled += 1
+        disk.apply(r)
+    assert prefilled, "no segment was zero-filled ahead of its records"
 
 
 @pytest.mark.timeout(240)

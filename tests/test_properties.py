@@ -317,8 +317,10 @@ def check_corruption_names_the_damage(
 def test_torn_tail_keeps_exactly_the_records_before_the_cut(
     payloads: list[bytes], max_segment_bytes: int, data: st.DataObject
 ) -> None:
-    """The two torn tails FORMAT.md names: the newest segment cut at any byte,
-    or zeros after its last whole record (a file extended, never written)."""
+    """The newest segment cut at any byte, then maybe zeros after it (a file
+    extended, never written: what preallocation leaves). What follows the last
+    whole record is a torn tail, cut and reported, exactly when it holds a
+    byte that is not zero; a tail of zeros is the end of the data, kept."""
     with tempfile.TemporaryDirectory() as d:
         segs = write_log(d, payloads, max_segment_bytes)
         base = int(os.path.basename(segs[-1])[:20])
@@ -332,13 +334,16 @@ def test_torn_tail_keeps_exactly_the_records_before_the_cut(
         os.truncate(segs[-1], cut)
         with open(segs[-1], "ab") as f:
             f.write(bytes(zeros))
+        with open(segs[-1], "rb") as f:
+            before = f.read()
         log, report = Log.open(d, max_segment_bytes=max_segment_bytes)  # never CorruptionError
         try:
             whole = [e for e in ends if e <= cut]
             assert log.next_offset == base + len(whole)
             kept_end = whole[-1] if whole else 0
-            assert report.bytes_truncated == cut + zeros - kept_end
-            assert os.path.getsize(segs[-1]) == kept_end
+            torn = any(before[kept_end:])
+            assert report.bytes_truncated == (len(before) - kept_end if torn else 0)
+            assert os.path.getsize(segs[-1]) == (kept_end if torn else len(before))
             assert_entries_are_originals(log, payloads)
         finally:
             log.close()

@@ -92,7 +92,8 @@ def append_each(link: Link, payloads: list[bytes], acked: dict[int, bytes]) -> N
 @pytest.mark.timeout(120)
 def test_quorum_commit_failover_and_rejoin(cluster):
     """An append is acknowledged only once a majority has it: with both followers frozen
-    (SIGSTOP) nothing is acknowledged, and thawed, everything is. Killing the leader's whole
+    (SIGSTOP, 4 s: past the links' heartbeat) nothing is acknowledged, and thawed, everything
+    is and both catch up. Killing the leader's whole
     process tree (kill -9) gives a new leader that serves within TTL + 3 s and holds every
     acknowledged entry; the killed replica rejoins as a follower. Then a leader holding entries
     no follower has (both followers killed) is killed too: the two come back and elect one of
@@ -108,16 +109,18 @@ def test_quorum_commit_failover_and_rejoin(cluster):
         follower.signal(signal.SIGSTOP)
     try:
         rids = {link.send(m.OP_APPEND, b"held%d" % i): b"held%d" % i for i in range(5)}
-        early = link.replies(1.5)
+        # frozen past the links' 3 s heartbeat: their connections are dropped and made anew
+        early = link.replies(4.0)
         assert early == {}, f"acknowledged without a majority: {early}"
     finally:
         for follower in followers:
             follower.signal(signal.SIGCONT)
-    late = link.replies(3.0)
+    late = link.replies(5.0)
     assert set(late) == set(rids), f"not acknowledged after the thaw: {late}"
     for rid, (code, fields) in late.items():
         assert code == m.OK, fields
         acked[fields["offset"]] = rids[rid]
+    wait_caught_up(link, [f.replica_id for f in followers], timeout=10)
     link.close()
 
     killed_at = time.monotonic()

@@ -151,11 +151,16 @@ def test_walctl_reports_a_torn_tail_without_cutting_it(node_factory, data_dir):
     node.call({"type": "wal_append", "payload": "whole"})
     assert node.close() == 0
     seg = os.path.join(data_dir, "wal", "00000000000000000000.log")
-    with open(seg, "ab") as f:
+    size = os.path.getsize(seg)  # 13 record bytes, then preallocated zeros
+    with open(seg, "r+b") as f:
+        f.seek(13)
         f.write(b"\x09\x00\x00")
     info = json.loads(walctl("info", data_dir).stdout)
-    assert info["entries"] == 1 and info["torn_tail"]["bytes"] == 3
-    assert os.path.getsize(seg) == 13 + 3  # untouched
+    assert info["entries"] == 1 and info["torn_tail"]["at_byte"] == 13
+    assert info["torn_tail"]["bytes"] == size - 13  # the cut would take the zeros too
+    assert info["total_bytes"] == info["segments"][0]["size_bytes"] == 13
+    with open(seg, "rb") as f:  # untouched
+        assert os.path.getsize(seg) == size and f.read(16)[13:] == b"\x09\x00\x00"
 
 
 def test_fsync_benchmark_measures_on_a_scratch_file_and_removes_it(node_factory, data_dir):

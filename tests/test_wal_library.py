@@ -3,6 +3,7 @@ the data directory and the state machine. No processes, no sockets."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -10,7 +11,7 @@ import zlib
 
 import pytest
 
-from tests.damage import flip_byte
+from tests.damage import cut_to_data, flip_byte
 from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, record
 from wal.log import OffsetOutOfRange
 from wal.record import HEADER_SIZE, Damage
@@ -115,7 +116,10 @@ def test_append_close_reopen(tmp_path):
             assert e.payload == payload_of(i)
             assert e.crc == crc == zlib.crc32(len(e.payload).to_bytes(4, "little") + e.payload)
             assert e.checksum_valid is True
-        assert os.path.getsize(seg_path(tmp_path)) == n * (HEADER_SIZE + len(payload_of(0)))
+        assert log.total_bytes == n * (HEADER_SIZE + len(payload_of(0)))
+        assert log.segments()[0].size_bytes == log.total_bytes  # logical, not the file's
+        # the active file is zero-filled ahead of its data (preallocated)
+        assert os.path.getsize(seg_path(tmp_path)) > log.total_bytes
     finally:
         log.close()
 
@@ -126,7 +130,7 @@ def test_append_close_reopen(tmp_path):
 def test_torn_tail_at_every_byte(tmp_path):
     src = tmp_path / "src"
     write_log(src, 5)
-    file_size = os.path.getsize(seg_path(src))
+    file_size = cut_to_data(seg_path(src))
     last_size = HEADER_SIZE + len(payload_of(4))
     good = file_size - last_size
     assert good == record_positions(5)[4]
@@ -193,22 +197,64 @@ def test_crc_failing_last_record_is_cut(tmp_path):
 
 
 def test_zero_filled_tail_is_end_of_log(tmp_path):
+    """Zeros after the data are preallocated room, not damage: the log ends at
+    the first zero header, nothing is reported or cut, and appends go there."""
     write_log(tmp_path, 5)
     path = seg_path(tmp_path)
-    size = os.path.getsize(path)
+    size = cut_to_data(path)
     with open(path, "ab") as f:
         f.write(bytes(4096))
 
     log, report = Log.open(os.fspath(tmp_path))
     try:
         assert log.entries == 5 and log.next_offset == 5
-        assert report.bytes_truncated == 4096
-        assert report.truncated_at == size
-        assert report.truncation_reason == Damage.BAD_CRC.value
-        assert os.path.getsize(path) == size
+        assert (report.bytes_truncated, report.truncated_at, report.truncation_reason) == (
+            0,
+            None,
+            None,
+        )
+        assert os.path.getsize(path) == size + 4096  # the room is kept
+        assert log.total_bytes == size
         assert [log.read(i).payload for i in range(5)] == [payload_of(i) for i in range(5)]
+        log.append(b"into the room")
+        log.sync()
+        assert os.path.getsize(path) == size + 4096  # written inside it, no growth
     finally:
         log.close()
+    log, report = Log.open(os.fspath(tmp_path))
+    try:
+        assert log.read(5).payload == b"into the room" and report.bytes_truncated == 0
+    finally:
+        log.close()
+
+
+@pytest.mark.parametrize("zeros", [4096, 4 << 20])
+def test_torn_write_into_a_zero_filled_tail_is_a_torn_tail(tmp_path, zeros):
+    """A write into preallocated room cut short leaves the record's first bytes
+    and zeros after them: that is a torn tail (reported and cut), at every
+    byte of the record; a zero tail after a whole record (or in place of the
+    whole record: nothing of it landed) is not."""
+    src = tmp_path / "src"
+    write_log(src, 5)
+    end = cut_to_data(seg_path(src))
+    good = record_positions(5)[4]
+    with open(seg_path(src), "ab") as f:
+        f.write(bytes(zeros))
+    for kept in range(good, end + 1, 3 if zeros > 4096 else 1):
+        d = tmp_path / f"kept{kept}"
+        shutil.copytree(src, d)
+        with open(seg_path(d), "r+b") as f:
+            f.seek(kept)
+            f.write(bytes(end - kept))  # the record's bytes from `kept` on never landed
+        log, report = Log.open(os.fspath(d))
+        try:
+            whole, torn = kept == end, good < kept < end  # kept == good: nothing landed
+            assert log.entries == (5 if whole else 4), kept
+            assert report.bytes_truncated == (end + zeros - good if torn else 0), kept
+            assert report.truncated_at == (good if torn else None), kept
+        finally:
+            log.close()
+        shutil.rmtree(d)
 
 
 # -- 6. corruption that is not a torn tail ---------------------------------
@@ -427,7 +473,7 @@ def test_non_segment_files_ignored(tmp_path):
 def test_readonly_reports_torn_tail_without_cutting(tmp_path):
     write_log(tmp_path, 5)
     path = seg_path(tmp_path)
-    size = os.path.getsize(path)
+    size = cut_to_data(path)
     os.truncate(path, size - 3)
     before = sorted(os.listdir(tmp_path))
 
@@ -762,7 +808,7 @@ def test_replay_of_a_real_log(tmp_path):
         for p in (b"set x=1", b"set y=2", b"del x", b"set z=3"):
             log.append(p)
         log.sync()
-        flip_byte(seg_path(tmp_path), os.path.getsize(seg_path(tmp_path)) - 1)  # rot in z
+        flip_byte(seg_path(tmp_path), log.total_bytes - 1)  # rot in z
         entries = log.scan(0, 10, 10**6)
         pairs = [(e.payload.decode("utf-8", "replace"), e.checksum_valid) for e in entries]
         assert replay(pairs) == (3, 1, {"y": "2"})
@@ -792,3 +838,30 @@ def test_flipped_length_field_mid_segment_is_corruption_not_a_torn_tail(tmp_path
         Log.open(d)
     assert err.value.path == seg and err.value.position == position
     assert os.path.getsize(seg) == size_before  # nothing was cut
+
+
+def test_a_full_disk_while_preallocating_falls_back_to_a_plain_append(tmp_path, monkeypatch):
+    """No room for the zeros (ENOSPC from their pwrite, after a part of them
+    landed): they are cut off again and the batch is appended as without
+    preallocation; nothing is lost or reported."""
+    real = os.pwrite
+
+    def full(fd, data, pos):
+        real(fd, data[: len(data) // 2], pos)  # a short part of the zeros lands
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    log, _ = Log.open(os.fspath(tmp_path))
+    try:
+        monkeypatch.setattr(os, "pwrite", full)
+        log.append(b"entry")
+        log.sync()
+        monkeypatch.setattr(os, "pwrite", real)
+        assert os.path.getsize(seg_path(tmp_path)) == log.total_bytes == HEADER_SIZE + 5
+        assert log.read(0).payload == b"entry"
+    finally:
+        log.close()
+    log, report = Log.open(os.fspath(tmp_path))
+    try:
+        assert log.next_offset == 1 and report.bytes_truncated == 0
+    finally:
+        log.close()

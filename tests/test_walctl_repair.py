@@ -7,6 +7,7 @@ import os
 
 from tests.damage import flip_byte
 from tests.nodeproc import walctl
+from wal.segment import scan_file
 
 
 def fill(node_factory, data_dir: str, n: int) -> None:
@@ -65,7 +66,9 @@ def test_repair_refuses_while_walnode_runs(node_factory, data_dir):
 
 def test_verify_calls_a_torn_tail_harmless(node_factory, data_dir):
     fill(node_factory, data_dir, 3)
-    with open(os.path.join(data_dir, "wal", "00000000000000000000.log"), "ab") as f:
+    path = os.path.join(data_dir, "wal", "00000000000000000000.log")
+    with open(path, "r+b") as f:  # where the next append lands, over the preallocated zeros
+        f.seek(scan_file(path).valid_end)
         f.write(b"\x30\x00\x00\x00abc")
     out = walctl("verify", data_dir)
     assert out.returncode == 0 and "torn tail (walnode cuts it at start)" in out.stdout

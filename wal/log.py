@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from wal import faults, index, layout, record
+from wal import checkpoint, faults, index, layout, record
 from wal.errors import CorruptionError, DataMissing, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
@@ -56,7 +56,7 @@ class SegmentInfo:
     start_offset: int
     end_offset: int | None  # inclusive; None for an empty segment
     entries: int
-    size_bytes: int  # the file's size on disk
+    size_bytes: int  # record bytes (the active segment's file is longer: preallocated zeros)
     sealed: bool
 
 
@@ -66,6 +66,7 @@ class RecoveryReport:
 
     segments: int = 0
     segments_indexed: int = 0  # sealed segments opened through their index, not read
+    checkpoint_bytes: int = 0  # the newest segment's prefix taken from its checkpoint, not read
     entries_recovered: int = 0
     first_offset: int = 0
     next_offset: int = 0
@@ -222,7 +223,7 @@ class Log:
                     start_offset=s.base_offset,
                     end_offset=s.next_offset - 1 if s.entries else None,
                     entries=s.entries,
-                    size_bytes=s.file_size(),
+                    size_bytes=s.size,
                     sealed=s.sealed,
                 )
             )
@@ -263,7 +264,7 @@ class Log:
         if not self._segments:  # a read-only view of an empty directory
             return
         try:
-            self._segments[-1].flush()
+            self._segments[-1].flush(self.max_segment_bytes)
         except DiskFull:
             self.bytes_appended = self._bytes_flushed
             raise
@@ -277,6 +278,7 @@ class Log:
             target = self._flushed_next
             self._segments[-1].sync()
             self._durable_next = target
+            self._segments[-1].checkpoint()  # after the fdatasync: it covers synced records only
 
     def flush_for_sync(self) -> tuple[int, int]:
         """For an fdatasync made outside the log (a sync thread, while more
@@ -530,6 +532,7 @@ def _open_segments(
                 continue
             if not last:
                 unindexed.append(seg)
+            report.checkpoint_bytes = scan.checkpointed if last else 0
             _report_rot(report, seg, scan)
             if scan.damage is not None:  # a torn tail of the last segment
                 report.truncated_file = os.path.basename(path)
@@ -622,7 +625,8 @@ def _layout(directory: str, readonly: bool, notes: list[str]) -> layout.Layout |
 def _remove_stale_indexes(directory: str, bases: list[int], notes: list[str]) -> None:
     """Remove index files no sealed segment owns: the index of a deleted
     segment, of the newest one (it grows again, after a repair cut it), and
-    temp files of an index write that was cut short."""
+    temp files of an index write that was cut short; and checkpoints
+    (wal/checkpoint.py) of any but the newest segment."""
     sealed = set(bases[:-1])
     removed = False
     for name in os.listdir(directory):
@@ -633,5 +637,9 @@ def _remove_stale_indexes(directory: str, bases: list[int], notes: list[str]) ->
             os.remove(os.path.join(directory, name))
             notes.append(f"removed {name}, a stale or unfinished segment index")
             removed = True
+        newest = bases[-1] if bases else None
+        held = checkpoint.parse_name(name)
+        if held is not None and (held != newest or name.endswith(checkpoint.TMP_SUFFIX)):
+            os.remove(os.path.join(directory, name))  # derived data: no note, no dir fsync
     if removed:
         fsync_dir(directory)  # or a removed index could come back, for a segment reusing its name

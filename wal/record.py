@@ -8,6 +8,7 @@ bytes is 0x2144df1c, not 0). See docs/FORMAT.md.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 import zlib
 from array import array
@@ -26,6 +27,9 @@ LOST_FLAG = 0x8000_0000
 EPOCH_FLAG = 0x4000_0000
 LENGTH_MASK = 0x3FFF_FFFF  # the length bits of the length field
 EPOCH = struct.Struct("<Q")
+# A segment is zero-filled ahead of its data (preallocated, docs/FORMAT.md):
+# the data ends at the first header of zeros, which never validates.
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 def encode(payload: bytes) -> tuple[bytes, int]:
@@ -131,3 +135,15 @@ def decode_at(buf: bytes | memoryview | mmap.mmap, pos: int) -> Decoded | Damage
         return Damage.BAD_CRC
     epoch = epoch_of(field, bytes(buf[start:end])) if field & EPOCH_FLAG else None
     return Decoded(start, length, crc, end, bool(field & LOST_FLAG), epoch)
+
+
+def first_nonzero(buf: bytes | memoryview | mmap.mmap, pos: int) -> int:
+    """The first byte from `pos` on that is not zero, or len(buf): zeros are
+    what preallocation wrote past the data (scanned in C, not per byte)."""
+    found = _NONZERO.search(buf, pos)
+    return len(buf) if found is None else found.start()
+
+
+def zero_from(buf: bytes | memoryview | mmap.mmap, pos: int) -> bool:
+    """True if every byte from `pos` on is zero: preallocated room, not data."""
+    return first_nonzero(buf, pos) == len(buf)

@@ -13,16 +13,24 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import threading
+import zlib
 from array import array
 from typing import NamedTuple
 
-from wal import index, record
+from wal import checkpoint, index, record
 from wal.errors import CorruptionError, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import DISK_FULL_ERRNOS, write_all
 from wal.record import HEADER_SIZE, Damage
 
 NAME_RE = re.compile(r"^(\d{20})\.log$")
+# The active segment is zero-filled (and fsynced) this far ahead of its data,
+# so that an append's fdatasync writes data blocks only, no size or extent
+# change (docs/FORMAT.md). fallocate alone leaves unwritten extents, whose
+# conversion at fdatasync is a metadata change too.
+PREALLOCATE_CHUNK = 4 << 20
+_ZEROS = bytes(1 << 20)
 
 
 def segment_name(base_offset: int) -> str:
@@ -51,19 +59,29 @@ class ScanResult(NamedTuple):
     # tear), or they end a sealed segment (which was fsynced whole).
     rotted: tuple[int, ...] = ()
     lost: tuple[int, ...] = ()  # start bytes of lost-record markers (walctl repair)
+    data_crc: int | None = None  # CRC-32 of bytes [0, valid_end): asked of the newest only
+    checkpointed: int = 0  # bytes at the start taken from a checkpoint (wal/checkpoint.py)
 
 
-def scan_bytes(buf: bytes | memoryview | mmap.mmap, *, sealed: bool = False) -> ScanResult:
-    """Decode records from the start of `buf` until the end or the first damage
-    that is not one rotted record (see ScanResult.rotted)."""
-    positions = array("Q")
+def scan_bytes(
+    buf: bytes | memoryview | mmap.mmap,
+    *,
+    sealed: bool = False,
+    prefix: checkpoint.Prefix | None = None,
+) -> ScanResult:
+    """Decode records from the start of `buf` (or after a verified `prefix`)
+    until the end or the first damage that is not one rotted record (see
+    ScanResult.rotted)."""
+    positions = prefix.positions if prefix is not None else array("Q")
     size = len(buf)
     rotted: list[int] = []
     lost: list[int] = []
-    pos = 0
+    pos = prefix.size if prefix is not None else 0
     while True:
         pos = record.valid_run(buf, pos, positions)
-        if pos == size:
+        if pos == size or (not sealed and record.zero_from(buf, pos)):
+            # the end of the data: zeros after it are preallocated room, not damage
+            # (a sealed segment was cut to its records: zeros there are damage)
             return ScanResult(positions, pos, size, None, False, tuple(rotted), tuple(lost))
         got = record.decode_at(buf, pos)
         if isinstance(got, record.Decoded):  # valid_run leaves flagged records to decode_at
@@ -75,10 +93,12 @@ def scan_bytes(buf: bytes | memoryview | mmap.mmap, *, sealed: bool = False) -> 
             break
         positions.append(pos)
         pos = _record_end(buf, pos)
-    tail_shaped = not any(buf[pos:size]) or next_valid_record(buf, pos) is None
+    tail_shaped = next_valid_record(buf, pos) is None
     if got is Damage.BAD_CRC and tail_shaped:
-        # a whole record with a bad CRC is a tear only at the very end
-        tail_shaped = _record_end(buf, pos) >= size or not any(buf[pos:size])
+        # a whole record with a bad CRC is a tear only at the very end: at the
+        # end of the file, or with only preallocated zeros after it
+        end = _record_end(buf, pos)
+        tail_shaped = end >= size or record.zero_from(buf, end)
     return ScanResult(positions, pos, size, got, tail_shaped, tuple(rotted), tuple(lost))
 
 
@@ -128,20 +148,40 @@ def next_valid_record(buf: bytes | memoryview | mmap.mmap, pos: int) -> int | No
     Only runs on damage, so its cost (a probe per byte) is paid rarely.
     """
     size = len(buf)
-    for q in range(pos + 1, size - HEADER_SIZE + 1):
+    q = pos + 1
+    while q <= size - HEADER_SIZE:
+        if not any(buf[q : q + HEADER_SIZE]):
+            # a header of zeros never validates: skip a preallocated run in C
+            q = max(q + 1, record.first_nonzero(buf, q) - HEADER_SIZE + 1)
+            continue
         length = int.from_bytes(buf[q : q + 4], "little") & record.LENGTH_MASK
         if q + HEADER_SIZE + length <= size and not isinstance(record.decode_at(buf, q), Damage):
             return q
+        q += 1
     return None
 
 
-def scan_file(path: str, *, sealed: bool = False) -> ScanResult:
+def scan_file(path: str, *, sealed: bool = False, newest: bool = False) -> ScanResult:
+    """Check a segment file. The newest: after its checkpoint's prefix if that
+    still holds (wal/checkpoint.py), and with the CRC of its data."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            return scan_bytes(b"")
+            return scan_bytes(b"")._replace(data_crc=0 if newest else None)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return scan_bytes(m, sealed=sealed)
+            if not newest:
+                return scan_bytes(m, sealed=sealed)
+            prefix = checkpoint.load(checkpoint.path_for(path), parse_name_of(path), m)
+            scan = scan_bytes(m, sealed=sealed, prefix=prefix)
+            start, crc = (prefix.size, prefix.crc) if prefix is not None else (0, 0)
+            with memoryview(m) as view:
+                crc = zlib.crc32(view[start : scan.valid_end], crc)
+            return scan._replace(data_crc=crc, checkpointed=start)
+
+
+def parse_name_of(path: str) -> int:
+    base = parse_name(os.path.basename(path))
+    return -1 if base is None else base
 
 
 class ReadRecord(NamedTuple):
@@ -180,10 +220,16 @@ class Segment:
         self._files = files if files is not None else FileCache()
         self._positions = positions  # array('Q'), or a view of the mmapped index file
         self._mapping = mapping
-        self._written = size  # bytes in the file
+        self._written = size  # record bytes in the file (the data ends here)
+        self._allocated = size  # the file's size: zeros past _written are preallocated
         self._staged: list[bytes] = []
         self._staged_bytes = 0
         self.sealed = sealed
+        # CRC-32 of the bytes [0, _written), kept up as records are written, for
+        # checkpoints (wal/checkpoint.py); None: not known, none are written
+        self.data_crc: int | None = None
+        self._checkpointed = 0  # the prefix bytes the newest checkpoint covers
+        self._checkpointing: threading.Thread | None = None
 
     # -- opening ---------------------------------------------------------
 
@@ -192,7 +238,9 @@ class Segment:
         """Create a new, empty active segment. The caller fsyncs the directory."""
         path = os.path.join(directory, segment_name(base_offset))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        return cls(path, base_offset, fd, array("Q"), 0, sealed=False, files=files)
+        seg = cls(path, base_offset, fd, array("Q"), 0, sealed=False, files=files)
+        seg.data_crc = 0
+        return seg
 
     @classmethod
     def open_checked(
@@ -212,12 +260,15 @@ class Segment:
         interrupted append, raises CorruptionError. A torn tail of the last
         segment is left for the caller to cut.
         """
-        scan = scan_file(path, sealed=not last)
+        scan = scan_file(path, sealed=not last, newest=last)
         if scan.damage is not None and not (last and scan.tail_shaped):
             raise CorruptionError(path, scan.valid_end, _refusal(scan))
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        size = scan.valid_end if scan.damage is not None else scan.file_size
-        seg = cls(path, base_offset, fd, scan.positions, size, sealed=not last, files=files)
+        seg = cls(path, base_offset, fd, scan.positions, scan.valid_end, not last, files=files)
+        seg.data_crc = scan.data_crc
+        seg._checkpointed = scan.checkpointed
+        if scan.damage is None:
+            seg._allocated = scan.file_size  # a zero tail is room already made
         return seg, scan
 
     @classmethod
@@ -242,6 +293,7 @@ class Segment:
         written (a full disk, say): nothing is lost but the next open's time."""
         if not self.sealed:
             raise WalError(f"segment {self.name} is active: its index still grows")
+        self._cut_to_data()
         self.sync()  # the index must never be durable before the records it points at
         self._release_fd()  # a sealed segment is read through the FileCache from now on
         path = index.index_path(self.path)
@@ -275,12 +327,45 @@ class Segment:
         del positions[nth:]
         os.ftruncate(self._fd, self._written)
         os.fsync(self._fd)
+        self._allocated = self._written  # the zeros went with the cut; the next write makes room
+        # the running CRC covered the bytes cut: taken again from the file (rare)
+        self.data_crc = zlib.crc32(os.pread(self._fd, self._written, 0))
+        self._checkpointed = min(self._checkpointed, self._written)
 
     def cut_tail(self, file_size: int) -> int:
         """Cut the file back to the last valid record; returns bytes removed."""
         os.ftruncate(self._fd, self._written)
         os.fsync(self._fd)
+        self._allocated = self._written
         return file_size - self._written
+
+    def _cut_to_data(self) -> None:
+        """Cut a preallocated zero tail off: a sealed segment is its records
+        only. The caller's fdatasync next makes the new size durable (an index
+        recording it must not reach the disk first)."""
+        if self._allocated > self._written:
+            os.ftruncate(self.fd, self._written)
+            self._allocated = self._written
+
+    def _preallocate(self, end: int, limit: int) -> None:
+        """Zero-fill the file ahead of `end` (where the next write ends), up to
+        `limit` bytes, and fsync once, so the fdatasyncs of the data written
+        there change no metadata. Past `limit` (a segment over its size limit)
+        or on a full disk, nothing is made: the write extends the file."""
+        if end <= self._allocated or end > limit:
+            return
+        target = min(limit, max(end, self._allocated + PREALLOCATE_CHUNK))
+        pos = self._allocated
+        try:
+            while pos < target:
+                pos += os.pwrite(self._fd, _ZEROS[: target - pos], pos)
+            os.fsync(self._fd)
+        except OSError as err:
+            if err.errno not in DISK_FULL_ERRNOS:
+                raise
+            os.ftruncate(self._fd, self._allocated)  # zeros only: no sync needed
+            return
+        self._allocated = target
 
     # -- writing ---------------------------------------------------------
 
@@ -307,11 +392,13 @@ class Segment:
         self._staged.append(data)
         self._staged_bytes += len(data)
 
-    def flush(self) -> None:
-        """Write every staged record with one write call (no fsync)."""
+    def flush(self, preallocate_to: int = 0) -> None:
+        """Write every staged record with one write call (no fsync), first
+        zero-filling the file ahead of them up to `preallocate_to` bytes."""
         if not self._staged:
             return
         data = self._staged[0] if len(self._staged) == 1 else b"".join(self._staged)
+        self._preallocate(self._written + len(data), preallocate_to)
         os.lseek(self._fd, self._written, os.SEEK_SET)
         try:
             write_all(self._fd, data)
@@ -324,8 +411,12 @@ class Segment:
             # could bring back entries their clients were told are not written.
             os.ftruncate(self._fd, self._written)
             os.fdatasync(self._fd)
+            self._allocated = self._written
             raise DiskFull(f"no space left appending to {self.path}: {err.strerror}") from None
         self._written += len(data)
+        self._allocated = max(self._allocated, self._written)
+        if self.data_crc is not None:
+            self.data_crc = zlib.crc32(data, self.data_crc)
         self._staged.clear()
         self._staged_bytes = 0
 
@@ -339,13 +430,39 @@ class Segment:
         """fdatasync the file. A failure propagates: it is never retried."""
         os.fdatasync(self.fd)
 
+    def checkpoint(self) -> None:
+        """Once the written (and, the caller says, fdatasynced) records grew
+        checkpoint.EVERY_BYTES past the last checkpoint, store their positions
+        in a background thread (the positions are copied first: one memcpy)."""
+        if (
+            self.data_crc is None
+            or self._staged
+            or self._written - self._checkpointed < checkpoint.EVERY_BYTES
+            or (self._checkpointing is not None and self._checkpointing.is_alive())
+        ):
+            return
+        assert isinstance(self._positions, array)  # the active segment's, in memory
+        args = (checkpoint.path_for(self.path), self.base_offset, self._positions[:])
+        self._checkpointing = threading.Thread(
+            target=checkpoint.write, args=(*args, self._written, self.data_crc), daemon=True
+        )
+        self._checkpointing.start()
+        self._checkpointed = self._written
+
+    def _checkpoint_done(self) -> None:
+        if self._checkpointing is not None:
+            self._checkpointing.join()
+            self._checkpointing = None
+
     def seal(self) -> None:
         """Flush and fsync; the segment takes no more writes."""
         self.flush()
+        self._cut_to_data()
         self.sync()
         self.sealed = True
 
     def close(self) -> None:
+        self._checkpoint_done()
         self._release_fd()
         self._files.forget(self.path)
         self._release_positions()
@@ -409,9 +526,6 @@ class Segment:
     def bytes_before(self, nth: int) -> int:
         """Record bytes of the entries before `nth` in this segment."""
         return self._positions[nth] if nth < len(self._positions) else self.size
-
-    def file_size(self) -> int:
-        return os.fstat(self.fd).st_size
 
 
 def _refusal(scan: ScanResult) -> str:

@@ -7,17 +7,20 @@ record that is still being written: a record there that fails its CRC is
 rot, and is yielded as damaged (payload None) at its offset, not an error.
 A sealed segment is followed through its index file, so even a damaged
 length field costs one entry. After a compaction rewrites or removes the
-segment it was reading, it finds its place again by file name.
+segment it was reading, it finds its place again by file name. The newest
+segment is zero-filled past its data (preallocated): a header of zeros is
+where its records end, never a damaged entry.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import mmap
 import os
 from collections.abc import Iterator
 
-from wal import index
+from wal import checkpoint, index
 from wal.errors import CorruptionError, WalError
 from wal.log import read_start_offset
 from wal.record import HEADER, HEADER_SIZE, LENGTH_MASK, Damage, Decoded, decode_at
@@ -88,13 +91,26 @@ class LogTail:
             i = offset - base
             self._pos = positions[i] if i < len(positions) else size
             return
-        pos = 0
-        for _ in range(offset - base):  # skip to the entry: headers only
+        pos, skip = self._checkpointed(offset - base, size)
+        for _ in range(skip):  # skip to the entry: headers only
             head = os.pread(self._fd, HEADER_SIZE, pos)
             if len(head) < HEADER_SIZE:
                 raise WalError(f"entry {offset} is not in {self._path} yet")
             pos += HEADER_SIZE + (HEADER.unpack(head)[0] & LENGTH_MASK)
         self._pos = pos
+
+    def _checkpointed(self, skip: int, size: int) -> tuple[int, int]:
+        """Where the newest segment's `skip`-th record starts, as far as its
+        checkpoint (wal/checkpoint.py) tells, and how many records are left to
+        skip from there: a restart then walks headers only past the prefix."""
+        if not skip or not size:
+            return 0, skip
+        with mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) as m:
+            prefix = checkpoint.load(checkpoint.path_for(self._path), self._base, m)
+        if prefix is None:
+            return 0, skip
+        n = min(skip, len(prefix.positions))
+        return (prefix.positions[n] if n < len(prefix.positions) else prefix.size), skip - n
 
     def read(self, until: int) -> Iterator[tuple[int, bytes | None]]:
         """Yield (offset, payload) for every entry from here up to `until`
@@ -126,7 +142,7 @@ class LogTail:
     def _stalled(self) -> None:
         """The entry should be here and is not: name the file and byte."""
         head = os.pread(self._fd, HEADER_SIZE, self._pos) if self._fd >= 0 else b""
-        if len(head) == HEADER_SIZE:
+        if len(head) == HEADER_SIZE and any(head):
             length = HEADER.unpack(head)[0] & LENGTH_MASK
             raise CorruptionError(
                 self._path,
@@ -171,6 +187,8 @@ class LogTail:
         p = 0
         while self.offset < until:
             got = decode_at(buf, p)
+            if got is Damage.BAD_CRC and not any(buf[p : p + HEADER_SIZE]):
+                break  # preallocated zeros (a header of zeros never validates): no record here
             if got is Damage.BAD_CRC:
                 # written (below `until`), so not a tear: rot, kept at its offset
                 # as long as its length is believable (the next record decodes)

@@ -20,14 +20,38 @@ from actors import procfs
 
 PREFIX = "walnode-run-"
 OWNER_FILE = "supervisor.pid"
+# An ipc:// socket's path must fit sockaddr_un's sun_path (108 bytes with its
+# NUL): in a deep TMPDIR the run directory's sockets could not be bound, so
+# such a TMPDIR gives way to /tmp. The longest socket name, and mkdtemp's
+# 8-character suffix, are counted.
+SOCKET_PATH_MAX = 107
+LONGEST_SOCKET = "supervisor.sock"
+SHORT_PARENT = "/tmp"
 
 log = logging.getLogger("supervisor")
 
 
+def run_parent() -> str:
+    """Where run directories go: the temp directory, or /tmp when a socket
+    path in the temp directory would be too long to bind."""
+    tmp = tempfile.gettempdir()
+    if len(os.path.join(tmp, PREFIX + "x" * 8, LONGEST_SOCKET)) <= SOCKET_PATH_MAX:
+        return tmp
+    log.info(
+        "the temp directory %s is too deep for ipc socket paths (%d bytes at most): the run "
+        "directory goes to %s",
+        tmp,
+        SOCKET_PATH_MAX,
+        SHORT_PARENT,
+    )
+    return SHORT_PARENT
+
+
 def create() -> str:
     """A new run directory for this process, after removing stale ones."""
-    remove_stale()
-    path = tempfile.mkdtemp(prefix=PREFIX)
+    where = run_parent()
+    remove_stale(where)
+    path = tempfile.mkdtemp(prefix=PREFIX, dir=where)
     pid = os.getpid()
     tmp = os.path.join(path, OWNER_FILE + ".tmp")
     with open(tmp, "w") as f:
@@ -53,14 +77,14 @@ def _owner(path: str) -> tuple[int, int] | None:
 def remove_stale(parent: str | None = None) -> list[str]:
     """Remove the run directories (in `parent`, default the temp directory)
     whose supervisor no longer runs; the paths removed."""
-    parent = parent or tempfile.gettempdir()
+    where = parent or tempfile.gettempdir()
     removed: list[str] = []
     try:
-        names = [name for name in os.listdir(parent) if name.startswith(PREFIX)]
+        names = [name for name in os.listdir(where) if name.startswith(PREFIX)]
     except OSError:
         return removed
     for name in names:
-        path = os.path.join(parent, name)
+        path = os.path.join(where, name)
         owner = _owner(path)
         if owner is None or procfs.start_time(owner[0]) == owner[1]:
             continue  # not walnode's, or its supervisor still runs

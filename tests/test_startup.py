@@ -131,3 +131,20 @@ def test_sigterm_before_the_processes_start_stops_cleanly(tmp_path, moment, atte
     assert not has_run_dir(tmp_dir), "the run directory was left behind"
     if moment != "its run directory exists":  # else the writer may have started
         assert "SIGTERM came before any process started" in stderr, stderr
+
+
+def test_a_temp_directory_too_deep_for_socket_paths_still_serves(tmp_path):
+    # the run directory's ipc sockets must fit sun_path (107 bytes): under a deep TMPDIR
+    # (pytest-xdist's workers make one) the supervisor died binding its socket with a traceback
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    requests = b'{"src":"c0","dest":"n1","body":{"type":"init","msg_id":1,"node_id":"n1"}}\n'
+    res = subprocess.run(
+        [sys.executable, NODE, f"--data-dir={tmp_path / 'data'}"],
+        input=requests,
+        capture_output=True,
+        env={**os.environ, "TMPDIR": str(deep)},
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    assert b'"type": "init_ok"' in res.stdout

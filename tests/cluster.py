@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,24 +20,7 @@ from actors import sockets
 from tests.nodeproc import NODE, REPO, walctl
 from wal.replication.election import Leader, leader_key, read_leader
 from wal.replication.etcd import EtcdClient
-
-
-def free_base_port() -> int:
-    """A port P with P, P+1 and P+2 free on loopback (writer, compactor, replication)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + 2 >= 65535:
-            continue
-        try:
-            for port in (base + 1, base + 2):
-                with socket.socket() as other:
-                    other.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no three consecutive free ports")
+from walctl.localcluster import free_ports
 
 
 @dataclass
@@ -96,7 +78,7 @@ class Cluster:
         self.replicas = [
             ReplicaProc(
                 f"r{i + 1}",
-                free_base_port(),
+                free_ports(3),
                 os.path.join(root, f"r{i + 1}"),
                 os.path.join(root, f"r{i + 1}.log"),
             )

@@ -23,28 +23,12 @@ import pytest
 
 from actors import procfs
 from tests.nodeproc import NODE, REPO, Node, pid_alive, wait_until, walctl
+from walctl.localcluster import free_ports
 
 NODE_IDS = ["n1", "n2"]
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def free_port_pair() -> int:
-    """A port P with P and P+1 free on 127.0.0.1 (the writer and the compactor)."""
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
 
 
 def children(pid: int) -> dict[int, str]:
@@ -128,7 +112,7 @@ def log_side_factory(tmp_path: Path) -> Iterator[Callable[..., LogSide]]:
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # its run directory lands in tmp_path
 
     def start(*extra: str, data_dir: str | None = None, wait: bool = True) -> LogSide:
-        port = free_port_pair()
+        port = free_ports(2)
         args = ["--roles", "writer,compactor", "--listen", f"tcp://127.0.0.1:{port}"]
         args += ["--data-dir", data_dir or str(tmp_path / f"data-{port}"), *extra]
         side = LogSide(args, port, tmp_path, env)
@@ -279,7 +263,7 @@ def test_front_with_a_key_the_writer_does_not_allow_gets_nothing_in(
 
 
 def test_plain_tcp_needs_keys_or_insecure(node_factory, log_side_factory, tmp_path):
-    port = free_port_pair()
+    port = free_ports(2)
     res = subprocess.run(
         [sys.executable, NODE, "--roles", "writer,compactor"]
         + ["--listen", f"tcp://127.0.0.1:{port}", "--data-dir", str(tmp_path / "refused")],

@@ -16,11 +16,12 @@ import pytest
 
 from actors import messages as m
 from actors.codes import Code, Exit
-from tests.cluster import Cluster, Link, free_base_port
+from tests.cluster import Cluster, Link
 from tests.nodeproc import NODE, walctl
 from wal import DataDir, snapshot
 from wal.replication import membership
 from wal.statemachine import StateMachine
+from walctl.localcluster import free_ports
 
 TTL = 2
 
@@ -345,7 +346,7 @@ def test_a_one_replica_cluster_with_a_local_front_reports_replication_in_status(
     """`--cluster-size 1` with all three roles on one host: the replica leads alone (a
     majority of one), the local front's appends are acknowledged, and `status` (the
     supervisor's, from the replica's heartbeat answers) and `wal_info` carry `replication`."""
-    port = free_base_port()
+    port = free_ports(3)
     node = node_factory(
         "--data-dir", str(tmp_path / "d"), "--listen", f"tcp://127.0.0.1:{port}", "--insecure",
         "--cluster", "solo", "--coordinator", etcd_server.endpoint, "--replica-id", "r1",

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,14 +312,7 @@ class ReplicaServer:
         while done < len(self.held) and self.held[done].offset <= commit_offset:
             done += 1
         released, self.held = self.held[:done], self.held[done:]
-        by_front: dict[tuple[zmq.Socket, bytes], list] = defaultdict(list)
-        for held in released:
-            length = len(held.payload)
-            crc = record.checksum(length.to_bytes(4, "little"), held.payload)
-            fields = m.append_ok_fields(held.offset, length, crc)
-            by_front[(held.router, held.ident)].append([held.rid, m.OK, fields])
-        for (router, ident), replies in by_front.items():
-            router.send_multipart([ident, m.pack([m.REPLIES, replies])])
+        _send_by_front(released, lambda held: (m.OK, _append_ok(held)))
 
     def fail_held(self) -> None:
         text = (
@@ -331,11 +324,7 @@ class ReplicaServer:
         self.reply_each(held, (Code.CRASH, {"text": text}))
 
     def reply_each(self, appends: list[HeldAppend], result: tuple[int, dict]) -> None:
-        by_front: dict[tuple[zmq.Socket, bytes], list] = defaultdict(list)
-        for held in appends:
-            by_front[(held.router, held.ident)].append([held.rid, *result])
-        for (router, ident), replies in by_front.items():
-            router.send_multipart([ident, m.pack([m.REPLIES, replies])])
+        _send_by_front(appends, lambda _held: result)
 
     # -- requests ----------------------------------------------------------------
 
@@ -441,6 +430,24 @@ class ReplicaServer:
                 for rid, offset in sorted(durable.items())
             },
         }
+
+
+def _append_ok(held: HeldAppend) -> list:
+    """The writer's success fields for a committed append (messages.append_ok_fields)."""
+    length = len(held.payload)
+    crc = record.checksum(length.to_bytes(4, "little"), held.payload)
+    return m.append_ok_fields(held.offset, length, crc)
+
+
+def _send_by_front(
+    appends: list[HeldAppend], result_of: Callable[[HeldAppend], tuple[int, Any]]
+) -> None:
+    """One REPLIES message per front for `appends` (in their order), each with its result."""
+    by_front: dict[tuple[zmq.Socket, bytes], list] = defaultdict(list)
+    for held in appends:
+        by_front[(held.router, held.ident)].append([held.rid, *result_of(held)])
+    for (router, ident), replies in by_front.items():
+        router.send_multipart([ident, m.pack([m.REPLIES, replies])])
 
 
 def _not_committed(offset: int, first: int, commit_next: int) -> tuple[int, dict]:

@@ -1,0 +1,189 @@
+"""Where a lone append's time goes: one append at a time through a real
+walnode, each step timestamped in every process, the p50 of each step.
+
+    .venv/bin/python scripts/lone_append_trace.py [--appends 2000] [--node PATH]
+
+The node is started with scripts/trace_hooks on PYTHONPATH: its
+sitecustomize wraps the calls a request passes through (zmq poll, send
+and recv; os.write, splice, pread, lseek, fdatasync; the data directory's
+identity check) in every walnode process, and each process writes its
+events at exit. time.perf_counter_ns is CLOCK_MONOTONIC, shared by all
+processes, so the events of one append lie on one time line between the
+client's write of its line and the client's read of its reply. Each
+wrapper costs about a microsecond, so the traced total is a little
+above the untraced p50 the script also measures (a second node, no hooks).
+
+Output: per step its p50 and p90 in µs over the appends, the sum of the
+p50s, and what else ran inside an append's window (polls, notices, the
+compactor's and supervisor's wake-ups), per append.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import itertools
+import os
+import select
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from walnode import LeanPipes
+
+HOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trace_hooks")
+PAYLOAD = "v" * 100
+LINE = '{"src": "c1", "dest": "n1", "body": {"type": "wal_append", "msg_id": %d, "payload": "%s"}}'
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """A step's end: the first event of `role` after the previous milestone
+    whose label starts with `label` (and, for a poll, saw `woke`)."""
+
+    name: str
+    role: str
+    label: str
+    woke: str | None = None  # a poll's return: "0" stdin, "z" a zmq socket
+
+    def matches(self, role: str, label: str) -> bool:
+        if role != self.role or not label.startswith(self.label):
+            return False
+        if self.woke is None:
+            return True
+        fds = label.partition(":")[2].split(",")
+        return self.woke in fds
+
+
+# The path of a lone append under --fsync always, each step named by what ends it.
+PATH = [
+    Milestone("client write(2) of the line", "client", "c.write<"),
+    Milestone("front wakes for stdin (poll returns)", "front", "poll<", "0"),
+    Milestone("front splice(2) stdin into the inbox", "front", "splice<"),
+    Milestone("front pread(2) the line back", "front", "pread<"),
+    Milestone("front parse, check, forward (to zmq send)", "front", "send>"),
+    Milestone("front zmq send (hand to its I/O thread)", "front", "send<"),
+    Milestone("zmq front -> writer (2 I/O threads, wake)", "writer", "poll<", "z"),
+    Milestone("writer recv", "writer", "recvm<"),
+    Milestone("writer unpack, stage, flush to write(2)", "writer", "write>"),
+    Milestone("writer write(2) of the record", "writer", "write<"),
+    Milestone("writer write -> fdatasync", "writer", "fdatasync>"),
+    Milestone("writer fdatasync", "writer", "fdatasync<"),
+    Milestone("writer data directory identity check", "writer", "DataDir.check_identity<"),
+    Milestone("writer reply built (to zmq send)", "writer", "sendm>"),
+    Milestone("writer zmq send", "writer", "sendm<"),
+    Milestone("zmq writer -> front (2 I/O threads, wake)", "front", "poll<", "z"),
+    Milestone("front recv", "front", "recv<"),
+    Milestone("front reply formatted, marks (to write(2))", "front", "write>:1"),
+    # the client may read the reply before the front's write(2) returns
+    Milestone("front write(2); client wakes, reads the reply", "client", "c.read<"),
+]
+
+
+def run_node(appends: int, node: str | None, trace_dir: str | None) -> list[tuple[int, int]]:
+    """Drive `appends` lone appends; the client's (write start, read end) per append."""
+    env = {}
+    if trace_dir is not None:
+        env = {"PYTHONPATH": HOOKS, "WALNODE_TRACE_DIR": trace_dir}
+    command = None if node is None else [sys.executable, node]
+    data = tempfile.mkdtemp(prefix="lone-append-")
+    pipes = LeanPipes.spawn(data, [], command=command, env=env)
+    pipes.call({"type": "init", "node_id": "n1", "node_ids": ["n1"]}, 1)
+    windows = []
+    for i in range(appends):
+        line = (LINE % (i + 10, PAYLOAD) + "\n").encode()
+        start = time.perf_counter_ns()
+        os.write(pipes.wfd, line)
+        got = b""
+        while not got.endswith(b"\n"):
+            select.select([pipes.rfd], [], [], 1)
+            try:
+                got += os.read(pipes.rfd, 65536)
+            except BlockingIOError:
+                pass
+        windows.append((start, time.perf_counter_ns()))
+    pipes.close(60)
+    return windows[appends // 10 :]  # the first tenth warms up
+
+
+def load_events(trace_dir: str, windows: list[tuple[int, int]]) -> list[tuple[int, str, str]]:
+    events = []
+    for name in os.listdir(trace_dir):
+        role = name.split("-")[0]
+        with open(os.path.join(trace_dir, name)) as f:
+            for row in f:
+                t, label = row.rstrip("\n").split("\t")
+                events.append((int(t), role, label))
+    for start, end in windows:
+        events += [(start, "client", "c.write>"), (start + 1, "client", "c.write<")]
+        events.append((end, "client", "c.read<"))
+    events.sort()
+    return events
+
+
+def steps_of(window: list[tuple[int, str, str]]) -> list[int] | None:
+    """Each step's ns in one append's window, or None if a milestone is missing."""
+    times, i = [], 0
+    for milestone in PATH:
+        while i < len(window) and not milestone.matches(window[i][1], window[i][2]):
+            i += 1
+        if i == len(window):
+            return None
+        times.append(window[i][0])
+    return [b - a for a, b in itertools.pairwise([window[0][0], *times])]
+
+
+def analyse(events: list[tuple[int, str, str]], windows: list[tuple[int, int]]) -> None:
+    stamps = [e[0] for e in events]
+    per_step: list[list[int]] = [[] for _ in PATH]
+    totals, missing = [], 0
+    extra: dict[str, int] = defaultdict(int)
+    for start, end in windows:
+        window = events[bisect.bisect_left(stamps, start) : bisect.bisect_right(stamps, end)]
+        steps = steps_of(window)
+        if steps is None:
+            missing += 1
+            continue
+        totals.append(end - start)
+        for k, ns in enumerate(steps):
+            per_step[k].append(ns)
+        for _, role, label in window:
+            if ">" in label and role != "client":
+                extra[f"{role} {label.partition(':')[0].rstrip('>')}"] += 1
+    n = len(totals)
+    print(f"{n} appends traced ({missing} without every step)")
+    print(f"{'step':52} {'p50 µs':>8} {'p90 µs':>8}")
+    for milestone, values in zip(PATH, per_step, strict=True):
+        values.sort()
+        print(f"{milestone.name:52} {values[n // 2] / 1e3:8.1f} {values[int(n * 0.9)] / 1e3:8.1f}")
+    p50s = sum(sorted(v)[n // 2] for v in per_step) / 1e3
+    print(f"{'sum of the step p50s':52} {p50s:8.1f}")
+    print(
+        f"{'append p50 (client write to client read), traced':52} "
+        f"{statistics.median(totals) / 1e3:8.1f}"
+    )
+    print("calls per append inside the window:")
+    for key in sorted(extra):
+        print(f"  {key:40} {extra[key] / n:6.2f}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--appends", type=int, default=2000)
+    p.add_argument("--node", default=None, help="node.py to run (default: this checkout's)")
+    args = p.parse_args()
+    plain = run_node(args.appends, args.node, None)
+    print(f"untraced append p50: {statistics.median(e - s for s, e in plain) / 1e3:.1f} µs")
+    trace_dir = tempfile.mkdtemp(prefix="lone-append-trace-")
+    windows = run_node(args.appends, args.node, trace_dir)
+    analyse(load_events(trace_dir, windows), windows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,10 @@ above the untraced p50 the script also measures (a second node, no hooks).
 
 Output: per step its p50 and p90 in µs over the appends, the sum of the
 p50s, and what else ran inside an append's window (polls, notices, the
-compactor's and supervisor's wake-ups), per append.
+compactor's and supervisor's wake-ups), per append. With --floors, first
+the parts alone in the same run: the pipe round trip to a node without a
+disk, a ZeroMQ and a plain Unix socket echo round trip, and the fdatasync
+of one record (appending, and into preallocated zeros).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ import bisect
 import itertools
 import os
 import select
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from walctl.bench.reads import zmq_round_trips
 from walnode import LeanPipes
 
 HOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trace_hooks")
@@ -85,12 +92,18 @@ PATH = [
 ]
 
 
-def run_node(appends: int, node: str | None, trace_dir: str | None) -> list[tuple[int, int]]:
-    """Drive `appends` lone appends; the client's (write start, read end) per append."""
+def run_node(
+    appends: int, node: str | None, trace_dir: str | None, command: list[str] | None = None
+) -> list[tuple[int, int]]:
+    """Drive `appends` lone appends; the client's (write start, read end) per append.
+    `command`: the interpreter's arguments instead of node.py's path."""
     env = {}
     if trace_dir is not None:
         env = {"PYTHONPATH": HOOKS, "WALNODE_TRACE_DIR": trace_dir}
-    command = None if node is None else [sys.executable, node]
+    if command is not None:
+        command = [sys.executable, *command]
+    elif node is not None:
+        command = [sys.executable, node]
     data = tempfile.mkdtemp(prefix="lone-append-")
     pipes = LeanPipes.spawn(data, [], command=command, env=env)
     pipes.call({"type": "init", "node_id": "n1", "node_ids": ["n1"]}, 1)
@@ -157,6 +170,8 @@ def analyse(events: list[tuple[int, str, str]], windows: list[tuple[int, int]]) 
                 extra[f"{role} {label.partition(':')[0].rstrip('>')}"] += 1
     n = len(totals)
     print(f"{n} appends traced ({missing} without every step)")
+    if not n:
+        return
     print(f"{'step':52} {'p50 µs':>8} {'p90 µs':>8}")
     for milestone, values in zip(PATH, per_step, strict=True):
         values.sort()
@@ -172,11 +187,84 @@ def analyse(events: list[tuple[int, str, str]], windows: list[tuple[int, int]]) 
         print(f"  {key:40} {extra[key] / n:6.2f}")
 
 
+def unix_round_trips(count: int) -> list[float]:
+    """A plain Unix stream socket round trip to an echo child, one at a time (s)."""
+    parent, child = socket.socketpair()
+    echo = subprocess.Popen(
+        [sys.executable, "-c", UNIX_ECHO, str(child.fileno())], pass_fds=[child.fileno()]
+    )
+    child.close()
+    times = []
+    try:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            parent.sendall(b"x" * 100)
+            got = 0
+            while got < 100:
+                got += len(parent.recv(4096))
+            times.append(time.perf_counter() - t0)
+    finally:
+        parent.close()
+        echo.wait()
+    return times[count // 10 :]
+
+
+UNIX_ECHO = """
+import socket, sys
+s = socket.socket(fileno=int(sys.argv[1]))
+while data := s.recv(4096):
+    s.sendall(data)
+"""
+
+
+def fdatasync_p50(count: int, preallocated: bool) -> float:
+    """p50 (s) of one 108-byte record written and fdatasynced: appending to the
+    file as the benchmark's raw loop does, or into zeros written (and fsynced)
+    ahead, as walnode's preallocated segments are."""
+    directory = tempfile.mkdtemp(prefix="lone-append-raw-")
+    fd = os.open(os.path.join(directory, "raw.log"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if preallocated:
+            os.write(fd, bytes(count * 108 + 4096))
+            os.fsync(fd)
+            os.lseek(fd, 0, os.SEEK_SET)
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            os.write(fd, b"r" * 108)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        shutil.rmtree(directory, ignore_errors=True)
+    return statistics.median(times[count // 10 :])
+
+
+def print_floors(count: int) -> None:
+    """What the path is made of, measured in the same run: the client's pipe to
+    a node that answers without a disk, a ZeroMQ and a plain Unix socket round
+    trip between two Python processes, and the fdatasync of one record."""
+    null = run_node(count, None, None, ["-m", "walctl.bench.nullnode"])
+    null_s = statistics.median(e - s for s, e in null) / 1e9
+    rows = [
+        ("pipe round trip to a node without a disk", null_s),
+        ("ZeroMQ DEALER/ROUTER ipc echo round trip", statistics.median(zmq_round_trips(1.0))),
+        ("plain Unix socket echo round trip", statistics.median(unix_round_trips(count))),
+        ("write+fdatasync, appending (the raw loop)", fdatasync_p50(count, preallocated=False)),
+        ("write+fdatasync into preallocated zeros", fdatasync_p50(count, preallocated=True)),
+    ]
+    for name, seconds in rows:
+        print(f"{name:52} {seconds * 1e6:8.1f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--appends", type=int, default=2000)
     p.add_argument("--node", default=None, help="node.py to run (default: this checkout's)")
+    p.add_argument("--floors", action="store_true", help="also measure the path's parts alone")
     args = p.parse_args()
+    if args.floors:
+        print_floors(args.appends)
     plain = run_node(args.appends, args.node, None)
     print(f"untraced append p50: {statistics.median(e - s for s, e in plain) / 1e3:.1f} µs")
     trace_dir = tempfile.mkdtemp(prefix="lone-append-trace-")

@@ -71,7 +71,11 @@ if TRACE_DIR:
 
     zmq.Poller.poll = poll
     _send, _send_multipart = zmq.Socket.send, zmq.Socket.send_multipart
-    zmq.Socket.send = around("send", _send)
+
+    def more(args: tuple) -> str:  # a frame sent with SNDMORE: not the last of its message
+        return "more" if len(args) > 2 and args[2] & zmq.SNDMORE else "last"
+
+    zmq.Socket.send = around("send", _send, more)
     zmq.Socket.send_multipart = around("sendm", _send_multipart)
     _recv, _recv_multipart = zmq.Socket.recv, zmq.Socket.recv_multipart
 

@@ -16,7 +16,6 @@ space is back.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import queue
@@ -737,9 +736,6 @@ def main(argv: list[str] | None = None) -> int:
     routers, control, notices = log_sockets(ctx, args.run_dir, remote)
     control.send(m.pack([m.READY, "writer", os.getpid(), report.as_dict()]))
     writer = Writer(datadir, wal, policy)
-    # What start-up made (modules, the recovered index) lives as long as the process:
-    # frozen, no collection walks it again (a full one did, every so many batches).
-    gc.freeze()
     try:
         serve(writer, routers, control, notices)
     except DataMissing as err:

@@ -268,7 +268,7 @@ def drain_router(sock: zmq.Socket, limit: int) -> list[tuple[bytes, zmq.Frame]]:
                 )
             else:
                 taken.append((ident, data))
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # an int for EVENTS
                 break
     except zmq.Again:  # nothing was waiting at all
         pass

@@ -61,12 +61,15 @@ child <-> supervisor (DEALER with identity = role -> ROUTER):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from wal import crc_hex
 from wal.replication import protocol as p
+
+if TYPE_CHECKING:
+    import zmq
 
 REQUESTS = "req"
 REPLIES = "rep"
@@ -117,7 +120,8 @@ def pack(msg: list) -> bytes:
     return _packer.pack(msg)
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes | zmq.Frame) -> Any:
+    """One message from its bytes, or from the zmq.Frame holding them (no copy)."""
     return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
 
 

@@ -102,9 +102,9 @@ class Writer:
         self.log = wal
         self.policy = policy
         self.last_sync = time.monotonic()
-        # a handler answers (code, fields), or a callable that gives them after the commit
+        # a handler answers (code, fields), or a callable that gives them after the commit;
+        # appends are not among them: `handle` stages each run of them at once
         self.ops: dict[str, Callable[[Any], Any]] = {
-            m.OP_APPEND: self.op_append,
             m.OP_READ: self.op_read,
             m.OP_SCAN: self.op_scan,
             m.OP_INFO: self.op_info,
@@ -127,12 +127,6 @@ class Writer:
 
     # -- request handlers: return (code, fields) or a callable giving them
     # after the commit (for answers that must describe the committed state).
-
-    def op_append(self, payload: bytes) -> tuple[int, dict | list]:
-        if self.disk_full_at is not None:
-            return DISK_FULL_REPLY  # staging it could reuse an offset already answered
-        offset, crc = self.log.append(payload)
-        return m.OK, m.append_ok_fields(offset, len(payload), crc)
 
     def op_read(self, offset: int) -> tuple[int, dict]:
         try:
@@ -263,10 +257,19 @@ class Writer:
     # -- the group commit ------------------------------------------------
 
     def handle(self, requests: list) -> list:
-        """Run one message's requests in order; replies may be deferred callables."""
-        replies = []
+        """Run one message's requests in order; replies may be deferred callables.
+        Each run of consecutive appends is staged in one call (`append_run`)."""
+        replies: list = []
         ops = self.ops
-        for rid, op, arg in requests:
+        run: list = []  # consecutive appends not staged yet
+        for request in requests:
+            rid, op, arg = request
+            if op == m.OP_APPEND:
+                run.append(request)
+                continue
+            if run:
+                self.append_run(run, replies)
+                run = []
             handler = ops.get(op)
             if handler is None:
                 replies.append(
@@ -277,15 +280,40 @@ class Writer:
                 result = handler(arg)
             except DiskFull as err:
                 self.disk_full(err)
-                result = (
-                    DISK_FULL_REPLY
-                    if op == m.OP_APPEND
-                    else (Code.TEMPORARILY_UNAVAILABLE, {"text": f"{err}"})
-                )
+                result = (Code.TEMPORARILY_UNAVAILABLE, {"text": f"{err}"})
             except (WalError, ValueError, TypeError) as err:
                 result = (Code.CRASH, {"text": f"{op} failed in the writer: {err}"})
             replies.append([rid, op, result])
+        if run:
+            self.append_run(run, replies)
         return replies
+
+    def append_run(self, run: list, replies: list) -> None:
+        """Stage consecutive appends ([rid, op, payload], ...) with one call into
+        the log, adding their [rid, op, (code, fields)] to `replies`: what
+        `op_append` would have answered each of them, one by one."""
+        start = 0
+        while start < len(run):
+            if self.disk_full_at is not None:  # staging more could reuse an offset answered
+                replies.extend([rid, op, DISK_FULL_REPLY] for rid, op, _ in run[start:])
+                return
+            staged: list[tuple[int, int]] = []
+            failed = None
+            try:
+                self.log.append_many([payload for _, _, payload in run[start:]], staged)
+            except DiskFull as err:
+                self.disk_full(err)
+                failed = DISK_FULL_REPLY
+            except (WalError, ValueError, TypeError) as err:
+                failed = (Code.CRASH, {"text": f"{m.OP_APPEND} failed in the writer: {err}"})
+            ok = m.OK
+            fields = m.append_ok_fields
+            for (offset, crc), (rid, op, payload) in zip(staged, run[start:], strict=False):
+                replies.append([rid, op, (ok, fields(offset, len(payload), crc))])
+            start += len(staged)
+            if failed is not None:
+                replies.append([run[start][0], m.OP_APPEND, failed])
+                start += 1
 
     def disk_full(self, err: DiskFull) -> None:
         log.warning("%s; failing the appends that did not fit until space is back", err)
@@ -308,6 +336,10 @@ class Writer:
     def replies(self, handled: list) -> list:
         """A message's replies, [[rid, code, fields], ...], from what `handle`
         returned, once its commit is done."""
+        if self.disk_full_at is None:  # `answer` without its disk-full check, inline
+            return [
+                [rid, *(result() if callable(result) else result)] for rid, _, result in handled
+            ]
         return [[rid, *self.answer(op, result)] for rid, op, result in handled]
 
     def commit(self) -> None:
@@ -542,7 +574,7 @@ class Commits:
     def reply(self, batches: list) -> None:
         writer = self.writer
         for router, ident, replies in batches:
-            router.send_multipart([ident, m.pack([m.REPLIES, writer.replies(replies)])])
+            sockets.send_to(router, ident, m.pack([m.REPLIES, writer.replies(replies)]))
         writer.disk_full_at = None
         if writer.metrics is not None:
             writer.metrics.committed(writer.log)  # after the replies: counts only what was acked
@@ -588,7 +620,7 @@ def serve(
         for router in routers:
             if router not in events:
                 continue
-            for ident, data in sockets.drain(router, MAX_DRAIN_MESSAGES, multipart=True):
+            for ident, data in sockets.drain_router(router, MAX_DRAIN_MESSAGES):
                 msg = m.unpack(data)
                 if msg[0] == m.REQUESTS:
                     commits.handle(router, ident, msg[1])

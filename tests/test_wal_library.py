@@ -12,7 +12,7 @@ import zlib
 import pytest
 
 from tests.damage import cut_to_data, flip_byte
-from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, record
+from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, errors, record
 from wal.log import OffsetOutOfRange
 from wal.record import HEADER_SIZE, Damage
 from wal.segment import segment_name
@@ -90,6 +90,51 @@ def test_record_damage_kinds():
     bad[-1] ^= 1
     assert record.decode_at(bytes(bad), 0) is Damage.BAD_CRC
     assert record.crc_hex(0xAB) == "000000ab"
+
+
+def test_append_many_stages_as_append_does_one_by_one(tmp_path):
+    """The writer's run of appends (Log.append_many) gives the offsets, CRCs,
+    segment files and reach records that `append` called once per payload
+    gives, with rolls inside the run (payloads of several sizes, small
+    segments), and on a full disk at a roll keeps exactly what was staged."""
+    payloads = [payload_of(i) * (1 + i % 3) for i in range(60)]
+
+    def fill(directory: str, one_by_one: bool) -> tuple[list, list, list]:
+        log, _ = Log.open(directory, max_segment_bytes=256)
+        reached: list[int] = []
+        log.on_reach = reached.append
+        staged: list[tuple[int, int]] = []
+        if one_by_one:
+            staged = [log.append(p) for p in payloads]
+        else:
+            log.append_many(payloads[:7], staged)
+            log.append_many(payloads[7:], staged)
+        log.sync()
+        segments = [(s.file, s.start_offset, s.entries, s.size_bytes) for s in log.segments()]
+        log.close()
+        return staged, segments, reached
+
+    expected = fill(os.fspath(tmp_path / "one"), one_by_one=True)
+    assert len(expected[1]) > 5  # the run crossed several rolls
+    assert fill(os.fspath(tmp_path / "run"), one_by_one=False) == expected
+
+    log, _ = Log.open(os.fspath(tmp_path / "full"), max_segment_bytes=256)
+    rolls = 0
+
+    def roll() -> None:
+        nonlocal rolls
+        rolls += 1
+        if rolls == 2:
+            raise errors.DiskFull("no space for the next segment")
+        Log.roll(log)
+
+    log.roll = roll
+    staged = []
+    with pytest.raises(errors.DiskFull):
+        log.append_many(payloads, staged)
+    assert staged == expected[0][: len(staged)] and log.next_offset == len(staged)
+    assert expected[1][1][1] < len(staged) < len(payloads)  # it stopped at the second roll
+    log.close()
 
 
 # -- 2. round trip through close/reopen ------------------------------------

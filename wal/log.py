@@ -235,6 +235,30 @@ class Log:
         """Stage one entry; returns (offset, crc). Not on disk until flush/sync."""
         return self._stage(*record.encode(payload))
 
+    def append_many(self, payloads: list[bytes], staged: list[tuple[int, int]]) -> None:
+        """Stage each payload in order exactly as `append` would, adding its
+        (offset, crc) to `staged` as it is staged: if one fails (DiskFull at
+        a roll), `staged` holds the ones before it. The writer's hot path: a
+        record that fits the active segment is staged without the roll and
+        reach checks, which `_stage` made for the first record there."""
+        encode = record.encode
+        room = -1  # bytes the active segment takes before it must roll
+        offset = 0
+        active = self._segments[-1]
+        for payload in payloads:
+            data, crc = encode(payload)
+            size = len(data)
+            if size > room:  # the first record, or a roll may be due: the full checks
+                offset, _ = self._stage(data, crc)
+                active = self._segments[-1]
+                room = self.max_segment_bytes - active.size
+            else:
+                active.stage(data)
+                self.bytes_appended += size
+                room -= size
+                offset += 1
+            staged.append((offset, crc))
+
     def append_epoch_start(self, epoch: int) -> tuple[int, int]:
         """Stage an epoch-start record (a replicated leader's first record of its
         epoch); returns (offset, crc). Not on disk until flush/sync."""

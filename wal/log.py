@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from wal import checkpoint, faults, index, layout, record
+from wal import checkpoint, faults, index, layout, prealloc, record
 from wal.errors import CorruptionError, DataMissing, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
@@ -435,24 +435,34 @@ class Log:
 
     def _rewrite_tail(self, seg: Segment, offset: int, at: int | None = None) -> Segment:
         """Copy `seg`'s records from `offset` on into a fsynced temp file (named
-        for `at` if given: past the end, the copy is empty and starts there)."""
+        for `at` if given: past the end, the copy is empty and starts there).
+        A copy of the active segment is followed by a first chunk of zeros,
+        fsynced with it, so the appends after the compaction have room at once."""
         first = min(offset - seg.base_offset, seg.entries)  # not `index`: the module's name
         start = seg.bytes_before(first)
         data = seg.read_bytes(start, seg.size - start)
         offset = offset if at is None else at
         path = os.path.join(self.directory, segment_name(offset))
+        room = len(data)
+        if not seg.sealed and room < self.max_segment_bytes:
+            room = min(
+                self.max_segment_bytes, room + prealloc.first_chunk_for(self.max_segment_bytes)
+            )
         with disk_full_undone(path + TMP_SUFFIX):
             fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 write_all(fd, data[: len(data) // 2])
                 faults.point("compact.rewrite_half_written")
                 write_all(fd, data[len(data) // 2 :])
+                prealloc.write_zeros(fd, len(data), room)
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
                 raise
         positions = seg.positions_from(first, start)
-        return Segment(path, offset, fd, positions, len(data), seg.sealed, files=self._files)
+        return Segment(
+            path, offset, fd, positions, len(data), seg.sealed, files=self._files, allocated=room
+        )
 
     # -- reading -----------------------------------------------------------
 

@@ -179,3 +179,37 @@ def test_a_compacted_active_segment_keeps_room(tmp_path):
         assert (again.first_offset, again.next_offset, report.bytes_truncated) == (20, 60, 0)
     finally:
         again.close()
+
+
+def test_a_compaction_does_not_wait_for_the_fill_of_a_segment_it_deletes(tmp_path, monkeypatch):
+    """The active segment a compaction rewrites is deleted with its fill
+    still in flight: its zeros go with the file, and the compaction (on the
+    writer's thread, appends waiting) does not wait for them."""
+    release = threading.Event()
+    real_write_zeros = prealloc.write_zeros
+
+    def held_write_zeros(fd, start, end):
+        if threading.current_thread().name == "zero-fill":
+            release.wait(30)  # the fill thread is held until the test lets it go
+        real_write_zeros(fd, start, end)
+
+    monkeypatch.setattr(prealloc, "write_zeros", held_write_zeros)
+    log, _ = Log.open(str(tmp_path), max_segment_bytes=LIMIT)
+    try:
+        fill_log(log, 100)
+        log.sync()
+        assert log.active._fill is not None
+        compaction = threading.Thread(target=log.truncate_before, args=(50,), daemon=True)
+        compaction.start()
+        compaction.join(10)
+        finished = not compaction.is_alive()
+        release.set()
+        compaction.join()
+        assert finished, "the compaction waited for the deleted segment's fill"
+        assert sorted(os.listdir(str(tmp_path))) == [segment_name(50), "LOG_START"]
+        assert [log.read(i).payload[:3] for i in range(50, 100)] == [
+            b"%03d" % i for i in range(50, 100)
+        ]
+    finally:
+        release.set()
+        log.close()

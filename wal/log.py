@@ -352,9 +352,7 @@ class Log:
                 self.on_reach(keep.base_offset)
             self.reached = keep.base_offset
             for seg in reversed(later):
-                seg.close()
-                os.remove(seg.path)
-                index.remove(seg.path)
+                seg.delete()
             fsync_dir(self.directory)
             del self._segments[i + 1 :]
             del self._bases[i + 1 :]
@@ -421,9 +419,7 @@ class Log:
             doomed = self._segments[:i]
             self._segments = self._segments[i:]
         for old in doomed:
-            old.close()
-            os.remove(old.path)
-            index.remove(old.path)
+            old.delete()
             faults.point("compact.deleting")
         fsync_dir(self.directory)
         self._bases = [s.base_offset for s in self._segments]

@@ -486,6 +486,15 @@ class Segment:
         self.sync()
         self.sealed = True
 
+    def delete(self) -> None:
+        """Close and remove the file and its index (the caller fsyncs the
+        directory). A fill in flight is not waited for: its zeros go with
+        the file, and the thread closes its own descriptor."""
+        self._fill = None
+        self.close()
+        os.remove(self.path)
+        index.remove(self.path)
+
     def close(self) -> None:
         self._checkpoint_done()
         self.wait_for_fill()

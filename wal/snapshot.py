@@ -185,12 +185,11 @@ def _write_in_pieces(fd: int, data: bytes) -> None:
     """Write `data` PIECE_BYTES at a time (and cut at its middle, for the
     failpoint), starting each piece's writeback and waiting for the previous
     piece's. Not a durability step: the caller's fsync is."""
-    view = memoryview(data)
     half = len(data) // 2
     cuts = sorted({*range(0, len(data), PIECE_BYTES), half, len(data)})
     previous: tuple[int, int] | None = None
     for start, end in zip(cuts, cuts[1:], strict=False):
-        write_all(fd, view[start:end])
+        write_all(fd, data[start:end])
         if end == half:
             faults.point("snapshot.half_written")
         _sync_range(fd, start, end - start, _SYNC_FILE_RANGE_WRITE)

@@ -213,3 +213,17 @@ def test_a_compaction_does_not_wait_for_the_fill_of_a_segment_it_deletes(tmp_pat
     finally:
         release.set()
         log.close()
+
+
+def test_no_zeros_are_written_under_fsync_never(node_factory, data_dir):
+    """Under --fsync never no append is fdatasynced, so zeros ahead would only
+    double the writes (and a fill's fsync would make durable what the policy
+    leaves to the page cache): the segment holds its records and nothing more."""
+    node = node_factory("--data-dir", data_dir, "--fsync", "never")
+    node.init()
+    for i in range(200):
+        node.call_ok({"type": "wal_append", "payload": f"set k{i}=" + "v" * 90})
+    info = node.call_ok({"type": "wal_info"})
+    path = os.path.join(data_dir, "wal", segment_name(0))
+    assert os.path.getsize(path) == info["total_bytes"]
+    assert node.close() == 0

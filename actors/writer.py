@@ -624,7 +624,6 @@ def open_log(
         # recorded before the first entry of each new segment is staged: how
         # far the log reached, so that a start-up notices a deleted newest segment
         wal.on_reach = lambda base: datadir.update_meta(reached_segment=base)
-        wal.preallocate = config.fsync.name != "never"  # no fdatasync to spare metadata
     except CorruptionError as err:
         log.error("refusing to start: %s", err)
         return Exit.CORRUPT

@@ -35,7 +35,6 @@ TESTS = [
     "tests/test_crash_steps.py",
     "tests/test_disk_faults.py",
     "tests/test_walstore.py",
-    "tests/test_prealloc.py",
     "tests/test_powerloss.py",
 ]
 # Survivors no test can kill, by the statement's file and text: why each is redundant.

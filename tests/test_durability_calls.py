@@ -167,8 +167,7 @@ def test_an_index_is_never_durable_before_its_segment(tmp_path):
         tmp_path,
         """
 from wal.segment import Segment
-Segment._make_room = lambda self, end, limit: None  # older walnode wrote no zeros ahead
-Segment._fill_ahead = lambda self, limit: None
+Segment._preallocate = lambda self, end, limit: None  # older walnode wrote no zeros ahead
 log, _ = Log.open(wal, max_segment_bytes=64)
 log.append(b"entry-0000")
 log.append(b"entry-0001")

@@ -218,10 +218,9 @@ def test_zero_filled_tail_is_end_of_log(tmp_path):
         assert [log.read(i).payload for i in range(5)] == [payload_of(i) for i in range(5)]
         log.append(b"into the room")
         log.sync()
+        assert os.path.getsize(path) == size + 4096  # written inside it, no growth
     finally:
         log.close()
-    with open(path, "rb") as f:  # written inside the room, at the end of the data
-        assert f.read()[size:].startswith(record.encode(b"into the room")[0])
     log, report = Log.open(os.fspath(tmp_path))
     try:
         assert log.read(5).payload == b"into the room" and report.bytes_truncated == 0

@@ -51,11 +51,9 @@ def _open(path, flags, mode=0o777, *, dir_fd=None):
 
 
 def _close(fd):
-    # recorded before the close: once it is closed, another thread's open may
-    # take the same number, and its record must come after this one
+    _real["close"](fd)
     if _fds.pop(fd, None) is not None:
         _emit("close", os.getpid(), fd)
-    _real["close"](fd)
 
 
 def _dup(fd):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from wal import checkpoint, faults, index, layout, prealloc, record
+from wal import checkpoint, faults, index, layout, record
 from wal.errors import CorruptionError, DataMissing, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
@@ -120,11 +120,6 @@ class Log:
         # a start-up can tell a deleted newest segment from a short log).
         self.on_reach: Callable[[int], object] | None = None
         self.reached: int | None = None  # the last base on_reach was told
-        # Zero-fill the active segment ahead of its records (docs/FORMAT.md):
-        # off when appends are never fdatasynced (--fsync never), where zeros
-        # would only double the writes, and a fill's fsync would make durable
-        # what that policy leaves to the page cache.
-        self.preallocate = True
 
     # -- opening ---------------------------------------------------------
 
@@ -269,7 +264,7 @@ class Log:
         if not self._segments:  # a read-only view of an empty directory
             return
         try:
-            self._segments[-1].flush(self.max_segment_bytes if self.preallocate else 0)
+            self._segments[-1].flush(self.max_segment_bytes)
         except DiskFull:
             self.bytes_appended = self._bytes_flushed
             raise
@@ -357,7 +352,9 @@ class Log:
                 self.on_reach(keep.base_offset)
             self.reached = keep.base_offset
             for seg in reversed(later):
-                seg.delete()
+                seg.close()
+                os.remove(seg.path)
+                index.remove(seg.path)
             fsync_dir(self.directory)
             del self._segments[i + 1 :]
             del self._bases[i + 1 :]
@@ -424,7 +421,9 @@ class Log:
             doomed = self._segments[:i]
             self._segments = self._segments[i:]
         for old in doomed:
-            old.delete()
+            old.close()
+            os.remove(old.path)
+            index.remove(old.path)
             faults.point("compact.deleting")
         fsync_dir(self.directory)
         self._bases = [s.base_offset for s in self._segments]
@@ -436,34 +435,24 @@ class Log:
 
     def _rewrite_tail(self, seg: Segment, offset: int, at: int | None = None) -> Segment:
         """Copy `seg`'s records from `offset` on into a fsynced temp file (named
-        for `at` if given: past the end, the copy is empty and starts there).
-        A copy of the active segment is followed by a first chunk of zeros,
-        fsynced with it, so the appends after the compaction have room at once."""
+        for `at` if given: past the end, the copy is empty and starts there)."""
         first = min(offset - seg.base_offset, seg.entries)  # not `index`: the module's name
         start = seg.bytes_before(first)
         data = seg.read_bytes(start, seg.size - start)
         offset = offset if at is None else at
         path = os.path.join(self.directory, segment_name(offset))
-        room = len(data)
-        if not seg.sealed and room < self.max_segment_bytes:
-            room = min(
-                self.max_segment_bytes, room + prealloc.first_chunk_for(self.max_segment_bytes)
-            )
         with disk_full_undone(path + TMP_SUFFIX):
             fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 write_all(fd, data[: len(data) // 2])
                 faults.point("compact.rewrite_half_written")
                 write_all(fd, data[len(data) // 2 :])
-                prealloc.write_zeros(fd, len(data), room)
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
                 raise
         positions = seg.positions_from(first, start)
-        return Segment(
-            path, offset, fd, positions, len(data), seg.sealed, files=self._files, allocated=room
-        )
+        return Segment(path, offset, fd, positions, len(data), seg.sealed, files=self._files)
 
     # -- reading -----------------------------------------------------------
 

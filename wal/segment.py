@@ -10,7 +10,6 @@ reading an entry is one pread. The active segment keeps it in memory
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import re
@@ -19,14 +18,19 @@ import zlib
 from array import array
 from typing import NamedTuple
 
-from wal import checkpoint, index, prealloc, record
+from wal import checkpoint, index, record
 from wal.errors import CorruptionError, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import DISK_FULL_ERRNOS, write_all
 from wal.record import HEADER_SIZE, Damage
 
-log = logging.getLogger("wal")
 NAME_RE = re.compile(r"^(\d{20})\.log$")
+# The active segment is zero-filled (and fsynced) this far ahead of its data,
+# so that an append's fdatasync writes data blocks only, no size or extent
+# change (docs/FORMAT.md). fallocate alone leaves unwritten extents, whose
+# conversion at fdatasync is a metadata change too.
+PREALLOCATE_CHUNK = 4 << 20
+_ZEROS = bytes(1 << 20)
 
 
 def segment_name(base_offset: int) -> str:
@@ -208,7 +212,6 @@ class Segment:
         sealed: bool,
         mapping: index.Mapping | None = None,
         files: FileCache | None = None,
-        allocated: int | None = None,
     ) -> None:
         self.path = path
         self.name = os.path.basename(path)
@@ -218,9 +221,7 @@ class Segment:
         self._positions = positions  # array('Q'), or a view of the mmapped index file
         self._mapping = mapping
         self._written = size  # record bytes in the file (the data ends here)
-        # zeros durable up to here: past _written, preallocated room (wal/prealloc.py)
-        self._allocated = size if allocated is None else allocated
-        self._fill: prealloc.BackgroundFill | None = None  # a fill further ahead, in flight
+        self._allocated = size  # the file's size: zeros past _written are preallocated
         self._staged: list[bytes] = []
         self._staged_bytes = 0
         self.sealed = sealed
@@ -320,7 +321,6 @@ class Segment:
         if self.sealed:
             raise WalError(f"segment {self.name} is sealed")
         self.flush()
-        self.wait_for_fill()
         positions = self._positions
         assert isinstance(positions, array)  # not sealed: an in-memory index
         self._written = self.bytes_before(nth)
@@ -334,7 +334,6 @@ class Segment:
 
     def cut_tail(self, file_size: int) -> int:
         """Cut the file back to the last valid record; returns bytes removed."""
-        self.wait_for_fill()
         os.ftruncate(self._fd, self._written)
         os.fsync(self._fd)
         self._allocated = self._written
@@ -344,50 +343,29 @@ class Segment:
         """Cut a preallocated zero tail off: a sealed segment is its records
         only. The caller's fdatasync next makes the new size durable (an index
         recording it must not reach the disk first)."""
-        self.wait_for_fill()
         if self._allocated > self._written:
             os.ftruncate(self.fd, self._written)
             self._allocated = self._written
 
-    def _make_room(self, end: int, limit: int) -> None:
-        """Before a write ending at `end`: make sure the zeros under it are
-        durable, so its fdatasync changes no metadata (docs/FORMAT.md). A fill
-        in flight that the write would reach is waited for; with no room left
-        the writer zero-fills a first chunk itself. Past `limit` (a segment
-        over its size limit) or on a full disk, nothing is made: the write
-        extends the file, and its fdatasync carries the new size."""
-        fill = self._fill
-        if fill is not None and (end > fill.start or fill.done()):
-            self.wait_for_fill()
+    def _preallocate(self, end: int, limit: int) -> None:
+        """Zero-fill the file ahead of `end` (where the next write ends), up to
+        `limit` bytes, and fsync once, so the fdatasyncs of the data written
+        there change no metadata. Past `limit` (a segment over its size limit)
+        or on a full disk, nothing is made: the write extends the file."""
         if end <= self._allocated or end > limit:
             return
-        target = min(limit, max(end, self._allocated + prealloc.first_chunk_for(limit)))
+        target = min(limit, max(end, self._allocated + PREALLOCATE_CHUNK))
+        pos = self._allocated
         try:
-            prealloc.zero_fill(self._fd, self._allocated, target)
+            while pos < target:
+                pos += os.pwrite(self._fd, _ZEROS[: target - pos], pos)
+            os.fsync(self._fd)
         except OSError as err:
             if err.errno not in DISK_FULL_ERRNOS:
                 raise
+            os.ftruncate(self._fd, self._allocated)  # zeros only: no sync needed
             return
         self._allocated = target
-
-    def _fill_ahead(self, limit: int) -> None:
-        """After a write: once less than half a chunk of room is left, have a
-        thread zero-fill the next chunk (wal/prealloc.py)."""
-        chunk = prealloc.chunk_for(limit)
-        if self._fill is None and self._allocated < limit:
-            if self._allocated - self._written < chunk // 2:
-                end = min(limit, self._allocated + chunk)
-                try:
-                    self._fill = prealloc.BackgroundFill(self.path, self._allocated, end)
-                except OSError as err:  # no descriptor to spare: the next batch fills inline
-                    log.warning("no zero-fill ahead of %s: %s", self.name, err)
-
-    def wait_for_fill(self) -> None:
-        """Wait for the fill in flight, if any, and take its zeros as room (a
-        full disk added none; another failure is raised: never retried)."""
-        fill, self._fill = self._fill, None
-        if fill is not None and fill.wait():
-            self._allocated = fill.end
 
     # -- writing ---------------------------------------------------------
 
@@ -420,7 +398,7 @@ class Segment:
         if not self._staged:
             return
         data = self._staged[0] if len(self._staged) == 1 else b"".join(self._staged)
-        self._make_room(self._written + len(data), preallocate_to)
+        self._preallocate(self._written + len(data), preallocate_to)
         os.lseek(self._fd, self._written, os.SEEK_SET)
         try:
             write_all(self._fd, data)
@@ -431,7 +409,6 @@ class Segment:
             # A short write may have left part of the batch, even whole valid
             # records: cut it off and make the cut durable, or a power loss
             # could bring back entries their clients were told are not written.
-            self.wait_for_fill()
             os.ftruncate(self._fd, self._written)
             os.fdatasync(self._fd)
             self._allocated = self._written
@@ -442,8 +419,6 @@ class Segment:
             self.data_crc = zlib.crc32(data, self.data_crc)
         self._staged.clear()
         self._staged_bytes = 0
-        if preallocate_to:
-            self._fill_ahead(preallocate_to)
 
     def _drop_staged(self) -> None:
         assert isinstance(self._positions, array)  # not sealed: staged records exist
@@ -486,18 +461,8 @@ class Segment:
         self.sync()
         self.sealed = True
 
-    def delete(self) -> None:
-        """Close and remove the file and its index (the caller fsyncs the
-        directory). A fill in flight is not waited for: its zeros go with
-        the file, and the thread closes its own descriptor."""
-        self._fill = None
-        self.close()
-        os.remove(self.path)
-        index.remove(self.path)
-
     def close(self) -> None:
         self._checkpoint_done()
-        self.wait_for_fill()
         self._release_fd()
         self._files.forget(self.path)
         self._release_positions()

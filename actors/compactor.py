@@ -35,7 +35,7 @@ from actors import messages as m
 from actors import metrics, sockets
 from actors.codes import Code, Exit
 from actors.config import CompactorConfig, add_process_flags
-from actors.runtime import die_with_parent, ignore_stop_signals, run_in_background, setup_logging
+from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from wal import CorruptionError, DiskFull, WalError, epochs, fsyncbench, snapshot
 from wal.datadir import DataDir
 from wal.statemachine import StateMachine
@@ -474,7 +474,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     ignore_stop_signals()  # the supervisor decides for us
-    run_in_background()  # appends never wait for the compactor: it yields the CPU to them
     comp = Compactor(
         DataDir(args.data_dir, create=False),
         snapshot_every=config.snapshot_every,

@@ -12,11 +12,6 @@ from actors.startup import STOP_SIGNALS
 from wal import faults
 
 PR_SET_PDEATHSIG = 1
-# The compactor's nice value: its bursts of CPU (a snapshot applies the
-# entries since the last one, ~2 us each, then encodes the state) must not
-# take a core from the front and the writer, whose wake-ups an append's
-# latency waits on; at 19 they preempt it at once, and it runs on what they leave.
-BACKGROUND_NICE = 19
 
 # A test's failpoints and file-system trace, when its environment asks for
 # them: installed in walnode's own processes (each imports this module
@@ -46,16 +41,6 @@ def die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:
         os._exit(1)
-
-
-def run_in_background() -> None:
-    """Lower this process's CPU priority to BACKGROUND_NICE. Called before any
-    thread starts (zmq's I/O threads): Linux keeps a nice value per thread,
-    and a new thread inherits its creator's."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
-    except OSError as err:  # not permitted (a sandbox): it only costs latency
-        logging.getLogger("runtime").warning("could not lower the CPU priority: %s", err)
 
 
 def ignore_stop_signals() -> None:

@@ -489,23 +489,3 @@ def test_recovery_never_prunes_the_fallback_snapshot(node_factory, data_dir):
         "18",
         "19",
     ]
-
-
-def test_the_compactor_runs_below_the_appends_cpu_priority(node_factory):
-    """A snapshot's burst of CPU (applying the entries since the last one)
-    must not take a core from the front and the writer: every thread of the
-    compactor runs at nice 19 (actors/runtime.py), the writer and the front
-    at their own."""
-    node = node_factory()
-    node.init()
-    pids = node.pids()
-
-    def nice_of_threads(pid: int) -> set[int]:
-        tids = os.listdir(f"/proc/{pid}/task")
-        return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in tids}
-
-    assert nice_of_threads(pids["compactor"]) == {19}
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    assert nice_of_threads(pids["writer"]) == {own}
-    assert nice_of_threads(pids["front"]) == {own}
-    assert node.close() == 0

@@ -51,9 +51,12 @@ def _open(path, flags, mode=0o777, *, dir_fd=None):
 
 
 def _close(fd):
-    _real["close"](fd)
+    # recorded before the close: once it is closed, another thread's open may
+    # take the same number (the writer's sync thread closes its duplicates),
+    # and that open's record must come after this one
     if _fds.pop(fd, None) is not None:
         _emit("close", os.getpid(), fd)
+    _real["close"](fd)
 
 
 def _dup(fd):

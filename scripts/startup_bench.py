@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -79,12 +80,24 @@ def start(path: str, node_args: list[str]) -> tuple[Client, float]:
     return node, round((time.monotonic() - t0) * 1000, 1)
 
 
-def measure(path: str, kills: int, compactor_kills: int, node_args: list[str]) -> dict:
+def first_recovery(node: Client) -> dict:
+    """The compactor's recovery at the node's first start: its time and the entries it replayed."""
+    recovery = node.status().recoveries.get("compactor") or {}
+    return {
+        "compactor_recovery_at_start_ms": recovery.get("duration_ms"),
+        "compactor_replayed_at_start": recovery.get("entries_recovered"),
+    }
+
+
+def measure(
+    path: str, kills: int, compactor_kills: int, node_args: list[str], settle: float
+) -> dict:
     node, ms = start(path, node_args)
     try:
-        out: dict = {"node_start_ms": ms}
+        out: dict = {"node_start_ms": ms, **first_recovery(node)}
         writer, compactor = [], []
         for _ in range(kills):
+            time.sleep(settle)  # a crash of a node that ran a while, not one just restarted
             pid = node.status().process("writer").pid
             t = time.monotonic()
             os.kill(pid, signal.SIGKILL)
@@ -92,6 +105,7 @@ def measure(path: str, kills: int, compactor_kills: int, node_args: list[str]) -
             writer.append((time.monotonic() - t) * 1000)
             wait_ready(node, "compactor", None, SLOW)  # it reconnects to the new writer
         for _ in range(compactor_kills):
+            time.sleep(settle)
             pid = node.status().process("compactor").pid
             t = time.monotonic()
             os.kill(pid, signal.SIGKILL)
@@ -126,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compactor-kills", type=int, default=3)
     p.add_argument("--keys", type=int, default=0, help="distinct keys (0: one per entry)")
     p.add_argument("--node-arg", action="append", default=[], help="passed to node.py")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds idle before each kill")
+    p.add_argument(
+        "--no-snapshots",
+        action="store_true",
+        help="remove DIR/snapshots first: the first start replays the whole log",
+    )
     args = p.parse_args(argv)
     n = parse_size(args.entries)
     path = os.path.join(args.dir, f"{n}-{DEFAULT_MAX_SEGMENT_BYTES}")
@@ -136,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         build(path, n, DEFAULT_MAX_SEGMENT_BYTES)
     built_s = round(time.monotonic() - t0, 1)
-    result = measure(path, args.kills, args.compactor_kills, args.node_arg)
+    if args.no_snapshots:
+        shutil.rmtree(os.path.join(path, "snapshots"), ignore_errors=True)
+    result = measure(path, args.kills, args.compactor_kills, args.node_arg, args.settle)
     print(json.dumps({"entries": n, "keys": args.keys or n, "build_s": built_s, **result}))
     return 0
 

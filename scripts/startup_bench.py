@@ -95,7 +95,7 @@ def measure(
     node, ms = start(path, node_args)
     try:
         out: dict = {"node_start_ms": ms, **first_recovery(node)}
-        writer, compactor = [], []
+        writer, compactor, opens = [], [], []
         for _ in range(kills):
             time.sleep(settle)  # a crash of a node that ran a while, not one just restarted
             pid = node.status().process("writer").pid
@@ -103,6 +103,7 @@ def measure(
             os.kill(pid, signal.SIGKILL)
             append_until_ok(node, SLOW)
             writer.append((time.monotonic() - t) * 1000)
+            opens.append(node.status().recoveries["writer"]["duration_ms"])  # its Log.open
             wait_ready(node, "compactor", None, SLOW)  # it reconnects to the new writer
         for _ in range(compactor_kills):
             time.sleep(settle)
@@ -113,6 +114,7 @@ def measure(
             compactor.append((time.monotonic() - t) * 1000)
         out["writer_kill_to_append_ms"] = round(statistics.median(writer), 1)
         out["writer_all_ms"] = [round(x, 1) for x in writer]
+        out["writer_recovery_ms"] = round(statistics.median(opens), 1)
         if compactor:
             out["compactor_kill_to_ready_ms"] = round(statistics.median(compactor), 1)
             out["compactor_all_ms"] = [round(x, 1) for x in compactor]

@@ -14,6 +14,7 @@ key's value may depend on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 
 def _decode(value: bytes) -> str:
@@ -101,7 +102,7 @@ class StateMachine:
                 else:
                     state[key] = value.decode("utf-8", "replace")
         else:  # only sets (the common run): the loops run in C
-            values = map(_decode, changes.values())
+            values = map(_decode, cast("dict[bytes, bytes]", changes).values())
             state.update(zip(map(bytes.decode, changes), values, strict=True))
         if self.damaged:
             self.rewritten.update(map(bytes.decode, changes))

@@ -19,7 +19,8 @@ import itertools
 import mmap
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterator
 
 from wal import checkpoint, index
 from wal.errors import CorruptionError, WalError
@@ -46,7 +47,7 @@ class LogTail:
         # Where the open segment's records start, as far as known without a scan: a
         # sealed one's index, or the newest one's checkpointed prefix (wal/checkpoint.py);
         # the last of them ends at _known_end. None: the segment is walked by headers.
-        self._known: Sequence[int] | None = None
+        self._known: memoryview | array | None = None
         self._known_end = 0
         self._names: list[tuple[int, str]] = []  # the last listing: (base, name), in order
         self.damage_at: tuple[str, int] | None = None  # file and byte of the last damaged entry

@@ -193,8 +193,9 @@ class LogTail:
         first = self.offset - self._base
         last = min(len(positions), until - self._base)
         start = positions[first]
-        stop = max(first + 1, bisect.bisect_right(positions, start + CHUNK, first, last) - 1)
-        stop = min(stop, last)
+        # up to CHUNK bytes (the last record may end past it), at least one record
+        fits = bisect.bisect_right(positions, start + CHUNK, first, last)
+        stop = last if fits == last else max(first + 1, fits - 1)
         end = positions[stop] if stop < len(positions) else size
         buf = os.pread(self._fd, end - start, start)
         bounds = [p - start for p in positions[first:stop].tolist()]

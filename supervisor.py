@@ -65,6 +65,7 @@ FRONT_STOP_NOW_WAIT = 2.0  # a front stopping at once writes its errors, or is k
 CHILD_STOP_WAIT = 5.0  # the compactor and the writer finish their batch, or are killed
 PING_EVERY = 0.5  # seconds between heartbeats to each ready child ...
 STALLED_AFTER = 3.0  # ... and a ready child silent this long is "stalled" in status
+SPARE_DELAY = 0.5  # seconds with every process ready before the spares start
 
 
 def child(role: str) -> list[str]:
@@ -233,6 +234,7 @@ class Supervisor:
         self.stop_mode: str | None = None  # the front's STOP: drain, then now
         self.stop_deadline = 0.0  # drain until then, then stop at once
         self.front_kill_at = 0.0  # a front stopping at once is killed after this
+        self.spares_due: float | None = None  # when to start the spares (actors/spare.py)
 
     # -- status ------------------------------------------------------------
 
@@ -289,9 +291,9 @@ class Supervisor:
             if nxt.restart_at is None:
                 nxt.start()
         if self.stop_mode is None and all(c.state == "ready" for c in self.children.values()):
-            # only now: its imports would slow the start of the rest
-            for each in self.children.values():
-                each.start_spare()
+            # not at once: its imports (a CPU for ~0.3 s) would slow what the
+            # processes just ready serve first
+            self.spares_due = time.monotonic() + SPARE_DELAY
 
     def on_pong(self, role: str, msg: list) -> None:
         child = self.children.get(role)
@@ -356,6 +358,15 @@ class Supervisor:
             return
         child.restart_at = now + child.backoff
         child.backoff = min(max(child.backoff * 2, RESTART_BACKOFF_MIN), RESTART_BACKOFF_MAX)
+
+    def start_spares(self, now: float) -> None:
+        """Start the spares once SPARE_DELAY passed with every process ready."""
+        if self.spares_due is None or now < self.spares_due:
+            return
+        self.spares_due = None
+        if self.stop_mode is None and all(c.state == "ready" for c in self.children.values()):
+            for child in self.children.values():
+                child.start_spare()
 
     @property
     def signals(self) -> int:
@@ -431,7 +442,9 @@ class Supervisor:
             if time.monotonic() >= next_ping:
                 self.ping()
                 next_ping = time.monotonic() + PING_EVERY
+            self.start_spares(time.monotonic())
             due = [c.restart_at for c in self.children.values() if c.restart_at is not None]
+            due += [self.spares_due] if self.spares_due is not None else []
             wait = max(0.0, min([*due, next_ping]) - time.monotonic())
             if self.stop_mode is not None:
                 wait = min(wait, 0.1)

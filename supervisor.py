@@ -26,6 +26,7 @@ import zmq
 
 from actors import messages as m
 from actors import metrics, rundir, sockets, startup
+from actors import spare as spare_role
 from actors.codes import Exit
 from actors.config import NodeConfig, process_argv
 from actors.runtime import setup_logging
@@ -64,6 +65,7 @@ FRONT_STOP_NOW_WAIT = 2.0  # a front stopping at once writes its errors, or is k
 CHILD_STOP_WAIT = 5.0  # the compactor and the writer finish their batch, or are killed
 PING_EVERY = 0.5  # seconds between heartbeats to each ready child ...
 STALLED_AFTER = 3.0  # ... and a ready child silent this long is "stalled" in status
+SPARE_DELAY = 0.5  # seconds with every process ready before the spares start
 
 
 def child(role: str) -> list[str]:
@@ -86,6 +88,9 @@ class Child:
     last_exit: str | None = None
     last_seen: float | None = None  # monotonic time of its last READY or PONG
     report: dict | None = None  # what its last PONG said of itself (a replica: replication)
+    keeps_spare: bool = False  # a spare waits to replace it (the writer, beside a local front)
+    spare: subprocess.Popen | None = None
+    spare_promote_fd: int | None = None  # the supervisor's end of the spare's pipe
 
     def status(self, now: float) -> dict:
         """Its entry in `status`: a ready child that stopped answering the
@@ -108,12 +113,62 @@ class Child:
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
-        stdio = {} if self.inherit_stdio else {"stdin": subprocess.DEVNULL, "stdout": sys.stderr}
-        self.proc = subprocess.Popen(self.argv, pass_fds=self.pass_fds, env=CHILD_ENV, **stdio)
+        if not self._promote_spare():
+            self.proc = self._spawn(self.argv, self.pass_fds)
+            log.info("started %s pid %d", self.role, self.proc.pid)
         self.state = "starting"
         self.restart_at = None
         self.last_seen = None
-        log.info("started %s pid %d", self.role, self.proc.pid)
+
+    def _spawn(self, argv: list[str], pass_fds: tuple[int, ...]) -> subprocess.Popen:
+        stdio = {} if self.inherit_stdio else {"stdin": subprocess.DEVNULL, "stdout": sys.stderr}
+        return subprocess.Popen(argv, pass_fds=pass_fds, env=CHILD_ENV, **stdio)
+
+    # -- the spare (actors/spare.py): started ahead, imported, promoted at a restart --
+
+    def start_spare(self) -> None:
+        """Start this role's spare, if it keeps one and has none. It waits on a
+        pipe whose other end only the supervisor holds (close_fds keeps it out
+        of every other child), so it learns of a stop by end of file too."""
+        if not self.keeps_spare or self.spare is not None:
+            return
+        read_end, self.spare_promote_fd = os.pipe()
+        try:
+            argv = [*self.argv, "--spare-fd", str(read_end)]
+            self.spare = self._spawn(argv, (*self.pass_fds, read_end))
+        finally:
+            os.close(read_end)
+        log.info("started a spare %s, pid %d", self.role, self.spare.pid)
+
+    def _promote_spare(self) -> bool:
+        """Make the spare this role's process (True), if there is a live one."""
+        spare, fd = self.spare, self.spare_promote_fd
+        self.spare = self.spare_promote_fd = None
+        if spare is None or fd is None:
+            return False
+        try:
+            if spare.poll() is not None:
+                log.warning("the spare %s (pid %d) had exited", self.role, spare.pid)
+                return False
+            os.write(fd, spare_role.PROMOTE)
+        except BrokenPipeError:  # it died just now
+            spare.wait()
+            return False
+        finally:
+            os.close(fd)
+        self.proc = spare
+        log.info("promoted the spare %s, pid %d", self.role, spare.pid)
+        return True
+
+    def stop_spare(self) -> None:
+        """Kill and reap the spare: it holds nothing and has done nothing."""
+        spare, fd = self.spare, self.spare_promote_fd
+        self.spare = self.spare_promote_fd = None
+        if fd is not None:
+            os.close(fd)
+        if spare is not None:
+            spare.kill()
+            spare.wait()
 
 
 def describe_exit(code: int) -> str:
@@ -157,8 +212,15 @@ class Supervisor:
             compactor_argv += ["--cluster", config.cluster.cluster]
         front_argv = [*child("front"), *process_argv(run_dir, me), *connect]
         front_argv += config.front.argv()
+        # A spare writer cuts a restart's interpreter start and imports (actors/spare.py).
+        # Not for a replica, and not for a log side serving remote fronts: those find the
+        # writer again through their connection's reconnect backoff and handshake, and
+        # tell its process from its spare's by the command line.
+        spare = log_owner == "writer" and "front" in config.roles and config.listen is None
         every = {
-            "writer": Child("writer", writer_argv, pass_fds=(lock_fd,) if lock_fd else ()),
+            "writer": Child(
+                "writer", writer_argv, pass_fds=(lock_fd,) if lock_fd else (), keeps_spare=spare
+            ),
             "compactor": Child("compactor", compactor_argv),
             "front": Child("front", front_argv, inherit_stdio=True),
         }
@@ -172,6 +234,7 @@ class Supervisor:
         self.stop_mode: str | None = None  # the front's STOP: drain, then now
         self.stop_deadline = 0.0  # drain until then, then stop at once
         self.front_kill_at = 0.0  # a front stopping at once is killed after this
+        self.spares_due: float | None = None  # when to start the spares (actors/spare.py)
 
     # -- status ------------------------------------------------------------
 
@@ -194,36 +257,43 @@ class Supervisor:
     def on_message(self, ident: bytes, msg: list) -> None:
         kind = msg[0]
         if kind == m.READY:
-            role, pid, recovery = msg[1], msg[2], msg[3]
-            child = self.children.get(role)
-            if child is None or child.pid != pid:
-                return  # a message from a process that is already gone
-            child.state = "ready"
-            child.last_seen = time.monotonic()
-            child.backoff = 0.0  # it recovered: the next crash is restarted at once
-            if recovery is not None:
-                self.last_recovery = {"role": role, **recovery}
-                self.recoveries[role] = self.last_recovery
-                if self.metrics is not None:
-                    self.metrics.recovered(role, recovery["duration_ms"])
-            for other in DEPENDENTS[role]:
-                self.tell(other, [m.PEER, role, "ready"])
-            if role == "front":  # a (re)started front learns who is up (if they are here)
-                for peer in ("writer", "compactor"):
-                    if peer in self.children:
-                        state = "ready" if self.children[peer].state == "ready" else "down"
-                        self.tell("front", [m.PEER, peer, state])
-                if self.stop_mode is not None:
-                    self.tell("front", [m.STOP, self.stop_mode])
-            following = self.start_order[self.start_order.index(role) + 1 :]
-            if following and self.children[following[0]].proc is None:
-                nxt = self.children[following[0]]
-                if nxt.restart_at is None:
-                    nxt.start()
+            self.on_ready(msg[1], msg[2], msg[3])
         elif kind == m.STATUS:
             self.control.send_multipart([ident, m.pack([m.STATUS, msg[1], self.status()])])
         elif kind == m.PONG:
             self.on_pong(ident.decode(), msg)
+
+    def on_ready(self, role: str, pid: int, recovery: dict | None) -> None:
+        """A child has started (recovered, bound): its dependents may use it now."""
+        child = self.children.get(role)
+        if child is None or child.pid != pid:
+            return  # a message from a process that is already gone
+        child.state = "ready"
+        child.last_seen = time.monotonic()
+        child.backoff = 0.0  # it recovered: the next crash is restarted at once
+        if recovery is not None:
+            self.last_recovery = {"role": role, **recovery}
+            self.recoveries[role] = self.last_recovery
+            if self.metrics is not None:
+                self.metrics.recovered(role, recovery["duration_ms"])
+        for other in DEPENDENTS[role]:
+            self.tell(other, [m.PEER, role, "ready"])
+        if role == "front":  # a (re)started front learns who is up (if they are here)
+            for peer in ("writer", "compactor"):
+                if peer in self.children:
+                    state = "ready" if self.children[peer].state == "ready" else "down"
+                    self.tell("front", [m.PEER, peer, state])
+            if self.stop_mode is not None:
+                self.tell("front", [m.STOP, self.stop_mode])
+        following = self.start_order[self.start_order.index(role) + 1 :]
+        if following and self.children[following[0]].proc is None:
+            nxt = self.children[following[0]]
+            if nxt.restart_at is None:
+                nxt.start()
+        if self.stop_mode is None and all(c.state == "ready" for c in self.children.values()):
+            # not at once: its imports (a CPU for ~0.3 s) would slow what the
+            # processes just ready serve first
+            self.spares_due = time.monotonic() + SPARE_DELAY
 
     def on_pong(self, role: str, msg: list) -> None:
         child = self.children.get(role)
@@ -288,6 +358,15 @@ class Supervisor:
             return
         child.restart_at = now + child.backoff
         child.backoff = min(max(child.backoff * 2, RESTART_BACKOFF_MIN), RESTART_BACKOFF_MAX)
+
+    def start_spares(self, now: float) -> None:
+        """Start the spares once SPARE_DELAY passed with every process ready."""
+        if self.spares_due is None or now < self.spares_due:
+            return
+        self.spares_due = None
+        if self.stop_mode is None and all(c.state == "ready" for c in self.children.values()):
+            for child in self.children.values():
+                child.start_spare()
 
     @property
     def signals(self) -> int:
@@ -363,7 +442,9 @@ class Supervisor:
             if time.monotonic() >= next_ping:
                 self.ping()
                 next_ping = time.monotonic() + PING_EVERY
+            self.start_spares(time.monotonic())
             due = [c.restart_at for c in self.children.values() if c.restart_at is not None]
+            due += [self.spares_due] if self.spares_due is not None else []
             wait = max(0.0, min([*due, next_ping]) - time.monotonic())
             if self.stop_mode is not None:
                 wait = min(wait, 0.1)
@@ -378,6 +459,8 @@ class Supervisor:
         """Stop the front (if it still runs: a child gave up), the compactor,
         then the writer (which commits what it holds and exits)."""
         wait = CHILD_STOP_WAIT if self.stop_mode != m.STOP_NOW else FRONT_STOP_NOW_WAIT
+        for child in self.children.values():
+            child.stop_spare()
         for role in reversed(self.start_order):
             child = self.children[role]
             if child.proc is None:

@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from actors import messages as m
-from actors import metrics, sockets
+from actors import metrics, sockets, spare
 from actors.codes import Code, Exit
 from actors.config import (
     FsyncPolicy,
@@ -719,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walnode-writer")
     add_process_flags(p, data_dir=True)
     p.add_argument("--lock-fd", type=int, default=None)
+    p.add_argument("--spare-fd", type=int, default=None, help="a spare: wait (actors/spare.py)")
     WriterConfig.add_flags(p)
     sockets.add_remote_flags(p, "--listen")
     args = p.parse_args(argv)
@@ -726,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     ignore_stop_signals()  # the supervisor decides for us
+    if args.spare_fd is not None:  # imported already: only the log is left to open
+        spare.wait_for_promotion(args.spare_fd)
     policy = config.fsync
     opened = open_log(args.data_dir, args.lock_fd, config)
     if isinstance(opened, Exit):

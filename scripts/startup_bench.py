@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -79,19 +80,33 @@ def start(path: str, node_args: list[str]) -> tuple[Client, float]:
     return node, round((time.monotonic() - t0) * 1000, 1)
 
 
-def measure(path: str, kills: int, compactor_kills: int, node_args: list[str]) -> dict:
+def first_recovery(node: Client) -> dict:
+    """The compactor's recovery at the node's first start: its time and the entries it replayed."""
+    recovery = node.status().recoveries.get("compactor") or {}
+    return {
+        "compactor_recovery_at_start_ms": recovery.get("duration_ms"),
+        "compactor_replayed_at_start": recovery.get("entries_recovered"),
+    }
+
+
+def measure(
+    path: str, kills: int, compactor_kills: int, node_args: list[str], settle: float
+) -> dict:
     node, ms = start(path, node_args)
     try:
-        out: dict = {"node_start_ms": ms}
-        writer, compactor = [], []
+        out: dict = {"node_start_ms": ms, **first_recovery(node)}
+        writer, compactor, opens = [], [], []
         for _ in range(kills):
+            time.sleep(settle)  # a crash of a node that ran a while, not one just restarted
             pid = node.status().process("writer").pid
             t = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             append_until_ok(node, SLOW)
             writer.append((time.monotonic() - t) * 1000)
+            opens.append(node.status().recoveries["writer"]["duration_ms"])  # its Log.open
             wait_ready(node, "compactor", None, SLOW)  # it reconnects to the new writer
         for _ in range(compactor_kills):
+            time.sleep(settle)
             pid = node.status().process("compactor").pid
             t = time.monotonic()
             os.kill(pid, signal.SIGKILL)
@@ -99,6 +114,7 @@ def measure(path: str, kills: int, compactor_kills: int, node_args: list[str]) -
             compactor.append((time.monotonic() - t) * 1000)
         out["writer_kill_to_append_ms"] = round(statistics.median(writer), 1)
         out["writer_all_ms"] = [round(x, 1) for x in writer]
+        out["writer_recovery_ms"] = round(statistics.median(opens), 1)
         if compactor:
             out["compactor_kill_to_ready_ms"] = round(statistics.median(compactor), 1)
             out["compactor_all_ms"] = [round(x, 1) for x in compactor]
@@ -126,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compactor-kills", type=int, default=3)
     p.add_argument("--keys", type=int, default=0, help="distinct keys (0: one per entry)")
     p.add_argument("--node-arg", action="append", default=[], help="passed to node.py")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds idle before each kill")
+    p.add_argument(
+        "--no-snapshots",
+        action="store_true",
+        help="remove DIR/snapshots first: the first start replays the whole log",
+    )
     args = p.parse_args(argv)
     n = parse_size(args.entries)
     path = os.path.join(args.dir, f"{n}-{DEFAULT_MAX_SEGMENT_BYTES}")
@@ -136,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         build(path, n, DEFAULT_MAX_SEGMENT_BYTES)
     built_s = round(time.monotonic() - t0, 1)
-    result = measure(path, args.kills, args.compactor_kills, args.node_arg)
+    if args.no_snapshots:
+        shutil.rmtree(os.path.join(path, "snapshots"), ignore_errors=True)
+    result = measure(path, args.kills, args.compactor_kills, args.node_arg, args.settle)
     print(json.dumps({"entries": n, "keys": args.keys or n, "build_s": built_s, **result}))
     return 0
 

@@ -10,6 +10,7 @@ import pytest
 
 from tests.damage import flip_byte
 from wal import Log, checkpoint
+from wal import tail as tail_module
 from wal.segment import segment_name
 from wal.tail import LogTail
 
@@ -111,26 +112,44 @@ def test_only_the_newest_segment_keeps_a_checkpoint(tmp_path, small_checkpoints)
 def test_the_tail_finds_its_place_through_the_checkpoint(tmp_path, small_checkpoints):
     """The compactor's tailer, started at an offset deep in the newest segment,
     takes the record's byte from the checkpoint, not from a walk of every
-    header before it; past the prefix it walks the rest."""
+    header before it; past the prefix it walks the rest. The prefix's records
+    are read as runs at the checkpoint's positions (from offset 0 too), so
+    only those past it are decoded one by one (decode_at)."""
     wal = os.fspath(tmp_path)
     fill(wal, 0, 500)
     reads = []
+    decoded = []
     real = os.pread
+    real_decode = tail_module.decode_at
 
     def counting(fd, n, pos):
         reads.append(pos)
         return real(fd, n, pos)
 
+    def counting_decode(buf, pos):
+        decoded.append(pos)
+        return real_decode(buf, pos)
+
+    seg = os.path.join(wal, segment_name(0))
+    with open(seg, "rb") as f:
+        prefix = checkpoint.load(checkpoint.path_for(seg), 0, f.read())
+    assert prefix is not None and len(prefix.positions) > 100
     for start in (0, 137, 499):
         tail = LogTail(wal, start)
         try:
             os.pread = counting
+            tail_module.decode_at = counting_decode
             got = list(tail.read(500))
         finally:
             os.pread = real
+            tail_module.decode_at = real_decode
             tail.close()
         assert got == [(i, payload(i)) for i in range(start, 500)]
         # not one per record skipped: at most those after the last checkpoint
         # (1 KiB of ~17-byte records), and the reads of the records themselves
         assert len(reads) < 70, (start, len(reads))
+        # one by one only past the prefix (whose length depends on when the
+        # writer's background checkpoint last ran)
+        assert len(decoded) <= 500 - len(prefix.positions), (start, len(decoded))
         reads.clear()
+        decoded.clear()

@@ -7,7 +7,32 @@ import os
 import signal
 import time
 
+from actors import procfs
 from tests.nodeproc import pid_alive, wait_until
+
+
+def spares(node) -> list[int]:  # noqa: ANN001
+    """The supervisor's spare writers (actors/spare.py), by their command line (a
+    promoted spare keeps it: the writer status names is not one)."""
+    writer = node.pids()["writer"]
+    children = procfs.children(node.pid).items()
+    return [p for p, argv in children if "--spare-fd" in argv and p != writer]
+
+
+def spare_of(node) -> int:  # noqa: ANN001
+    """The one spare writer once every process is ready and it was started."""
+    assert wait_until(lambda: len(spares(node)) == 1, timeout=10), procfs.children(node.pid)
+    return spares(node)[0]
+
+
+def open_paths(pid: int) -> list[str]:
+    paths = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return paths
 
 
 def test_second_walnode_on_a_directory_in_use_is_refused(node_factory, data_dir):
@@ -62,10 +87,37 @@ def test_killing_the_supervisor_leaves_no_process_behind(node_factory):
     pids = node.pids()
     assert set(pids) == {"supervisor", "writer", "compactor", "front"}
     assert pids["supervisor"] == node.pid
+    spare = spare_of(node)
     os.kill(node.pid, signal.SIGKILL)
     node.proc.wait(5)
     for role in ("writer", "compactor", "front"):
         assert wait_until(lambda p=pids[role]: not pid_alive(p), timeout=5), role
+    assert wait_until(lambda: not pid_alive(spare), timeout=5), "the spare writer"
+
+
+def test_a_killed_writer_is_replaced_by_its_spare(node_factory, data_dir):
+    """The restart promotes the spare writer started (and imported) ahead; until
+    then it holds nothing of the data directory but the inherited lock fd. A new
+    spare follows, and a stop leaves none behind."""
+    node = node_factory("--data-dir", data_dir)
+    node.init()
+    for i in range(20):
+        node.call_ok({"type": "wal_append", "payload": f"w{i}"})
+    writer = node.pids()["writer"]
+    spare = spare_of(node)
+    assert spare != writer
+    opened = [p for p in open_paths(spare) if p.startswith(os.path.realpath(data_dir))]
+    assert opened == [os.path.join(os.path.realpath(data_dir), "LOCK")], opened
+    os.kill(writer, signal.SIGKILL)
+    assert wait_until(lambda: node.restarted("writer", writer))
+    assert node.pids()["writer"] == spare  # promoted, not a new interpreter
+    assert node.call_ok({"type": "wal_append", "payload": "w20"})["offset"] == 20
+    assert node.call_ok({"type": "wal_read", "offset": 19})["payload"] == "w19"
+    assert any(p.endswith(".log") for p in open_paths(spare))  # it opened the log once promoted
+    second = spare_of(node)
+    assert second != spare
+    assert node.close() == 0
+    assert not pid_alive(second) and not procfs.children(node.pid)
 
 
 def test_writer_restarts_and_keeps_every_entry(node_factory, data_dir):

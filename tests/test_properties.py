@@ -42,6 +42,7 @@ from wal import CorruptionError, Entry, Log, crc_hex, record
 from wal.errors import DataMissing
 from wal.record import HEADER_SIZE, Damage, Decoded
 from wal.segment import scan_bytes
+from wal.statemachine import StateMachine
 
 # Every example does real file or process I/O: no per-example deadline.
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -183,6 +184,48 @@ def test_decode_at_is_total_and_only_vouches_for_matching_crcs(buf: bytes) -> No
         lost = bool(field & record.LOST_FLAG)
         epoch = record.epoch_of(field, buf[pos + HEADER_SIZE : end])
         assert got == Decoded(pos + HEADER_SIZE, length, stored, end, lost, epoch)
+
+
+# payloads of few shapes, so keys repeat: sets and deletes of ASCII keys, keys
+# whose invalid bytes decode alike (b"k\xff", b"k\xfe"), broken commands,
+# and None for an entry that cannot be read
+entry_st = st.one_of(
+    st.none(),
+    st.builds(
+        lambda verb, key, sep, value: verb + key + sep + value,
+        st.sampled_from([b"set ", b"del ", b"sat ", b"set", b""]),
+        st.sampled_from([b"a", b"b", b"k\xff", b"k\xfe", b"\xc3\xa9", b"", b"a b", b"a=b"]),
+        st.sampled_from([b"=", b"", b" "]),
+        st.sampled_from([b"1", b"", b"x=y", b"\xff", b"v w"]),
+    ),
+)
+
+
+@settings(FAST, max_examples=400)
+@given(st.lists(entry_st, max_size=24), st.lists(st.integers(0, 24), max_size=4), st.booleans())
+def test_apply_run_folds_a_run_as_apply_does_entry_by_entry(
+    entries: list[bytes | None], cuts: list[int], damaged_before: bool
+) -> None:
+    """The compactor's replay (StateMachine.apply_run, bytes, gathered by key)
+    leaves the state, the damaged offsets and the rewritten keys exactly as
+    apply of each decoded payload in order, however the entries fall into runs."""
+    start = ([7], frozenset({"a"})) if damaged_before else ((), frozenset())
+    one, runs = (
+        StateMachine({"a": "0", "z": "9"}, 5, *start),
+        StateMachine({"a": "0", "z": "9"}, 5, *start),
+    )
+    for payload in entries:
+        if payload is None:
+            one.apply_damaged()
+        else:
+            one.apply(payload.decode("utf-8", "replace"))
+    bounds = [0, *sorted(c for c in cuts if c <= len(entries)), len(entries)]
+    for a, b in itertools.pairwise(bounds):
+        runs.apply_run(entries[a:b])
+    assert runs.state == one.state
+    assert runs.applied_offset == one.applied_offset == 5 + len(entries)
+    assert runs.damaged == one.damaged
+    assert runs.rewritten == one.rewritten
 
 
 @settings(FAST, max_examples=200)

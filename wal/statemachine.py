@@ -13,6 +13,13 @@ key's value may depend on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
 
 class StateMachine:
     def __init__(
@@ -44,6 +51,62 @@ class StateMachine:
         if key is not None and self.damaged:
             self.rewritten.add(key)
         self.applied_offset += 1
+
+    def apply_run(self, payloads: Sequence[bytes | None]) -> None:
+        """apply, for a run of consecutive entries' raw payloads (None: an entry
+        that cannot be read, as apply_damaged), as apply would with each decoded
+        as UTF-8 (invalid bytes replaced). The rules are applied to the bytes
+        ("set ", "=", " " are ASCII, so they mean the same there) and the run's
+        changes are gathered by key first, so a key set many times in a run is
+        decoded once, and a value only if the run leaves it set. A key that is
+        not ASCII is applied as it comes (invalid bytes could make two such
+        keys one key; none decodes to an ASCII key)."""
+        changes: dict[bytes, bytes | None] = {}  # key -> value, None: deleted
+        done = 0  # payloads of the run applied or gathered
+        deleted = False  # a None among changes' values
+        for payload in payloads:
+            key = value = None
+            if payload is None:
+                self._merge(changes, done, deleted)
+                changes, done, deleted = {}, 0, False
+                self.apply_damaged()
+                continue
+            done += 1
+            head = payload[:4]
+            if head == b"set ":
+                key, sep, value = payload[4:].partition(b"=")
+                if not sep or not key or b" " in key:
+                    continue
+            elif head == b"del ":
+                key = payload[4:]
+                if not key or b" " in key or b"=" in key:
+                    continue
+                deleted = True
+            else:
+                continue
+            if not key.isascii():  # as it comes: its decoded form is never an ASCII key's
+                done -= 1
+                self.apply(payload.decode("utf-8", "replace"))
+                continue
+            changes[key] = value
+        self._merge(changes, done, deleted)
+
+    def _merge(self, changes: dict[bytes, bytes | None], entries: int, deleted: bool) -> None:
+        """Fold apply_run's gathered changes of `entries` entries into the state."""
+        state = self.state
+        if deleted:
+            for raw, value in changes.items():
+                key = raw.decode()  # apply_run gathers only ASCII keys
+                if value is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = value.decode("utf-8", "replace")
+        else:  # only sets (the common run): the loops run in C
+            values = map(_decode, cast("dict[bytes, bytes]", changes).values())
+            state.update(zip(map(bytes.decode, changes), values, strict=True))
+        if self.damaged:
+            self.rewritten.update(map(bytes.decode, changes))
+        self.applied_offset += entries
 
     def apply_damaged(self) -> None:
         """The entry at applied_offset cannot be read: every key is uncertain now."""

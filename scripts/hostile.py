@@ -32,7 +32,8 @@ from collections import Counter
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from walctl.differential.runner import python_for  # noqa: E402
+from wal.fsutil import write_all  # noqa: E402
+from walctl.differential.runner import python_for, read_lines, spawn_node  # noqa: E402
 
 STATUS_IDS = 10**12
 KEYS = 100
@@ -54,16 +55,7 @@ class Node:
         self.node_py = node_py
         self.data_dir = data_dir
         self.stderr_path = os.path.join(workdir, "stderr")
-        with open(self.stderr_path, "ab") as stderr:
-            self.proc = subprocess.Popen(
-                [python_for(node_py), node_py, f"--data-dir={data_dir}", *flags],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                cwd=os.path.dirname(os.path.abspath(node_py)),
-                env={**os.environ, "TMPDIR": workdir},
-                start_new_session=True,
-            )
+        self.proc = spawn_node(node_py, data_dir, flags, workdir)
         self.lines: list[bytes] = []
         self.partial = b""
         self.replies: dict[object, list[dict]] = {}
@@ -77,17 +69,12 @@ class Node:
         self.status_n = 0
 
     def _read(self) -> None:
-        fd = self.proc.stdout.fileno()
-        rest = b""
-        while chunk := os.read(fd, 1 << 16):
-            rest += chunk
-            *complete, rest = rest.split(b"\n")
+        for complete, rest in read_lines(self.proc.stdout.fileno()):
             with self.cond:
                 for line in complete:
                     self.lines.append(line)
                     try:
-                        msg = json.loads(line)
-                        body = msg["body"]
+                        body = json.loads(line)["body"]
                         key = body["in_reply_to"]
                     except (ValueError, KeyError, TypeError):
                         self.bad_lines.append(line)
@@ -95,16 +82,13 @@ class Node:
                     self.replies.setdefault(key, []).append(body)
                     if type(key) is int and key < STATUS_IDS:
                         self.answered_appends += 1
+                self.partial = rest
                 self.cond.notify_all()
         with self.cond:
-            self.partial = rest
             self.cond.notify_all()
 
     def write(self, data: bytes) -> None:
-        fd = self.proc.stdin.fileno()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(self.proc.stdin.fileno(), data)
 
     def call(self, line: bytes, msg_id: int, timeout: float = 20) -> dict | None:
         self.write(line)

@@ -18,8 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from wal.fsutil import write_all
 from walctl.differential.session import Restart, Session, Step
 
 BARRIER_SRC = "barrier"
@@ -47,6 +49,30 @@ class RunResult:
 class SessionResult:
     runs: list[RunResult] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def read_lines(fd: int) -> Iterator[tuple[list[bytes], bytes]]:
+    """Each read of `fd` until its end: the lines it completed (without their
+    newlines), and the bytes after the last newline so far."""
+    rest = b""
+    while chunk := os.read(fd, 1 << 16):
+        *complete, rest = (rest + chunk).split(b"\n")
+        yield complete, rest
+
+
+def spawn_node(node_py: str, data_dir: str, flags: Sequence[str], workdir: str) -> subprocess.Popen:
+    """`python node.py --data-dir DIR FLAGS` with pipes, in a process group of its
+    own, its stderr appended to workdir/stderr, TMPDIR (its run directory) workdir."""
+    with open(os.path.join(workdir, "stderr"), "ab") as stderr:  # the child keeps its own
+        return subprocess.Popen(
+            [python_for(node_py), node_py, f"--data-dir={data_dir}", *flags],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=os.path.dirname(os.path.abspath(node_py)),
+            env={**os.environ, "TMPDIR": workdir},
+            start_new_session=True,
+        )
 
 
 def python_for(node_py: str) -> str:
@@ -80,18 +106,7 @@ class NodeProcess:
     whose stdout a thread reads as it comes."""
 
     def __init__(self, node_py: str, data_dir: str, flags: tuple[str, ...], workdir: str) -> None:
-        stderr = open(os.path.join(workdir, "stderr"), "ab")  # kept open by the child; closed below
-        env = {**os.environ, "TMPDIR": workdir}
-        self.proc = subprocess.Popen(
-            [python_for(node_py), node_py, f"--data-dir={data_dir}", *flags],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            cwd=os.path.dirname(os.path.abspath(node_py)),
-            env=env,
-            start_new_session=True,
-        )
-        stderr.close()
+        self.proc = spawn_node(node_py, data_dir, flags, workdir)
         self.data_dir = data_dir
         self.lines: list[str] = []
         self.partial = b""
@@ -102,11 +117,7 @@ class NodeProcess:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        rest = b""
-        while chunk := os.read(fd, 1 << 16):
-            rest += chunk
-            *complete, rest = rest.split(b"\n")
+        for complete, rest in read_lines(self.proc.stdout.fileno()):
             with self.changed:
                 for line in complete:
                     self.lines.append(line.decode("utf-8", "backslashreplace"))
@@ -115,16 +126,12 @@ class NodeProcess:
                 self.partial = rest
                 self.changed.notify_all()
         with self.changed:
-            self.partial = rest
             self.changed.notify_all()
 
     def write(self, data: bytes) -> None:
         """All of `data`, in as few write(2) calls as the pipe takes."""
         assert self.proc.stdin is not None
-        fd = self.proc.stdin.fileno()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(self.proc.stdin.fileno(), data)
 
     def wait_barrier(self, msg_ids: tuple[int, ...], timeout: float) -> bool:
         deadline = time.monotonic() + timeout

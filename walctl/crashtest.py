@@ -111,16 +111,19 @@ class Ledger:
 
 class Waiter:
     """A control request's reply: `body` stays None if none came in time
-    (or a killed front took it); `at` is when it was read."""
+    (or a killed front took it); `at` is when it was read; `settled` once
+    `done` has run."""
 
     def __init__(self) -> None:
         self.body: dict | None = None
         self.at = 0.0
+        self.settled = threading.Event()
 
     def done(self, future: Future) -> None:  # runs in the reader, as the reply is read
         self.at = time.monotonic()
         if future.exception() is None:
             self.body = future.result()
+        self.settled.set()
 
 
 class Node:
@@ -171,8 +174,11 @@ class Node:
         for future in futures:
             waiters.append(w := Waiter())
             future.add_done_callback(w.done)
-        for future in futures:
-            future.exception()  # waits; the client fails it at its deadline
+        for w in waiters:
+            # Not future.exception(): a future wakes its waiters before it runs its
+            # callbacks, so `body` could still be None for a reply that came. The
+            # client fails every future at its deadline, so `done` always runs.
+            w.settled.wait()
         return waiters
 
     def call(self, body: dict, timeout: float = 2.0) -> dict | None:

@@ -42,6 +42,7 @@ from actors.requests import (
     check_request,
     overlong_envelope,
     parse_request,
+    plain_append,
     recover_reply,
 )
 from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
@@ -160,13 +161,8 @@ class Front:
         if not replying:
             return
         msg_id = self.state.take_msg_ids(len(replying))
-        fmt = self.replies.append_ok
-        lines = []
-        for request, fields in replying:
-            text = fmt(request.src, request.dest, request.msg_id, fields, msg_id)
-            lines.append((text, request.line))
-            msg_id += 1
-        self.output.add_many(lines)
+        lines = self.replies.append_ok_lines(replying, msg_id)
+        self.output.add_lines(lines, [request.line for request, _ in replying])
 
     def fail(self, failure: Failure) -> None:
         """Answer a request with its error; a failed init frees the lines that waited for it."""
@@ -496,9 +492,32 @@ class Front:
         chunk = self.inbox.take(0, READ_CHUNK)
         if not chunk:
             self.eof = True
-        lines = self.inbox.feed(chunk) if chunk else self.inbox.finish()
+        self.on_lines(self.inbox.feed(chunk) if chunk else self.inbox.finish())
+
+    def on_lines(self, lines: list[tuple[int, bytes]]) -> None:
+        """Handle request lines in order. A run of plain appends (requests.
+        plain_append: the common line, sure to be valid) is forwarded as one:
+        no Request, no strict checks, one deadline. Every other line goes
+        through on_line, and the run before it is forwarded first, so the
+        writer sees the lines' order. Only while nothing would make the
+        strict path answer an append otherwise: the node initialised, no
+        init pending, the writer up."""
+        run: list[tuple[int, str, int, bytes]] = []  # (line start, client, msg_id, payload)
+        limit = self.validators.max_payload_bytes
+        plain = self.peers.takes_appends() and self.node_id is not None and not self.init_pending
         for start, line in lines:
+            if plain and (append := plain_append(line, limit)) is not None:
+                run.append((start, *append))
+                continue
+            if run:
+                self.next_rid = self.peers.forward_appends(self.next_rid, self.node_id, run)
+                run = []
             self.on_line(line, start)
+            plain = (
+                self.peers.takes_appends() and self.node_id is not None and not self.init_pending
+            )
+        if run:
+            self.next_rid = self.peers.forward_appends(self.next_rid, self.node_id, run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -224,6 +224,11 @@ class Inbox:
             del self.open[start]
             self._marks.append(start)
 
+    def answered_many(self, starts: list[int]) -> None:
+        """answered() of each start, in order."""
+        pop = self.open.pop
+        self._marks.extend([start for start in starts if pop(start, 0) is None])
+
     def sync_marks(self) -> None:
         """Record the lines answered since the last call; before their replies print."""
         if not self.journaling:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from actors.codes import Code
-from actors.messages import append_fields
+from actors.messages import OP_APPEND, append_fields
 from wal.statemachine import replay
 
 SCAN_MAX_ENTRIES = 10_000
@@ -138,6 +138,7 @@ _STRICT_JSON_BIG_INTS = json.JSONDecoder(
     parse_constant=_not_json, parse_float=_float, parse_int=_integer
 )
 _EXACT = frozenset([str, int, bool, type(None)])
+_loads = orjson.loads
 
 
 def _decode(line: bytes) -> tuple[Any, str | None]:
@@ -385,6 +386,47 @@ def parse_request(line: bytes) -> Request:
     )
 
 
+def plain_append(line: bytes, max_payload_bytes: int) -> tuple[str, int, bytes] | None:
+    """The common wal_append line, read without the strict path's per-field
+    work: (client, msg_id, payload bytes) if parse_request, check_request and
+    Validators.wal_append would accept it with exactly those values, else
+    None (the caller then takes the strict path, which says what is wrong).
+
+    It accepts only what _decode keeps from orjson (an envelope and a body
+    of scalars: here exactly src, dest and body, and a body of exactly type,
+    msg_id and payload), with a str src and dest, type "wal_append", an int
+    msg_id (not bool) and a str payload within the limit in UTF-8 bytes;
+    orjson's str never holds a lone surrogate. Every other line is None:
+    an OverlongLine (its head may parse), other keys, other types, any
+    line orjson refuses."""
+    if type(line) is not bytes:
+        return None
+    try:
+        msg = _loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(msg) is not dict or len(msg) != 3:
+        return None
+    body = msg.get("body")
+    client = msg.get("src")
+    if (
+        type(body) is not dict
+        or len(body) != 3
+        or type(client) is not str
+        or type(msg.get("dest")) is not str
+        or body.get("type") != OP_APPEND
+    ):
+        return None
+    msg_id = body.get("msg_id")
+    payload = body.get("payload")
+    if type(msg_id) is not int or type(payload) is not str:
+        return None
+    data = payload.encode("utf-8")
+    if len(data) > max_payload_bytes:
+        return None
+    return client, msg_id, data
+
+
 def check_request(request: Request, known_types: Collection[str]) -> None:
     """BadRequest for a request no type's validator can look at: its msg_id,
     its type, or what it holds."""
@@ -499,28 +541,50 @@ def recover_reply(body: dict) -> dict:
 
 
 APPEND_OK = "wal_append_ok"
-# json.dumps's layout of a wal_append_ok reply (PROTOCOL.md), field for field
-APPEND_OK_LINE = (
-    '{{"src": {}, "dest": {}, "body": {{"type": "wal_append_ok", "in_reply_to": {}, '
-    '"offset": {}, "length": {}, "checksum": "{:08x}", "msg_id": {}}}}}'
+# json.dumps's layout of a wal_append_ok reply (PROTOCOL.md), field for field,
+# after its src and dest: in_reply_to, offset, length, crc, msg_id
+APPEND_OK_REST = (
+    ', "body": {"type": "wal_append_ok", "in_reply_to": %d, "offset": %d, "length": %d, '
+    '"checksum": "%08x", "msg_id": %d}}\n'
 )
 
 
 class ReplyFormatter:
-    """Reply lines in json.dumps's layout (PROTOCOL.md), without the newline."""
+    """Reply lines in json.dumps's layout (PROTOCOL.md)."""
 
     def __init__(self) -> None:
         self._json_strs: dict[str, str] = {}
+        self._append_templates: dict[tuple[str, str], bytes] = {}
 
-    def append_ok(self, src: Any, dest: Any, in_reply_to: Any, fields: list, msg_id: int) -> str:
-        """A wal_append_ok from the writer's [offset, length, crc] (messages.py)."""
-        if type(in_reply_to) is int and type(src) is type(dest) is str:
-            # The hot path, formatted directly: json.dumps costs ~5 us a reply.
-            offset, length, crc = fields
-            return APPEND_OK_LINE.format(
-                self.json_str(src), self.json_str(dest), in_reply_to, offset, length, crc, msg_id
-            )
-        return self.line(src, dest, in_reply_to, APPEND_OK, append_fields(fields), msg_id)
+    def append_ok_lines(self, acked: list[tuple[Any, list]], msg_id: int) -> bytes:
+        """The wal_append_ok lines (each with its newline) of a run of
+        appends, each (request, the writer's [offset, length, crc]
+        (messages.py)), with the reply msg_ids from `msg_id` on. A request
+        is anything with src, dest and msg_id (a peers.Pending)."""
+        templates = self._append_templates
+        lines = []
+        for request, fields in acked:
+            src, dest, in_reply_to = request.src, request.dest, request.msg_id
+            if type(in_reply_to) is int and type(src) is str and type(dest) is str:
+                # The hot path, one bytes % per line: json.dumps costs ~5 us a reply.
+                template = templates.get((src, dest))
+                if template is None:
+                    template = self._append_template(src, dest)
+                offset, length, crc = fields
+                lines.append(template % (in_reply_to, offset, length, crc, msg_id))
+            else:
+                text = self.line(src, dest, in_reply_to, APPEND_OK, append_fields(fields), msg_id)
+                lines.append((text + "\n").encode())
+            msg_id += 1
+        return b"".join(lines)
+
+    def _append_template(self, src: str, dest: str) -> bytes:
+        if len(self._append_templates) > 10_000:
+            self._append_templates.clear()
+        # json.dumps of a str is ASCII; a % in it must not be read as a field
+        head = f'{{"src": {self.json_str(src)}, "dest": {self.json_str(dest)}'.replace("%", "%%")
+        template = self._append_templates[(src, dest)] = (head + APPEND_OK_REST).encode()
+        return template
 
     def line(
         self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict, msg_id: int
@@ -528,7 +592,7 @@ class ReplyFormatter:
         body = {"type": typ, "in_reply_to": in_reply_to}
         body.update(fields)
         body["msg_id"] = msg_id
-        return dumps({"src": src, "dest": dest, "body": body})
+        return dumps({"src": src, "dest": dest, "body": body})  # without the newline
 
     def json_str(self, text: str) -> str:
         """json.dumps(text), remembered: node and client ids repeat on every reply."""

@@ -305,6 +305,11 @@ class Front:
                 return
             self.on_line(line, start, inherited)
 
+    def takes_plain_appends(self) -> bool:
+        """A valid append would now be forwarded at once with the node id as
+        its reply's src: initialised, no init pending, the writer up."""
+        return self.node_id is not None and not self.init_pending and self.peers.takes_appends()
+
     def new_rid(self) -> int:
         self.next_rid += 1
         return self.next_rid
@@ -500,11 +505,10 @@ class Front:
         no Request, no strict checks, one deadline. Every other line goes
         through on_line, and the run before it is forwarded first, so the
         writer sees the lines' order. Only while nothing would make the
-        strict path answer an append otherwise: the node initialised, no
-        init pending, the writer up."""
+        strict path answer an append otherwise (takes_plain_appends)."""
         run: list[tuple[int, str, int, bytes]] = []  # (line start, client, msg_id, payload)
         limit = self.validators.max_payload_bytes
-        plain = self.peers.takes_appends() and self.node_id is not None and not self.init_pending
+        plain = self.takes_plain_appends()
         for start, line in lines:
             if plain and (append := plain_append(line, limit)) is not None:
                 run.append((start, *append))
@@ -513,9 +517,7 @@ class Front:
                 self.next_rid = self.peers.forward_appends(self.next_rid, self.node_id, run)
                 run = []
             self.on_line(line, start)
-            plain = (
-                self.peers.takes_appends() and self.node_id is not None and not self.init_pending
-            )
+            plain = self.takes_plain_appends()
         if run:
             self.next_rid = self.peers.forward_appends(self.next_rid, self.node_id, run)
 

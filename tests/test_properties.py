@@ -17,6 +17,7 @@ import queue
 import sys
 import tempfile
 import time
+import types
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,7 +30,6 @@ from hypothesis import strategies as st
 from actors import messages as m
 from actors.requests import (
     APPEND_OK,
-    APPEND_OK_LINE,
     MAX_DEPTH,
     ReplyFormatter,
     Unreadable,
@@ -1029,11 +1029,9 @@ def test_fast_append_reply_is_json_dumps_layout(
     body = {"type": APPEND_OK, "in_reply_to": in_reply_to, **fields, "msg_id": 7}
     expected = json.dumps({"src": src, "dest": dest, "body": body})
     formatter = ReplyFormatter()
-    got = formatter.append_ok(src, dest, in_reply_to, m.append_ok_fields(offset, length, crc), 7)
-    assert got == expected
-    assert (
-        APPEND_OK_LINE.format(
-            json.dumps(src), json.dumps(dest), in_reply_to, offset, length, crc, 7
-        )
-        == expected
-    )
+    request = types.SimpleNamespace(src=src, dest=dest, msg_id=in_reply_to)
+    fields = m.append_ok_fields(offset, length, crc)
+    # twice: the second line comes from the remembered template
+    got = formatter.append_ok_lines([(request, fields), (request, fields)], 7)
+    second = expected.replace('"msg_id": 7}}', '"msg_id": 8}}')
+    assert got == f"{expected}\n{second}\n".encode()

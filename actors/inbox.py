@@ -47,6 +47,8 @@ import logging
 import os
 import struct
 from array import array
+from itertools import accumulate
+from operator import add, itemgetter
 
 from wal.fsutil import write_all
 
@@ -152,18 +154,23 @@ class Inbox:
             begin = nl + 1
             self._pos += begin
         limit = self.max_line_bytes
-        while (nl := data.find(b"\n", begin)) >= 0:
-            if self._partial:
-                line = bytes(self._partial) + data[begin:nl]
-                self._partial.clear()
-            else:
-                line = data[begin:nl]
-            start = self._pos
-            self._pos = start + len(line) + 1
+        if self._partial and (nl := data.find(b"\n", begin)) >= 0:  # the line it ends
+            self._add_line(lines, bytes(self._partial) + data[begin:nl])
+            self._partial.clear()
             begin = nl + 1
-            if len(line) > limit:
-                line = OverlongLine(line[:PREFIX_BYTES])
-            lines.append((start, line))
+        last = data.rfind(b"\n", begin)
+        if not self._partial and last >= begin:
+            # the whole lines in one split; their starts by a running sum (in C)
+            parts = data[begin:last].split(b"\n")
+            lengths = list(map(len, parts))
+            if max(lengths) <= limit:
+                starts = list(map(add, accumulate(lengths, initial=self._pos), range(len(parts))))
+                lines += zip(starts, parts, strict=True)
+                self._pos = starts[-1] + lengths[-1] + 1
+            else:
+                for part in parts:
+                    self._add_line(lines, part)
+            begin = last + 1
         rest = len(data) - begin
         if len(self._partial) + rest > limit:
             head = bytes(self._partial[:PREFIX_BYTES]) + data[begin : begin + PREFIX_BYTES]
@@ -174,6 +181,14 @@ class Inbox:
         else:
             self._partial += data[begin:]
         return lines
+
+    def _add_line(self, lines: list[tuple[int, bytes]], line: bytes) -> None:
+        """The next complete line, as an OverlongLine if it is past the limit."""
+        start = self._pos
+        self._pos = start + len(line) + 1
+        if len(line) > self.max_line_bytes:
+            line = OverlongLine(line[:PREFIX_BYTES])
+        lines.append((start, line))
 
     # -- the front's calls ---------------------------------------------------
 
@@ -204,8 +219,7 @@ class Inbox:
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
         """Split a chunk `take` returned into lines; returns the complete ones, now open."""
         lines = self._split(chunk)
-        for start, _ in lines:
-            self.open[start] = None
+        self.open.update(dict.fromkeys(map(itemgetter(0), lines)))
         return lines
 
     def finish(self) -> list[tuple[int, bytes]]:

@@ -31,7 +31,7 @@ from actors import front as front_module
 from actors import messages as m
 from actors.codes import Code
 from actors.front import Front
-from actors.inbox import OverlongLine
+from actors.inbox import Inbox, OverlongLine
 from actors.output import Output
 from actors.requests import (
     BadRequest,
@@ -402,3 +402,36 @@ def test_front_answers_a_stream_identically_with_and_without_the_fast_path(
     kinds = {json.loads(line)["body"]["type"] for line in stdout.splitlines()}
     assert {"wal_append_ok", "error", "init_ok"} <= kinds
     assert b'"src": "n2", "dest": "c1", "body": {"type": "wal_append_ok"' in stdout
+
+
+def test_inbox_splits_a_run_of_lines_as_it_splits_them_one_by_one(tmp_path) -> None:
+    """Inbox._split takes the whole lines of a chunk in one split; fed one
+    byte at a time it takes each line alone (every line is a partial one
+    first). The lines, their starts and the open set must be the same."""
+    rng = random.Random(7)
+    for trial in range(200):
+        limit = rng.choice([5, 20, 100])
+        lines = [b"ab \t{}"[: rng.randint(0, 6)] * rng.choice([0, 1, 5, 40]) for _ in range(30)]
+        data = b"\n".join(lines) + rng.choice([b"\n", b"", b"tail"])
+        results = []
+        for name, step in (("whole", len(data) + 1), ("bytes", 1), ("random", 0)):
+            run_dir = tmp_path / f"{trial}-{name}"
+            run_dir.mkdir()
+            inbox = Inbox(str(run_dir), limit)
+            got, pos = [], 0
+            while pos < len(data):
+                size = step or rng.randint(1, 40)
+                got += inbox.feed(data[pos : pos + size])
+                pos += size
+            got += inbox.finish()
+            # an over-long line's head depends on the chunks it came in; its start does not
+            results.append(
+                (
+                    [
+                        (s, type(line) is OverlongLine, line if type(line) is bytes else b"")
+                        for s, line in got
+                    ],
+                    list(inbox.open),
+                )
+            )
+        assert results[0] == results[1] == results[2], data

@@ -18,11 +18,13 @@ import sys
 
 import orjson
 
-from actors.requests import APPEND_OK_LINE
+from actors.requests import APPEND_OK_REST
 from walctl.bench.appends import PREFIX
 
 READ_CHUNK = 1 << 20
 CHECKSUM = 0  # printed as 00000000
+# walnode's wal_append_ok line to the benchmark's client, without the newline
+APPEND_OK_LINE = ('{"src": "n1", "dest": "c1"' + APPEND_OK_REST).rstrip("\n")
 
 
 class NullNode:
@@ -43,7 +45,7 @@ class NullNode:
     def append_ok(self, msg_id: int, length: int) -> str:
         offset = self.next_offset
         self.next_offset += 1
-        return APPEND_OK_LINE.format('"n1"', '"c1"', msg_id, offset, length, CHECKSUM, offset)
+        return APPEND_OK_LINE % (msg_id, offset, length, CHECKSUM, offset)
 
     def answer(self, msg: dict) -> str:
         body = msg["body"]

@@ -149,7 +149,7 @@ class Front:
         """A run of successful appends, each with the writer's [offset, length,
         crc] (messages.py), answered in bulk: one store of the acknowledged
         offset and of the msg_ids, then every line queued at once."""
-        newest = max(fields[0] for _, fields in acked)
+        newest = max([fields[0] for _, fields in acked])
         if newest >= self.state.acked_next:
             # stored before these acks are printed, and before any kv_get after them
             self.state.store_acked_next(newest + 1)
@@ -321,11 +321,12 @@ class Front:
             return
         acked: list[tuple[Pending, list]] = []  # a run of appends' successes, answered in bulk
         answered = self.peers.answered
+        ok, append = m.OK, m.OP_APPEND
         for rid, code, fields in msg[1]:
             request = answered(rid)
             if request is None:  # answered already (timeout or a peer's crash)
                 continue
-            if code == m.OK and request.type == m.OP_APPEND:
+            if code == ok and request.type == append:
                 acked.append((request, fields))
                 continue
             if acked:  # replies keep the order the peer gave them

@@ -561,15 +561,17 @@ class ReplyFormatter:
         appends, each (request, the writer's [offset, length, crc]
         (messages.py)), with the reply msg_ids from `msg_id` on. A request
         is anything with src, dest and msg_id (a peers.Pending)."""
-        templates = self._append_templates
         lines = []
+        last_src = last_dest = template = None  # a run's replies mostly share both
         for request, fields in acked:
             src, dest, in_reply_to = request.src, request.dest, request.msg_id
             if type(in_reply_to) is int and type(src) is str and type(dest) is str:
                 # The hot path, one bytes % per line: json.dumps costs ~5 us a reply.
-                template = templates.get((src, dest))
-                if template is None:
-                    template = self._append_template(src, dest)
+                if src != last_src or dest != last_dest:
+                    template = self._append_templates.get((src, dest))
+                    if template is None:
+                        template = self._append_template(src, dest)
+                    last_src, last_dest = src, dest
                 offset, length, crc = fields
                 lines.append(template % (in_reply_to, offset, length, crc, msg_id))
             else:

@@ -2,7 +2,8 @@
 and routing.
 
 It reads request lines from stdin (through the inbox, actors/inbox.py),
-has them parsed and checked (actors/requests.py), answers what it can
+has them parsed and checked (actors/requests.py; the common append line
+at once, requests.plain_append), answers what it can
 alone (errors, `wal_recover`, `status` with the supervisor's help) and
 forwards the rest to the writer or the compactor, many requests per
 message; actors/peers.py keeps which peer is up and what each holds.
@@ -31,16 +32,16 @@ from actors.codes import Code, Exit
 from actors.config import FrontConfig, add_process_flags
 from actors.front_state import FrontState
 from actors.inbox import Inbox, OverlongLine
+from actors.jsontext import overlong_envelope
 from actors.leader import LeaderSource, LeaderWatch
 from actors.output import Output, StdoutClosed
 from actors.peers import ROUTES, Failure, Peers, Pending
+from actors.replies import ReplyFormatter
 from actors.requests import (
     BadRequest,
     NotARequest,
-    ReplyFormatter,
     Validators,
     check_request,
-    overlong_envelope,
     parse_request,
     plain_append,
     recover_reply,

@@ -28,15 +28,8 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from actors import messages as m
-from actors.requests import (
-    APPEND_OK,
-    MAX_DEPTH,
-    ReplyFormatter,
-    Unreadable,
-    overlong_envelope,
-    parse_json,
-    parse_nested,
-)
+from actors.jsontext import MAX_DEPTH, Unreadable, overlong_envelope, parse_json, parse_nested
+from actors.replies import APPEND_OK, ReplyFormatter
 from tests.nodeproc import Node
 from wal import CorruptionError, Entry, Log, crc_hex, record
 from wal.errors import DataMissing

@@ -1,7 +1,7 @@
 """A node that answers without a disk: the benchmark client's own ceiling.
 
 `python -m walctl.bench.nullnode` reads JSON lines on stdin and answers each
-at once on stdout, in walnode's reply layout (actors/requests.py), so the
+at once on stdout, in walnode's reply layout (actors/replies.py), so the
 client parses the same bytes it parses from walnode. A wal_append gets a
 wal_append_ok with the next offset and nothing is written anywhere; init,
 status and wal_info get what the driver needs to start and to verify
@@ -18,7 +18,7 @@ import sys
 
 import orjson
 
-from actors.requests import APPEND_OK_REST
+from actors.replies import APPEND_OK_REST
 from walctl.bench.appends import PREFIX
 
 READ_CHUNK = 1 << 20

@@ -516,12 +516,18 @@ class Front:
                 run.append((start, *append))
                 continue
             if run:
-                self.next_rid = self.peers.forward_appends(self.next_rid, self.node_id, run)
+                self.forward_appends(run)
                 run = []
             self.on_line(line, start)
             plain = self.takes_plain_appends()
         if run:
-            self.next_rid = self.peers.forward_appends(self.next_rid, self.node_id, run)
+            self.forward_appends(run)
+
+    def forward_appends(self, run: list[tuple[int, str, int, bytes]]) -> None:
+        """Forward a run on_lines gathered while takes_plain_appends (so the
+        node id is known, and no line since could change it)."""
+        assert self.node_id is not None
+        self.next_rid = self.peers.forward_appends(self.next_rid, self.node_id, run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,9 @@ class ReplyFormatter:
         (messages.py)), with the reply msg_ids from `msg_id` on. A request
         is anything with src, dest and msg_id (a peers.Pending)."""
         lines = []
-        last_src = last_dest = template = None  # a run's replies mostly share both
+        last_src: str | None = None  # a run's replies mostly share src and dest
+        last_dest: str | None = None
+        template = b""
         for request, fields in acked:
             src, dest, in_reply_to = request.src, request.dest, request.msg_id
             if type(in_reply_to) is int and type(src) is str and type(dest) is str:

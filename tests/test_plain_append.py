@@ -29,18 +29,12 @@ import zmq
 
 from actors import front as front_module
 from actors import messages as m
+from actors import requests
 from actors.codes import Code
 from actors.front import Front
 from actors.inbox import Inbox, OverlongLine
 from actors.output import Output
-from actors.requests import (
-    BadRequest,
-    NotARequest,
-    Validators,
-    check_request,
-    parse_request,
-    plain_append,
-)
+from actors.requests import plain_append
 
 LIMIT = 64  # --max-payload-bytes for these tests
 KNOWN = frozenset(["init", "wal_append", "wal_read", "wal_info", "status", "wal_recover"])
@@ -52,15 +46,15 @@ def strict_verdict(line: bytes) -> tuple:
     if type(line) is OverlongLine:
         return ("overlong",)
     try:
-        request = parse_request(line)
-    except NotARequest as skip:
+        request = requests.parse_request(line)
+    except requests.NotARequest as skip:
         return ("skip", str(skip))
     try:
-        check_request(request, KNOWN)
+        requests.check_request(request, KNOWN)
         if request.type != "wal_append":
             return ("other", request.type)
-        payload = Validators(LIMIT).wal_append(request.body)
-    except BadRequest as err:
+        payload = requests.Validators(LIMIT).wal_append(request.body)
+    except requests.BadRequest as err:
         return ("error", err.code, err.text)
     return ("append", request.client, request.msg_id, payload)
 

@@ -40,9 +40,8 @@ class ReplyFormatter:
             if type(in_reply_to) is int and type(src) is str and type(dest) is str:
                 # The hot path, one bytes % per line: json.dumps costs ~5 us a reply.
                 if src != last_src or dest != last_dest:
-                    template = self._append_templates.get((src, dest))
-                    if template is None:
-                        template = self._append_template(src, dest)
+                    known = self._append_templates.get((src, dest))
+                    template = known if known is not None else self._append_template(src, dest)
                     last_src, last_dest = src, dest
                 offset, length, crc = fields
                 lines.append(template % (in_reply_to, offset, length, crc, msg_id))

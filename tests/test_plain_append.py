@@ -429,3 +429,47 @@ def test_inbox_splits_a_run_of_lines_as_it_splits_them_one_by_one(tmp_path) -> N
                 )
             )
         assert results[0] == results[1] == results[2], data
+
+
+def test_output_cuts_whole_line_chunks_from_blocks(tmp_path, monkeypatch) -> None:
+    """Replies queued as blocks of lines (a run of append replies) and as
+    single lines go out as chunks of whole lines of at most PIPE_BUF bytes
+    (a longer line alone), in order, each chunk's lines marked just before
+    its write."""
+    from actors import output as output_module
+
+    writes: list[tuple[bytes, list[int]]] = []
+    marked: list[int] = []
+    inbox = Inbox(str(tmp_path), 1 << 20)
+    monkeypatch.setattr(inbox, "answered_many", lambda starts: marked.extend(starts))
+    monkeypatch.setattr(
+        output_module, "write_all", lambda fd, data: writes.append((data, marked[:]))
+    )
+    out_fd = os.open(tmp_path / "stdout", os.O_WRONLY | os.O_CREAT, 0o600)
+    out = Output(out_fd, inbox)  # a file: every chunk is written at once
+    rng = random.Random(3)
+    expected: list[bytes] = []
+    start = 0
+    for _ in range(300):
+        count = rng.choice([1, 1, 5, 40])
+        lines = [b"x" * rng.choice([0, 10, 150, 4095, 5000]) + b"\n" for _ in range(count)]
+        starts = list(range(start, start + count))
+        start += count
+        if count == 1 and rng.random() < 0.5:
+            out.add(lines[0][:-1].decode(), starts[0])
+        else:
+            out.add_lines(b"".join(lines), starts)
+        expected += lines
+        if rng.random() < 0.3:
+            out.write_ready()
+    out.write_ready()
+    os.close(out_fd)
+    assert not out and out.queued_bytes == 0
+    assert b"".join(data for data, _ in writes) == b"".join(expected)
+    assert marked == list(range(start))
+    done = 0
+    for data, marks in writes:
+        assert data.endswith(b"\n")
+        assert len(data) <= output_module.PIPE_BUF or data.count(b"\n") == 1
+        done += data.count(b"\n")
+        assert len(marks) == done  # this chunk's lines, and no later one, were marked first

@@ -131,6 +131,13 @@ class Inbox:
             except OSError:
                 pass
 
+    def close(self) -> None:
+        """Close the files (the front's exit closes them anyway; tests make many inboxes)."""
+        for fd in (self._fd, self._afd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._afd = -1
+
     def _reopen(self) -> None:
         for fd in (self._fd, self._afd):
             if fd >= 0:

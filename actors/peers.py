@@ -213,12 +213,11 @@ class Peers:
         pending = self.pending
         outbox = self.by_name["writer"].outbox
         rid = last_rid
+        op = m.OP_APPEND
         for start, client, msg_id, payload in run:
             rid += 1
-            pending[rid] = Pending(
-                src, client, msg_id, m.OP_APPEND, start, "writer", None, deadline
-            )
-            outbox.append([rid, m.OP_APPEND, payload])
+            pending[rid] = Pending(src, client, msg_id, op, start, "writer", None, deadline)
+            outbox.append([rid, op, payload])
         return rid
 
     def answered(self, rid: int) -> Pending | None:

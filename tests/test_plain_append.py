@@ -385,8 +385,10 @@ def test_front_answers_a_stream_identically_with_and_without_the_fast_path(
     monkeypatch.setattr(front_module, "plain_append", lambda line, limit: None)
     strict, strict_capture, strict_fd = make_front(tmp_path, "strict")
     strict_sent = run_stream(strict, strict_capture, chunks)
-    for fd in (fast_fd, strict_fd):
+    for front, fd in ((fast, fast_fd), (strict, strict_fd)):
         os.close(fd)
+        front.inbox.close()
+        front.control.close(linger=0)
     assert fast_sent == strict_sent  # the writer gets the same requests, payloads, order
     for name in ("stdout", "front.answered"):
         fast_bytes = (tmp_path / "fast" / name).read_bytes()
@@ -418,6 +420,7 @@ def test_inbox_splits_a_run_of_lines_as_it_splits_them_one_by_one(tmp_path) -> N
                 got += inbox.feed(data[pos : pos + size])
                 pos += size
             got += inbox.finish()
+            inbox.close()
             # an over-long line's head depends on the chunks it came in; its start does not
             results.append(
                 (
@@ -464,6 +467,7 @@ def test_output_cuts_whole_line_chunks_from_blocks(tmp_path, monkeypatch) -> Non
             out.write_ready()
     out.write_ready()
     os.close(out_fd)
+    inbox.close()
     assert not out and out.queued_bytes == 0
     assert b"".join(data for data, _ in writes) == b"".join(expected)
     assert marked == list(range(start))

@@ -47,6 +47,8 @@ import logging
 import os
 import struct
 from array import array
+from itertools import accumulate
+from operator import add, itemgetter
 
 from wal.fsutil import write_all
 
@@ -129,6 +131,13 @@ class Inbox:
             except OSError:
                 pass
 
+    def close(self) -> None:
+        """Close the files (the front's exit closes them anyway; tests make many inboxes)."""
+        for fd in (self._fd, self._afd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._afd = -1
+
     def _reopen(self) -> None:
         for fd in (self._fd, self._afd):
             if fd >= 0:
@@ -152,18 +161,23 @@ class Inbox:
             begin = nl + 1
             self._pos += begin
         limit = self.max_line_bytes
-        while (nl := data.find(b"\n", begin)) >= 0:
-            if self._partial:
-                line = bytes(self._partial) + data[begin:nl]
-                self._partial.clear()
-            else:
-                line = data[begin:nl]
-            start = self._pos
-            self._pos = start + len(line) + 1
+        if self._partial and (nl := data.find(b"\n", begin)) >= 0:  # the line it ends
+            self._add_line(lines, bytes(self._partial) + data[begin:nl])
+            self._partial.clear()
             begin = nl + 1
-            if len(line) > limit:
-                line = OverlongLine(line[:PREFIX_BYTES])
-            lines.append((start, line))
+        last = data.rfind(b"\n", begin)
+        if not self._partial and last >= begin:
+            # the whole lines in one split; their starts by a running sum (in C)
+            parts = data[begin:last].split(b"\n")
+            lengths = list(map(len, parts))
+            if max(lengths) <= limit:
+                starts = list(map(add, accumulate(lengths, initial=self._pos), range(len(parts))))
+                lines += zip(starts, parts, strict=True)
+                self._pos = starts[-1] + lengths[-1] + 1
+            else:
+                for part in parts:
+                    self._add_line(lines, part)
+            begin = last + 1
         rest = len(data) - begin
         if len(self._partial) + rest > limit:
             head = bytes(self._partial[:PREFIX_BYTES]) + data[begin : begin + PREFIX_BYTES]
@@ -174,6 +188,14 @@ class Inbox:
         else:
             self._partial += data[begin:]
         return lines
+
+    def _add_line(self, lines: list[tuple[int, bytes]], line: bytes) -> None:
+        """The next complete line, as an OverlongLine if it is past the limit."""
+        start = self._pos
+        self._pos = start + len(line) + 1
+        if len(line) > self.max_line_bytes:
+            line = OverlongLine(line[:PREFIX_BYTES])
+        lines.append((start, line))
 
     # -- the front's calls ---------------------------------------------------
 
@@ -204,8 +226,7 @@ class Inbox:
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
         """Split a chunk `take` returned into lines; returns the complete ones, now open."""
         lines = self._split(chunk)
-        for start, _ in lines:
-            self.open[start] = None
+        self.open.update(dict.fromkeys(map(itemgetter(0), lines)))
         return lines
 
     def finish(self) -> list[tuple[int, bytes]]:
@@ -223,6 +244,11 @@ class Inbox:
         if start in self.open:
             del self.open[start]
             self._marks.append(start)
+
+    def answered_many(self, starts: list[int]) -> None:
+        """answered() of each start, in order."""
+        pop = self.open.pop
+        self._marks.extend([start for start in starts if pop(start, 0) is None])
 
     def sync_marks(self) -> None:
         """Record the lines answered since the last call; before their replies print."""

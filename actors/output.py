@@ -56,58 +56,67 @@ class Output:
         self.fd = fd
         self.inbox = inbox
         self.is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
-        self._lines: deque[tuple[bytes, int]] = deque()  # (line with its newline, inbox start)
+        # Blocks of whole lines (each with its newline) and the inbox starts of
+        # the request lines they answer, one per line: a run of replies
+        # formatted in bulk stays one bytes object until it is written.
+        self._blocks: deque[tuple[bytes, list[int]]] = deque()
+        self._pos = 0  # bytes of the first block already written
+        self._done = 0  # lines of the first block already written
         self.queued_bytes = 0
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
 
     def __bool__(self) -> bool:
-        return bool(self._lines)
+        return bool(self._blocks)
 
     def add(self, text: str, start: int) -> None:
         """Queue a reply line (without newline) that answers the line at `start`."""
-        data = (text + "\n").encode()
-        self._lines.append((data, start))
-        self.queued_bytes += len(data)
+        self.add_lines((text + "\n").encode(), [start])
 
-    def add_many(self, replies: list[tuple[str, int]]) -> None:
-        """Queue reply lines (without newline) with the line starts they answer, in order."""
-        lines = [((text + "\n").encode(), start) for text, start in replies]
-        self._lines.extend(lines)
-        self.queued_bytes += sum(len(data) for data, _ in lines)
+    def add_lines(self, data: bytes, starts: list[int]) -> None:
+        """Queue reply lines, each ending in a newline, answering the lines at
+        `starts` (one each, in order)."""
+        if data:
+            self._blocks.append((data, starts))
+            self.queued_bytes += len(data)
 
     def backed_up(self) -> bool:
         return self.queued_bytes >= HIGH_WATER
+
+    def _first_line(self) -> int:
+        """The length of the next line to write."""
+        data = self._blocks[0][0]
+        return data.index(b"\n", self._pos) + 1 - self._pos
 
     def waiting_for_room(self) -> bool:
         """The next line is longer than PIPE_BUF and the pipe lacks room for
         it: poll says nothing useful (a free page is not enough), so check
         again after a short sleep instead."""
-        return bool(self._lines) and self.is_pipe and len(self._lines[0][0]) > PIPE_BUF
+        return bool(self._blocks) and self.is_pipe and self._first_line() > PIPE_BUF
 
     def write_ready(self) -> None:
         """Write every chunk the pipe takes now without blocking."""
-        while self._lines:
-            first = len(self._lines[0][0])
+        while self._blocks:
+            first = self._first_line()
             if not self.is_pipe:
-                self._write(self._take(PIPE_BUF))
+                self._write(*self._take(PIPE_BUF))
             elif first <= PIPE_BUF:
                 if not self._poll.poll(0):
                     return
-                self._write(self._take(PIPE_BUF))
+                self._write(*self._take(PIPE_BUF))
             elif self._room() >= first:
-                self._write(self._take(first))
+                self._write(*self._take(first))
             elif not self._grow(first):
-                self._write(self._take(first))  # larger than any pipe: may block
+                self._write(*self._take(first))  # larger than any pipe: may block
             else:
                 return
 
     def drain(self, deadline: float | None = None) -> bool:
         """Write everything, waiting for the reader; False if `deadline`
         (time.monotonic) passed first."""
-        while self._lines:
+        while self._blocks:
             self.write_ready()
-            if not self._lines:
+            if not self._blocks:
                 break
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -116,21 +125,38 @@ class Output:
             self._poll.poll(wait if left is None else min(wait, max(1, int(left * 1000))))
         return True
 
-    def _take(self, limit: int) -> list[tuple[bytes, int]]:
-        """Whole lines from the front of the queue, at most `limit` bytes
-        (or the first line alone if it is longer)."""
-        chunk = [self._lines.popleft()]
-        size = len(chunk[0][0])
-        while self._lines and size + len(self._lines[0][0]) <= limit:
-            size += len(self._lines[0][0])
-            chunk.append(self._lines.popleft())
-        return chunk
+    def _take(self, limit: int) -> tuple[list[bytes], list[int]]:
+        """Whole lines from the front of the queue, at most `limit` bytes (or
+        the first line alone if it is longer), and the starts they answer."""
+        pieces: list[bytes] = []
+        starts: list[int] = []
+        size = 0
+        while self._blocks and size < limit:
+            data, block_starts = self._blocks[0]
+            pos = self._pos
+            end = len(data)
+            if end - pos > limit - size:  # not all of the block: up to its last line that fits
+                end = data.rfind(b"\n", pos, pos + limit - size) + 1
+                if end == 0:
+                    if size:
+                        break
+                    end = data.index(b"\n", pos) + 1  # a line longer than the limit, alone
+            count = data.count(b"\n", pos, end)
+            pieces.append(data[pos:end] if pos or end < len(data) else data)
+            starts += block_starts[self._done : self._done + count]
+            size += end - pos
+            if end < len(data):
+                self._pos = end
+                self._done += count
+                break
+            self._blocks.popleft()
+            self._pos = self._done = 0
+        return pieces, starts
 
-    def _write(self, chunk: list[tuple[bytes, int]]) -> None:
-        data = b"".join(line for line, _ in chunk)
+    def _write(self, pieces: list[bytes], starts: list[int]) -> None:
+        data = b"".join(pieces)
         self.queued_bytes -= len(data)
-        for _, start in chunk:
-            self.inbox.answered(start)
+        self.inbox.answered_many(starts)
         self.inbox.sync_marks()  # the marks, then the lines: nothing runs between them
         try:
             write_all(self.fd, data)

@@ -198,6 +198,28 @@ class Peers:
             self.held.append(Held(rid, op, arg, request))
         return None
 
+    def takes_appends(self) -> bool:
+        """forward_appends may be used: the writer is up and nothing is refused."""
+        return self.by_name["writer"].up and not self.refusing
+
+    def forward_appends(
+        self, last_rid: int, src: str, run: list[tuple[int, str, int, bytes]]
+    ) -> int:
+        """forward() of a run of wal_appends, each (line start, client,
+        msg_id, payload), to an up writer (takes_appends), with rids after
+        `last_rid`; the last rid used. One deadline serves the run: it was
+        read at one time."""
+        deadline = time.monotonic() + self.request_timeout
+        pending = self.pending
+        outbox = self.by_name["writer"].outbox
+        rid = last_rid
+        op = m.OP_APPEND
+        for start, client, msg_id, payload in run:
+            rid += 1
+            pending[rid] = Pending(src, client, msg_id, op, start, "writer", None, deadline)
+            outbox.append([rid, op, payload])
+        return rid
+
     def answered(self, rid: int) -> Pending | None:
         """The request a reply is for; None if it was answered already
         (timeout or its peer's crash)."""

@@ -18,6 +18,10 @@ __all__ = ["NODE", "REPO", "WALCTL", "Node", "pid_alive", "wait_until", "walctl"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE = os.path.join(REPO, "node.py")
 WALCTL = [sys.executable, "-m", "walctl"]  # the installed walctl package, as `walctl` runs it
+# Seconds init waits for its reply: supervisor, writer, compactor and front
+# start (four interpreters) first, and on a loaded 2-core box that took up
+# to 10 s and more, so a 10 s wait failed tests that were right.
+START_TIMEOUT = 30.0
 
 
 def walctl(*args: str) -> subprocess.CompletedProcess:
@@ -108,8 +112,10 @@ class Node:
         assert reply["type"] == body["type"] + "_ok", reply
         return reply
 
-    def init(self, node_id: str = "n1") -> dict:
-        return self.call_ok({"type": "init", "node_id": node_id, "node_ids": [node_id]}, src="c0")
+    def init(self, node_id: str = "n1", timeout: float = START_TIMEOUT) -> dict:
+        """The first request: its reply waits for the whole tree to start."""
+        body = {"type": "init", "node_id": node_id, "node_ids": [node_id]}
+        return self.call_ok(body, timeout, src="c0")
 
     def status(self) -> dict:
         return self.call_ok({"type": "status"})

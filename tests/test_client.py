@@ -12,6 +12,7 @@ tree.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 
 import pytest
@@ -20,6 +21,25 @@ from actors.codes import Code
 from actors.procfs import pid_alive
 from tests.nodeproc import wait_until
 from walnode import Appended, Client, WalnodeError, WalnodeExited
+
+
+def test_client_serves_a_process_with_fds_past_1024(tmp_path):
+    """The client waits on its pipes with poll: select() refuses an fd past
+    1024, and its reader thread died on that (the first call then failed as
+    "walnode closed its stdout")."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("needs a soft limit of at least 1200 open files")
+    held = [os.open(os.devnull, os.O_RDONLY)]
+    try:
+        while held[-1] < 1100:  # each takes the lowest free fd: all below are taken
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with Client.spawn(data_dir=tmp_path / "data") as c:
+            assert c.proc.stdout is not None and c.proc.stdout.fileno() > 1024
+            assert c.append("x").offset == 0
+            assert c.read(0).payload == "x"
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def test_first_use_on_a_fresh_directory(tmp_path):

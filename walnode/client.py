@@ -21,6 +21,7 @@ the end of stdout.
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import select
 import shutil
@@ -53,6 +54,15 @@ def node_command() -> list[str]:
     if script is None:
         raise FileNotFoundError(f"neither {NODE_PY} nor a `walnode` command on PATH")
     return [script]
+
+
+def _wait_for(fd: int, event: int, seconds: float) -> bool:
+    """Wait up to `seconds` for `event` (select.POLLIN/POLLOUT, or the pipe's
+    end) on `fd`; True if it came. poll, not select: select fails on an fd
+    past 1024, and the caller's process may have that many open."""
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(max(0, math.ceil(seconds * 1000))))
 
 
 class WalnodeError(Exception):
@@ -549,8 +559,7 @@ class Client(Child):
         assert self.proc.stdout is not None
         fd, rest = self.proc.stdout.fileno(), b""
         while True:
-            ready, _, _ = select.select([fd], [], [], self._until_next_deadline())
-            if not ready:
+            if not _wait_for(fd, select.POLLIN, self._until_next_deadline()):
                 self._expire()
                 continue
             chunk = os.read(fd, READ_CHUNK)
@@ -675,7 +684,7 @@ class LeanPipes(Child):
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise WalnodeError(Code.TIMEOUT, "walnode stopped reading stdin") from None
-                select.select([], [self.wfd], [], 0.1)
+                _wait_for(self.wfd, select.POLLOUT, 0.1)
             except BrokenPipeError:
                 raise WalnodeError(Code.CRASH, "walnode closed stdin") from None
 
@@ -696,7 +705,7 @@ class LeanPipes(Child):
         self.write_all(orjson.dumps(message) + b"\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            select.select([self.rfd], [], [], 0.2)
+            _wait_for(self.rfd, select.POLLIN, 0.2)
             *lines, self.leftover = (self.leftover + self.read_chunk()).split(b"\n")
             for raw in lines:
                 reply = orjson.loads(raw)["body"]

@@ -1,7 +1,7 @@
 """A node that answers without a disk: the benchmark client's own ceiling.
 
 `python -m walctl.bench.nullnode` reads JSON lines on stdin and answers each
-at once on stdout, in walnode's reply layout (actors/requests.py), so the
+at once on stdout, in walnode's reply layout (actors/replies.py), so the
 client parses the same bytes it parses from walnode. A wal_append gets a
 wal_append_ok with the next offset and nothing is written anywhere; init,
 status and wal_info get what the driver needs to start and to verify
@@ -18,11 +18,13 @@ import sys
 
 import orjson
 
-from actors.requests import APPEND_OK_LINE
+from actors.replies import APPEND_OK_REST
 from walctl.bench.appends import PREFIX
 
 READ_CHUNK = 1 << 20
 CHECKSUM = 0  # printed as 00000000
+# walnode's wal_append_ok line to the benchmark's client, without the newline
+APPEND_OK_LINE = ('{"src": "n1", "dest": "c1"' + APPEND_OK_REST).rstrip("\n")
 
 
 class NullNode:
@@ -43,7 +45,7 @@ class NullNode:
     def append_ok(self, msg_id: int, length: int) -> str:
         offset = self.next_offset
         self.next_offset += 1
-        return APPEND_OK_LINE.format('"n1"', '"c1"', msg_id, offset, length, CHECKSUM, offset)
+        return APPEND_OK_LINE % (msg_id, offset, length, CHECKSUM, offset)
 
     def answer(self, msg: dict) -> str:
         body = msg["body"]

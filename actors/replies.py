@@ -1,0 +1,77 @@
+"""Reply lines in the exact layout of PROTOCOL.md (json.dumps's), without
+json.dumps on the hot path: a run of wal_append_ok is printed from one
+template per (src, dest)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from actors.jsontext import dumps
+from actors.messages import append_fields
+
+APPEND_OK = "wal_append_ok"
+# json.dumps's layout of a wal_append_ok reply (PROTOCOL.md), field for field,
+# after its src and dest: in_reply_to, offset, length, crc, msg_id
+APPEND_OK_REST = (
+    ', "body": {"type": "wal_append_ok", "in_reply_to": %d, "offset": %d, "length": %d, '
+    '"checksum": "%08x", "msg_id": %d}}\n'
+)
+
+
+class ReplyFormatter:
+    """Reply lines in json.dumps's layout (PROTOCOL.md)."""
+
+    def __init__(self) -> None:
+        self._json_strs: dict[str, str] = {}
+        self._append_templates: dict[tuple[str, str], bytes] = {}
+
+    def append_ok_lines(self, acked: list[tuple[Any, list]], msg_id: int) -> bytes:
+        """The wal_append_ok lines (each with its newline) of a run of
+        appends, each (request, the writer's [offset, length, crc]
+        (messages.py)), with the reply msg_ids from `msg_id` on. A request
+        is anything with src, dest and msg_id (a peers.Pending)."""
+        lines = []
+        last_src: str | None = None  # a run's replies mostly share src and dest
+        last_dest: str | None = None
+        template = b""
+        for request, fields in acked:
+            src, dest, in_reply_to = request.src, request.dest, request.msg_id
+            if type(in_reply_to) is int and type(src) is str and type(dest) is str:
+                # The hot path, one bytes % per line: json.dumps costs ~5 us a reply.
+                if src != last_src or dest != last_dest:
+                    known = self._append_templates.get((src, dest))
+                    template = known if known is not None else self._append_template(src, dest)
+                    last_src, last_dest = src, dest
+                offset, length, crc = fields
+                lines.append(template % (in_reply_to, offset, length, crc, msg_id))
+            else:
+                text = self.line(src, dest, in_reply_to, APPEND_OK, append_fields(fields), msg_id)
+                lines.append((text + "\n").encode())
+            msg_id += 1
+        return b"".join(lines)
+
+    def _append_template(self, src: str, dest: str) -> bytes:
+        if len(self._append_templates) > 10_000:
+            self._append_templates.clear()
+        # json.dumps of a str is ASCII; a % in it must not be read as a field
+        head = f'{{"src": {self.json_str(src)}, "dest": {self.json_str(dest)}'.replace("%", "%%")
+        template = self._append_templates[(src, dest)] = (head + APPEND_OK_REST).encode()
+        return template
+
+    def line(
+        self, src: Any, dest: Any, in_reply_to: Any, typ: str, fields: dict, msg_id: int
+    ) -> str:
+        body = {"type": typ, "in_reply_to": in_reply_to}
+        body.update(fields)
+        body["msg_id"] = msg_id
+        return dumps({"src": src, "dest": dest, "body": body})  # without the newline
+
+    def json_str(self, text: str) -> str:
+        """json.dumps(text), remembered: node and client ids repeat on every reply."""
+        encoded = self._json_strs.get(text)
+        if encoded is None:
+            if len(self._json_strs) > 10_000:
+                self._json_strs.clear()
+            encoded = self._json_strs[text] = json.dumps(text)
+        return encoded

@@ -93,7 +93,10 @@ def test_front_follows_the_leader_key(node_factory, log_side_factory, etcd_serve
         # after --request-timeout, nor a heartbeat loss (3 s)
         assert [r.get("code") for r in replies] == [13] * 5, replies
         assert all("stopped being the cluster's leader" in r["text"] for r in replies), replies
-        assert "replica rb" in replies[0]["text"], replies[0]
+        # point_to revokes the old key before it creates the new one, as a real
+        # handover goes through "no leader": the front may have read either view
+        text = replies[0]["text"]
+        assert "replica rb" in text or "etcd names no leader now" in text, replies[0]
         assert moved < 1.5, moved
         # new appends go to b: its log starts at 0
         after = append(node, "b-0")

@@ -216,6 +216,11 @@ def run_cuts(args: argparse.Namespace, data_dir: str, trace: str, progress) -> l
     return verdicts
 
 
+def _ms(value: float | None) -> str:
+    """A time for the summary, to 0.1 ms (a median of two is their mean: 909.5999999999999)."""
+    return "-" if value is None else f"{value:.1f} ms"
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -278,7 +283,7 @@ def print_report(r: dict) -> None:
         f"{r['acknowledged_at_cuts']} summed over the cuts (what was acknowledged before each)",
         f"lost: {r['lost']} (in {r['cuts_with_loss']} cuts, at most {r['most_lost_in_a_cut']} "
         f"in one); duplicated: {r['duplicated']}; refused starts: {r['refused_starts']}",
-        f"restart to serving: p50 {t['p50']} ms, p99 {t['p99']} ms, worst {t['worst']} ms",
+        f"restart to serving: p50 {_ms(t['p50'])}, p99 {_ms(t['p99'])}, worst {_ms(t['worst'])}",
     ]
     if r["lost"] and r["fsync"] != "always":
         lines.append(f"(--fsync {r['fsync']} acknowledges before the fsync: it may lose these)")

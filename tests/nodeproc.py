@@ -22,11 +22,29 @@ WALCTL = [sys.executable, "-m", "walctl"]  # the installed walctl package, as `w
 # start (four interpreters) first, and on a loaded 2-core box that took up
 # to 10 s and more, so a 10 s wait failed tests that were right.
 START_TIMEOUT = 30.0
+WALCTL_STOP_WAIT = 20.0  # seconds a walctl told to stop has to stop what it started
 
 
-def walctl(*args: str) -> subprocess.CompletedProcess:
-    """Run the operator tool and capture what it prints."""
-    return subprocess.run([*WALCTL, *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+def walctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the operator tool and capture what it prints. If it outlives
+    `timeout`, or the test's own timeout interrupts the wait, it gets SIGTERM
+    first, so it stops and reaps what it started (a campaign's replicas run in
+    sessions of their own, which a SIGKILL of walctl would orphan), and
+    SIGKILL only if it does not end within WALCTL_STOP_WAIT."""
+    proc = subprocess.Popen(
+        [*WALCTL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=WALCTL_STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 class Node:

@@ -26,6 +26,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 
 from wal import CorruptionError, DataDir, DirectoryLocked, Log, WalError, crc_hex, repair
@@ -184,6 +185,10 @@ TOOLS = {
 }
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="walctl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -216,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stdout is None:  # started with fd 1 closed (`walctl dump DIR >&-`)
         print(f"walctl {args.command}: stdout is closed; run it with stdout open", file=sys.stderr)
         return 2
+    if args.command in ("crashtest", "bench"):
+        # They start walnodes, a cluster and etcd in sessions of their own, which a
+        # plain SIGTERM of walctl would orphan: raised as SystemExit, it runs the
+        # tools' cleanup (their `finally` stops and reaps what they started).
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return args.func(args)
     except DirectoryLocked as err:

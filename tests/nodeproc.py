@@ -25,14 +25,19 @@ START_TIMEOUT = 30.0
 WALCTL_STOP_WAIT = 20.0  # seconds a walctl told to stop has to stop what it started
 
 
-def walctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def walctl(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the operator tool and capture what it prints. If it outlives
     `timeout`, or the test's own timeout interrupts the wait, it gets SIGTERM
     first, so it stops and reaps what it started (a campaign's replicas run in
     sessions of their own, which a SIGKILL of walctl would orphan), and
     SIGKILL only if it does not end within WALCTL_STOP_WAIT."""
     proc = subprocess.Popen(
-        [*WALCTL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+        [*WALCTL, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
     )
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -14,18 +14,18 @@ import subprocess
 
 import pytest
 
-from tests.nodeproc import REPO, WALCTL
+from tests.nodeproc import REPO, WALCTL, walctl
 
 
 def campaign(tmp_path, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "report.json"
-    argv = [*WALCTL, "crashtest", "--power-loss", "--no-progress", "--seed", "7"]
-    done = subprocess.run(
-        [*argv, "--json", str(out), *flags],
-        capture_output=True,
-        text=True,
+    argv = ["crashtest", "--power-loss", "--no-progress", "--seed", "7"]
+    done = walctl(  # on a timeout it stops the campaign's walnode too
+        *argv,
+        "--json",
+        str(out),
+        *flags,
         timeout=150,
-        cwd=REPO,
         env={"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
     assert out.exists(), done.stdout + done.stderr

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from actors import procfs
 from tests.nodeproc import REPO, WALCTL, walctl
 from wal import DataDir, Log
 
@@ -121,17 +122,11 @@ def test_crashtest_without_tqdm_says_what_to_install():
 
 
 def processes_naming(path: str) -> list[int]:
-    """Pids of live processes whose command line names `path`."""
+    """Pids of live processes with an argument that names `path`."""
     found = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:  # gone meanwhile
-            continue
-        if path.encode() in cmdline:
+        argv = procfs.cmdline(int(name)) if name.isdigit() else None
+        if argv is not None and any(path in arg for arg in argv):
             found.append(int(name))
     return found
 

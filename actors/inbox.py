@@ -47,6 +47,7 @@ import logging
 import os
 import struct
 from array import array
+from collections.abc import Sequence
 from itertools import accumulate
 from operator import add, itemgetter
 
@@ -241,12 +242,11 @@ class Inbox:
 
     def answered(self, start: int) -> None:
         """The line at `start` needs nothing more (answered, or never answerable)."""
-        if start in self.open:
-            del self.open[start]
-            self._marks.append(start)
+        self.answered_many((start,))
 
-    def answered_many(self, starts: list[int]) -> None:
-        """answered() of each start, in order."""
+    def answered_many(self, starts: Sequence[int]) -> None:
+        """The lines at `starts` need nothing more, in order; each still open is
+        marked once (open's values are None, so pop's 0 means not open)."""
         pop = self.open.pop
         self._marks.extend([start for start in starts if pop(start, 0) is None])
 

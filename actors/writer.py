@@ -96,6 +96,11 @@ class GroupCommitStats:
         }
 
 
+def failed_reply(op: str, err: Exception) -> tuple[int, dict]:
+    """The reply to a request the log refused with an error that is not a full disk."""
+    return Code.CRASH, {"text": f"{op} failed in the writer: {err}"}
+
+
 class Writer:
     def __init__(self, datadir: DataDir, wal: Log, policy: FsyncPolicy) -> None:
         self.datadir = datadir
@@ -282,7 +287,7 @@ class Writer:
                 self.disk_full(err)
                 result = (Code.TEMPORARILY_UNAVAILABLE, {"text": f"{err}"})
             except (WalError, ValueError, TypeError) as err:
-                result = (Code.CRASH, {"text": f"{op} failed in the writer: {err}"})
+                result = failed_reply(op, err)
             replies.append([rid, op, result])
         if run:
             self.append_run(run, replies)
@@ -298,14 +303,14 @@ class Writer:
                 replies.extend([rid, op, DISK_FULL_REPLY] for rid, op, _ in run[start:])
                 return
             staged: list[tuple[int, int]] = []
-            failed = None
+            failed: tuple[int, dict] | None = None
             try:
                 self.log.append_many([payload for _, _, payload in run[start:]], staged)
             except DiskFull as err:
                 self.disk_full(err)
                 failed = DISK_FULL_REPLY
             except (WalError, ValueError, TypeError) as err:
-                failed = (Code.CRASH, {"text": f"{m.OP_APPEND} failed in the writer: {err}"})
+                failed = failed_reply(m.OP_APPEND, err)
             ok = m.OK
             fields = m.append_ok_fields
             for (offset, crc), (rid, op, payload) in zip(staged, run[start:], strict=False):

@@ -66,6 +66,7 @@ CHILD_STOP_WAIT = 5.0  # the compactor and the writer finish their batch, or are
 PING_EVERY = 0.5  # seconds between heartbeats to each ready child ...
 STALLED_AFTER = 3.0  # ... and a ready child silent this long is "stalled" in status
 SPARE_DELAY = 0.5  # seconds with every process ready before the spares start
+SPARE_DELAY_MAX = 60.0  # a spare that keeps dying on its own is replaced at most this often
 
 
 def child(role: str) -> list[str]:
@@ -91,6 +92,7 @@ class Child:
     keeps_spare: bool = False  # a spare waits to replace it (the writer, beside a local front)
     spare: subprocess.Popen | None = None
     spare_promote_fd: int | None = None  # the supervisor's end of the spare's pipe
+    spare_deaths: int = 0  # spares that died on their own in a row: each doubles the delay
 
     def status(self, now: float) -> dict:
         """Its entry in `status`: a ready child that stopped answering the
@@ -100,13 +102,16 @@ class Child:
         if state == "ready" and age is not None and age > STALLED_AFTER:
             state = "stalled"
         last_seen_ms = None if age is None else round(age * 1000)
-        return {
+        entry = {
             "role": self.role,
             "pid": self.pid,
             "restarts": self.restarts,
             "state": state,
             "last_seen_ms": last_seen_ms,
         }
+        if self.keeps_spare:
+            entry["spare_pid"] = self.spare.pid if self.spare is not None else None
+        return entry
 
     @property
     def pid(self) -> int | None:
@@ -157,8 +162,31 @@ class Child:
         finally:
             os.close(fd)
         self.proc = spare
+        self.spare_deaths = 0  # it served its purpose
         log.info("promoted the spare %s, pid %d", self.role, spare.pid)
         return True
+
+    def spare_exited(self) -> bool:
+        """Reap a spare that died on its own (True): a kill, or a failed import.
+        Its successor waits spare_delay(); a spare promoted later is not one."""
+        spare = self.spare
+        if spare is None or spare.poll() is None:
+            return False
+        log.warning(
+            "the spare %s (pid %d) %s; another starts in %g s",
+            self.role,
+            spare.pid,
+            describe_exit(spare.returncode),
+            self.spare_delay(self.spare_deaths + 1),
+        )
+        self.spare_deaths += 1
+        self.stop_spare()  # closes its pipe; it is reaped already
+        return True
+
+    def spare_delay(self, deaths: int | None = None) -> float:
+        """How long after every process is ready its next spare starts."""
+        n = self.spare_deaths if deaths is None else deaths
+        return min(SPARE_DELAY * 2**n, SPARE_DELAY_MAX)
 
     def stop_spare(self) -> None:
         """Kill and reap the spare: it holds nothing and has done nothing."""
@@ -293,7 +321,8 @@ class Supervisor:
         if self.stop_mode is None and all(c.state == "ready" for c in self.children.values()):
             # not at once: its imports (a CPU for ~0.3 s) would slow what the
             # processes just ready serve first
-            self.spares_due = time.monotonic() + SPARE_DELAY
+            delay = max(c.spare_delay() for c in self.children.values())
+            self.spares_due = time.monotonic() + delay
 
     def on_pong(self, role: str, msg: list) -> None:
         child = self.children.get(role)
@@ -360,7 +389,7 @@ class Supervisor:
         child.backoff = min(max(child.backoff * 2, RESTART_BACKOFF_MIN), RESTART_BACKOFF_MAX)
 
     def start_spares(self, now: float) -> None:
-        """Start the spares once SPARE_DELAY passed with every process ready."""
+        """Start the spares once their delay passed with every process ready."""
         if self.spares_due is None or now < self.spares_due:
             return
         self.spares_due = None
@@ -426,6 +455,9 @@ class Supervisor:
         next_ping = time.monotonic() + PING_EVERY
         while True:
             for child in self.children.values():
+                if child.spare_exited() and self.stop_mode is None:
+                    due_at = time.monotonic() + child.spare_delay()
+                    self.spares_due = min(self.spares_due or due_at, due_at)
                 if child.proc is not None:
                     code = child.proc.poll()
                     if code is not None:

@@ -120,6 +120,24 @@ def test_a_killed_writer_is_replaced_by_its_spare(node_factory, data_dir):
     assert not pid_alive(second) and not procfs.children(node.pid)
 
 
+def test_a_spare_that_dies_on_its_own_is_reaped_and_replaced(node_factory):
+    """status names the spare; one killed while it waits is reaped at once (no
+    zombie kept until the next restart), and another starts after SPARE_DELAY."""
+    node = node_factory()
+    node.init()
+    spare = spare_of(node)
+    assert node.process("writer")["spare_pid"] == spare
+    os.kill(spare, signal.SIGKILL)
+    assert wait_until(lambda: not os.path.exists(f"/proc/{spare}"), timeout=5), "not reaped"
+    assert wait_until(lambda: node.process("writer")["spare_pid"] not in (None, spare), timeout=10)
+    second = node.process("writer")["spare_pid"]
+    assert spares(node) == [second]
+    os.kill(node.pids()["writer"], signal.SIGKILL)  # the new spare is the one promoted
+    assert wait_until(lambda: node.process("writer")["pid"] == second, timeout=10)
+    assert node.call_ok({"type": "wal_append", "payload": "after"})["offset"] == 0
+    assert node.close() == 0
+
+
 def test_writer_restarts_and_keeps_every_entry(node_factory, data_dir):
     node = node_factory("--data-dir", data_dir)
     node.init()

@@ -191,6 +191,7 @@ class ProcessInfo:
     pid: int | None
     restarts: int
     state: str  # starting, ready, down
+    spare_pid: int | None = None  # its spare, on a role that keeps one (the writer)
 
 
 @dataclass(frozen=True, slots=True)

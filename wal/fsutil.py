@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from wal.errors import DiskFull
 
@@ -72,3 +73,35 @@ def disk_full_undone(temp_path: str) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_path)
         raise DiskFull(f"no space left writing {temp_path}: {err.strerror}") from None
+
+
+_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+
+
+def sync_range(fd: int, offset: int, length: int, *, wait: bool) -> None:
+    """sync_file_range(2): start the writeback of the range (and with `wait`,
+    wait for it). Not a durability step (an fsync is): it keeps a large write
+    from reaching the disk's queue all at once. A no-op where libc has none;
+    a failure is raised, since a writeback error it reports is not reported
+    again to the fsync after it."""
+    if _sync_file_range is None:
+        return
+    flags = _SYNC_FILE_RANGE_WRITE
+    if wait:
+        flags |= _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WAIT_AFTER
+    if _sync_file_range(fd, offset, length, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sync_file_range: {os.strerror(err)}")
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_sync_file_range = _libc_sync_file_range()

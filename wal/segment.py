@@ -22,6 +22,7 @@ from wal import checkpoint, index, record
 from wal.errors import CorruptionError, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import DISK_FULL_ERRNOS, write_all
+from wal.prefill import Prepared
 from wal.record import HEADER_SIZE, Damage
 
 NAME_RE = re.compile(r"^(\d{20})\.log$")
@@ -239,6 +240,20 @@ class Segment:
         path = os.path.join(directory, segment_name(base_offset))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         seg = cls(path, base_offset, fd, array("Q"), 0, sealed=False, files=files)
+        seg.data_crc = 0
+        return seg
+
+    @classmethod
+    def adopt(
+        cls, directory: str, base_offset: int, prepared: Prepared, files: FileCache | None = None
+    ) -> Segment:
+        """The new active segment made from a prepared file (wal/prefill.py): renamed
+        to its name, every byte of it durable zeros already, so no write needs room
+        made first. The caller fsyncs the directory."""
+        path = os.path.join(directory, segment_name(base_offset))
+        os.rename(prepared.path, path)
+        seg = cls(path, base_offset, prepared.fd, array("Q"), 0, sealed=False, files=files)
+        seg._allocated = prepared.size
         seg.data_crc = 0
         return seg
 

@@ -397,7 +397,7 @@ class Log:
         self._segments.append(new)
         self._bases.append(new.base_offset)
         if self._preparer is not None:
-            self._preparer.want(size)  # the name is free again (and after a full disk, wanted again)
+            self._preparer.want(size)  # its name is free again; after a full disk: wanted again
         t2 = time.perf_counter()
         self.rolls.last_seconds, self.rolls.last_new_seconds = t2 - t0, t2 - t1
         if prepared is not None:

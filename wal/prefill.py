@@ -27,6 +27,7 @@ import os
 import threading
 from dataclasses import dataclass
 
+from wal import faults
 from wal.fsutil import fsync_dir, sync_range
 
 PREPARED_NAME = "next.prefill"
@@ -156,7 +157,9 @@ class Preparer:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             self._fill(fd, size)
+            faults.point("prefill.filled")
             os.fsync(fd)  # its size and extents durable: the segment's fdatasyncs carry none
+            faults.point("prefill.synced")
             fsync_dir(self.directory)
         except (OSError, _Cancelled) as err:
             os.close(fd)
@@ -185,6 +188,8 @@ class Preparer:
                 sync_range(fd, *previous, wait=True)
             previous = (pos, n)
             pos += n
+            if pos >= size // 2 > pos - n:
+                faults.point("prefill.half_filled")
 
     def _discard(self, prepared: Prepared) -> None:
         os.close(prepared.fd)

@@ -8,7 +8,9 @@ Runs alternate: `prepared` (Log.start_preparing, as the writer does) and
 thread zero-fills it, as before). Per run it prints the commit latency
 p50/p99/max, the rolls' own time (the part after the old segment is sealed
 and indexed: create or rename, directory fsync, and the first commit's
-zero-fill), and the commits' rate.
+zero-fill), the commits' rate, and (prepared) the p99 of the commits begun
+while the preparer was filling, beside the run's p99: what the fill's
+writes cost the fdatasyncs they compete with.
 
     .venv/bin/python scripts/roll_bench.py --segment-bytes 1048576 --batch 64 --rounds 3
 """
@@ -39,6 +41,7 @@ def run(directory: str, prepared: bool, segment_bytes: int, batch: int, seconds:
         time.sleep(0.2)  # the first one ready, as it is long before a writer's first roll
     payload = b"x" * 92
     commits: list[float] = []
+    during_fill: list[float] = []  # commits begun while the preparer was filling
     rolls: list[float] = []  # the roll's new-segment part plus the next commit's flush
     end = time.monotonic() + seconds
     try:
@@ -52,6 +55,8 @@ def run(directory: str, prepared: bool, segment_bytes: int, batch: int, seconds:
             log.sync()
             t2 = time.perf_counter()
             commits.append(t2 - t0)
+            if prepared and log.preparer is not None and not log.preparer.ready:
+                during_fill.append(t2 - t0)
             if rolled:
                 # the sync's flush of the new segment's first batch made its room (or not)
                 rolls.append(log.rolls.last_new_seconds + (t2 - t1))
@@ -67,6 +72,8 @@ def run(directory: str, prepared: bool, segment_bytes: int, batch: int, seconds:
         "roll_p50_us": pct(rolls, 0.5) if rolls else None,
         "roll_max_us": max(rolls) * 1e6 if rolls else None,
         "rolls": (stats.prepared, stats.created),
+        "fill_p99_us": pct(during_fill, 0.99) if during_fill else None,
+        "fill_commits": len(during_fill),
     }
 
 
@@ -90,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"commit p50 {got['commit_p50_us']:7.0f} p99 {got['commit_p99_us']:7.0f} "
                 f"max {got['commit_max_us']:7.0f} us  roll+first commit p50 "
                 f"{got['roll_p50_us'] or 0:7.0f} max {got['roll_max_us'] or 0:7.0f} us  "
-                f"rolls prepared/created {got['rolls']}",
+                f"rolls prepared/created {got['rolls']}"
+                + (
+                    f"  during a fill: {got['fill_commits']} commits, p99 {got['fill_p99_us']:.0f}"
+                    if got["fill_commits"]
+                    else ""
+                ),
                 flush=True,
             )
     return 0

@@ -37,10 +37,11 @@ def make_dirs(path: str) -> None:
     fsync_dir(parent)
 
 
-def atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, *, sync_dir: bool = True) -> None:
     """Replace `path` with `data` so a crash leaves the old file or the new one.
 
     Temp file, fsync, rename over, fsync the directory (in that order).
+    sync_dir=False: the caller fsyncs the directory itself, right after.
     """
     tmp = path + ".tmp"
     with disk_full_undone(tmp):
@@ -51,7 +52,8 @@ def atomic_write(path: str, data: bytes) -> None:
         finally:
             os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    if sync_dir:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def write_all(fd: int, data: bytes) -> None:

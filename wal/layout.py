@@ -73,8 +73,8 @@ def plan(directory: str, start: int | None) -> Layout | None:
     if PREPARED_NAME in names:
         # Zeros under a name no segment has: whole, half filled or torn by a cut, it
         # was never part of the log (a roll renames it before its first record).
+        # Derived data, as a checkpoint: removed with no note (status stays as it was).
         layout.prepared = os.path.join(directory, PREPARED_NAME)
-        layout.notes.append(f"removed {PREPARED_NAME}, a next segment prepared ahead, never used")
     return layout
 
 

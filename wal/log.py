@@ -76,7 +76,6 @@ class RecoveryReport:
     truncated_at: int | None = None
     truncation_reason: str | None = None
     interrupted_roll: str | None = None  # an empty segment a cut roll left, removed
-    removed_prepared: bool = False  # a prepared next segment (wal/prefill.py) left, removed
     duration_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
     damaged: list[DamagedRecord] = field(default_factory=list)  # rotted records found in scans
@@ -166,7 +165,6 @@ class Log:
         check_reach(directory, names, reached)
         files = FileCache()
         segments, unindexed = _open_segments(names, readonly, files, report)
-        report.removed_prepared = plan is not None and plan.prepared is not None
         if plan is not None and plan.interrupted_roll is not None:
             report.interrupted_roll = os.path.basename(plan.interrupted_roll)
             if not readonly:
@@ -376,7 +374,9 @@ class Log:
         old = self._segments[-1]
         old.seal()  # fdatasync: a sealed segment is whole on disk before anything follows it
         faults.point("roll.before_index")
-        old.write_index()  # derived data: without it the next open scans this segment
+        # Derived data: without it the next open scans this segment. Its rename is made
+        # durable by the directory fsync below, with the new segment's entry: one fsync.
+        old.write_index(sync_dir=False)
         t1 = time.perf_counter()
         size = self._max_segment_bytes
         prepared = self._preparer.take(size) if self._preparer is not None else None

@@ -302,17 +302,19 @@ class Segment:
             return None
         return cls(path, base_offset, -1, loaded.positions, size, True, loaded.mapping, files)
 
-    def write_index(self) -> bool:
+    def write_index(self, *, sync_dir: bool = True) -> bool:
         """Store this sealed segment's offset index in its index file, then read
         positions from there instead of memory. False if it could not be
-        written (a full disk, say): nothing is lost but the next open's time."""
+        written (a full disk, say): nothing is lost but the next open's time.
+        sync_dir=False: the caller fsyncs the directory next (a roll, with the
+        new segment's entry)."""
         if not self.sealed:
             raise WalError(f"segment {self.name} is active: its index still grows")
         self._cut_to_data()
         self.sync()  # the index must never be durable before the records it points at
         self._release_fd()  # a sealed segment is read through the FileCache from now on
         path = index.index_path(self.path)
-        if not index.write(path, self.base_offset, self._positions, self.size):
+        if not index.write(path, self.base_offset, self._positions, self.size, sync_dir=sync_dir):
             return False
         loaded = index.load(path, self.base_offset, self.size)
         if loaded is not None:

@@ -13,6 +13,11 @@ while the preparer was filling, beside the run's p99: what the fill's
 writes cost the fdatasyncs they compete with.
 
     .venv/bin/python scripts/roll_bench.py --segment-bytes 1048576 --batch 64 --rounds 3
+    .venv/bin/python scripts/roll_bench.py --repo /work/main --kinds created  # main's wal
+
+The `roll commit` figures are the whole commit of a batch that rolled (seal,
+index, the next segment, the batch's write and fdatasync): they need nothing
+of wal/prefill.py, so `--repo` can point at a checkout from before it.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_repo = sys.argv[sys.argv.index("--repo") + 1] if "--repo" in sys.argv else None
+sys.path.insert(0, _repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wal import Log
+from wal import Log  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -43,14 +49,15 @@ def run(directory: str, prepared: bool, segment_bytes: int, batch: int, seconds:
     commits: list[float] = []
     during_fill: list[float] = []  # commits begun while the preparer was filling
     rolls: list[float] = []  # the roll's new-segment part plus the next commit's flush
+    roll_commits: list[float] = []  # the whole commit of a batch that rolled
     end = time.monotonic() + seconds
     try:
         while time.monotonic() < end:
             t0 = time.perf_counter()
-            count = log.rolls.prepared + log.rolls.created
+            count = log.segment_count
             for _ in range(batch):
                 log.append(payload)
-            rolled = log.rolls.prepared + log.rolls.created != count
+            rolled = log.segment_count != count
             t1 = time.perf_counter()
             log.sync()
             t2 = time.perf_counter()
@@ -58,9 +65,10 @@ def run(directory: str, prepared: bool, segment_bytes: int, batch: int, seconds:
             if prepared and log.preparer is not None and not log.preparer.ready:
                 during_fill.append(t2 - t0)
             if rolled:
-                # the sync's flush of the new segment's first batch made its room (or not)
-                rolls.append(log.rolls.last_new_seconds + (t2 - t1))
-        stats = log.rolls
+                roll_commits.append(t2 - t0)
+                if hasattr(log, "rolls"):
+                    # the sync's flush of the new segment's first batch made its room (or not)
+                    rolls.append(log.rolls.last_new_seconds + (t2 - t1))
     finally:
         log.close()
     return {
@@ -71,7 +79,9 @@ def run(directory: str, prepared: bool, segment_bytes: int, batch: int, seconds:
         "commit_max_us": max(commits) * 1e6,
         "roll_p50_us": pct(rolls, 0.5) if rolls else None,
         "roll_max_us": max(rolls) * 1e6 if rolls else None,
-        "rolls": (stats.prepared, stats.created),
+        "rolls": len(roll_commits),
+        "roll_commit_p50_us": pct(roll_commits, 0.5) if roll_commits else 0,
+        "roll_commit_max_us": max(roll_commits) * 1e6 if roll_commits else 0,
         "fill_p99_us": pct(during_fill, 0.99) if during_fill else None,
         "fill_commits": len(during_fill),
     }
@@ -84,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default=None, help="parent of the scratch directories")
+    p.add_argument("--repo", default=None, help="import wal from this checkout")
+    p.add_argument("--kinds", default="created,prepared", help="created,prepared (alternated)")
     args = p.parse_args(argv)
+    kinds = [k == "prepared" for k in args.kinds.split(",")]
     for r in range(args.rounds):
-        for prepared in (False, True) if r % 2 == 0 else (True, False):
+        for prepared in kinds if r % 2 == 0 else kinds[::-1]:
             directory = tempfile.mkdtemp(prefix="walnode-roll-bench-", dir=args.dir)
             try:
                 got = run(directory, prepared, args.segment_bytes, args.batch, args.seconds)
@@ -97,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"commit p50 {got['commit_p50_us']:7.0f} p99 {got['commit_p99_us']:7.0f} "
                 f"max {got['commit_max_us']:7.0f} us  roll+first commit p50 "
                 f"{got['roll_p50_us'] or 0:7.0f} max {got['roll_max_us'] or 0:7.0f} us  "
-                f"rolls prepared/created {got['rolls']}"
+                f"{got['rolls']} roll commits p50 {got['roll_commit_p50_us']:7.0f} "
+                f"max {got['roll_commit_max_us']:7.0f} us"
                 + (
                     f"  during a fill: {got['fill_commits']} commits, p99 {got['fill_p99_us']:.0f}"
                     if got["fill_commits"]

@@ -112,6 +112,19 @@ class WriterMetrics:
             "Segment files in the log",
             multiprocess_mode="mostrecent",  # the newest writer's value, not a sum over restarts
         )
+        self.rolls = pc.Counter(
+            "walnode_wal_rolls",
+            "Segment rolls, by whether the next segment was prepared ahead or created",
+            ["next"],
+        )
+        self.roll = pc.Histogram(
+            "walnode_wal_roll_duration_seconds",
+            "A roll on the writer's thread: the old segment sealed and indexed, the next in place",
+            buckets=DURATION_BUCKETS,
+        )
+        for kind in ("prepared", "created"):  # a 0 before the first roll, not a missing series
+            self.rolls.labels(next=kind)
+        wal.on_roll = self.rolled
         self.compaction = pc.Histogram(
             "walnode_compaction_duration_seconds",
             "How long the writer took to drop entries below an offset",
@@ -145,6 +158,10 @@ class WriterMetrics:
         if wal.segment_count != self._segments:
             self._segments = wal.segment_count
             self.segments.set(self._segments)
+
+    def rolled(self, prepared: bool, seconds: float) -> None:
+        self.rolls.labels(next="prepared" if prepared else "created").inc()
+        self.roll.observe(seconds)
 
     def compacted(self, whole_segments: bool, seconds: float) -> None:
         """`retention`: automatic, whole segments deleted; `compact`: wal_compact."""

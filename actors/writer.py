@@ -661,6 +661,7 @@ def open_log(
         # recorded before the first entry of each new segment is staged: how
         # far the log reached, so that a start-up notices a deleted newest segment
         wal.on_reach = lambda base: datadir.update_meta(reached_segment=base)
+        wal.start_preparing()  # the next segment zero-filled off this thread (wal/prefill.py)
     except CorruptionError as err:
         log.error("refusing to start: %s", err)
         return Exit.CORRUPT

@@ -6,6 +6,7 @@ prints the writer's own `group_commit` figures from `wal_info`
 (fsync_p50_us, fsync_p99_us over the last 4096 fdatasyncs).
 
     .venv/bin/python scripts/fdatasync_p50.py --appends 3000
+    .venv/bin/python scripts/fdatasync_p50.py --node-arg=--max-segment-bytes=65536  # rolls
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--appends", type=int, default=3000)
     p.add_argument("--dir", default=None, help="parent of the scratch data directory")
+    p.add_argument("--node-arg", action="append", default=[], help="extra walnode flag")
     args = p.parse_args(argv)
     parent = tempfile.mkdtemp(prefix="walnode-fsync-p50-", dir=args.dir)
     try:
-        node = Client.spawn(data_dir=os.path.join(parent, "data"), args=["--no-auto-compact"])
+        node = Client.spawn(
+            data_dir=os.path.join(parent, "data"), args=["--no-auto-compact", *args.node_arg]
+        )
         try:
             payload = "set k=" + "x" * 94  # a ~108-byte record, as the raw row uses
             for _ in range(args.appends):

@@ -42,6 +42,10 @@ EQUIVALENT = {
     ("wal/segment.py", "self.sync()", "seal"): "Segment.seal's fdatasync: its only caller, the "
     "roll, calls write_index next, which fdatasyncs the segment before anything else happens "
     "(a Segment method, not an os.fsync/os.fdatasync/fsync_dir call)",
+    ("wal/prefill.py", "fsync_dir(self.directory)", "_prepare"): "the preparer's directory "
+    "fsync: the roll's fsync_dir after the rename makes the file's entry durable under its "
+    "segment's name (and a next.prefill a cut keeps or loses is removed at start either way); "
+    "this one only moves that journal work off the roll",
 }
 
 

@@ -39,6 +39,7 @@ from tests.nodeproc import Node
 from wal import DataDir, Log, index, powerloss, snapshot
 from wal.errors import CorruptionError, WalError
 from wal.fstrace import ROOT_ENV, TRACE_ENV
+from wal.prefill import PREPARED_NAME
 from wal.segment import segment_name
 from wal.statemachine import StateMachine
 from walctl import cli as walctl_cli
@@ -205,25 +206,37 @@ def assert_syncs_change_no_size(records: list, root: str) -> None:
     """Preallocation: every record a segment's sync makes durable was written
     inside zeros already durable (the file's durable size covers it), so the
     fdatasync changes no size or extent; the zero-filling writes themselves
-    (only zeros) are what extends a segment."""
+    (only zeros) are what extends a segment. Most segments are prepared files
+    renamed in (wal/prefill.py): the cuts above fall at every step of that
+    too (the fill, its fsyncs, the rename, the directory fsync)."""
     disk = powerloss.Disk(root)
-    paths: dict[tuple[int, int], str] = {}
-    prefilled = 0
+    prefilled = renamed = 0
     for r in records:
-        if r[0] == "open":
-            paths[(r[1], r[2])] = r[3]
-        elif r[0] == "sync" and paths.get((r[1], r[2]), "").endswith(".log"):
+        if r[0] == "sync" and _name_of(disk, disk.fds[(r[1], r[2])]).endswith(".log"):
             f = disk.files[disk.fds[(r[1], r[2])][1]]
             for op in f.pending:
                 if op[0] == "write" and any(op[2]):
                     assert op[1] + len(op[2]) <= len(f.durable), (
-                        f"a sync of {paths[(r[1], r[2])]} makes records durable past its "
-                        f"durable size {len(f.durable)} (byte {op[1]}): not preallocated"
+                        f"a sync of {_name_of(disk, disk.fds[(r[1], r[2])])} makes records "
+                        f"durable past its durable size {len(f.durable)} (byte {op[1]}): "
+                        f"not preallocated"
                     )
-                elif op[0] == "write":
-                    prefilled += 1
+        elif r[0] == "write" and not any(r[4]):
+            prefilled += 1
+        elif r[0] == "rename" and os.path.basename(r[2]) == PREPARED_NAME:
+            renamed += 1
         disk.apply(r)
     assert prefilled, "no segment was zero-filled ahead of its records"
+    assert renamed, "no roll took a prepared segment"
+
+
+def _name_of(disk: powerloss.Disk, node: powerloss.Node) -> str:
+    """A file's name now (a prepared file is renamed to its segment's)."""
+    for d in disk.dirs.values():
+        for name, held in d.names.items():
+            if held == node:
+                return name
+    return ""
 
 
 @pytest.mark.timeout(240)

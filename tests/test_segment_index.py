@@ -226,7 +226,7 @@ def test_an_index_without_segments_is_removed_when_the_log_starts_anew(tmp_path)
 
 @pytest.mark.parametrize("failure", ["disk full", "I/O error"])
 def test_failed_index_write_does_not_fail_the_roll(tmp_path, monkeypatch, failure):
-    def failing_atomic_write(path: str, data: bytes) -> None:
+    def failing_atomic_write(path: str, data: bytes, *, sync_dir: bool = True) -> None:
         with open(path + ".tmp", "wb") as f:
             f.write(data[: len(data) // 2])
         if failure == "disk full":

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from wal import snapshot
+from wal import fsutil, snapshot
 
 WAIT_ALL = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
 
@@ -22,14 +22,14 @@ def big_state() -> dict[str, str]:
 
 def test_a_large_snapshot_is_written_in_pieces_with_writeback_started(tmp_path, monkeypatch):
     calls: list[tuple[int, int, int]] = []
-    real = snapshot._sync_file_range
+    real = fsutil._sync_file_range
     assert real is not None, "libc has sync_file_range on Linux"
 
     def recording(fd, offset, length, flags):
         calls.append((offset, length, flags))
         return real(fd, offset, length, flags)
 
-    monkeypatch.setattr(snapshot, "_sync_file_range", recording)
+    monkeypatch.setattr(fsutil, "_sync_file_range", recording)
     state = big_state()
     snap = snapshot.write(str(tmp_path), 7, state)
     started = [(o, n) for o, n, f in calls if f == 2]
@@ -53,7 +53,7 @@ def test_a_writeback_error_fails_the_snapshot(tmp_path, monkeypatch):
         ctypes.set_errno(errno.EIO)
         return -1
 
-    monkeypatch.setattr(snapshot, "_sync_file_range", failing)
+    monkeypatch.setattr(fsutil, "_sync_file_range", failing)
     with pytest.raises(OSError) as err:
         snapshot.write(str(tmp_path), 7, big_state())
     assert err.value.errno == errno.EIO

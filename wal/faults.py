@@ -3,6 +3,9 @@
 `WALNODE_CRASH_AT=<name>` makes the process SIGKILL itself when it reaches
 the point of that name, exactly as `kill -9` would at that instant. Unset,
 each point costs one comparison. The points are listed in docs/TESTING.md.
+With `WALNODE_CRASH_ONCE=<file>` as well, only the first process to reach
+the point dies (it creates the file; a restarted one sees it and goes on):
+for points every roll passes, which would otherwise kill each restart too.
 
 `WALNODE_FAULT_IO=<call>:<ERRNO>:<switch file>[,...]` makes `os.<call>`
 (write, pwrite, fsync or fdatasync) on regular files fail with ERRNO
@@ -28,11 +31,22 @@ from typing import cast
 from wal import fstrace
 
 _CRASH_AT = os.environ.get("WALNODE_CRASH_AT", "")
+_CRASH_ONCE = os.environ.get("WALNODE_CRASH_ONCE", "")
 
 
 def point(name: str) -> None:
-    if name == _CRASH_AT:
+    if name == _CRASH_AT and _first_crash():
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_crash() -> bool:
+    if not _CRASH_ONCE:
+        return True
+    try:
+        os.close(os.open(_CRASH_ONCE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _failing(call: str, real: Callable, code: int, switch: str) -> Callable:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from wal.errors import DiskFull
 
@@ -36,10 +37,11 @@ def make_dirs(path: str) -> None:
     fsync_dir(parent)
 
 
-def atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, *, sync_dir: bool = True) -> None:
     """Replace `path` with `data` so a crash leaves the old file or the new one.
 
     Temp file, fsync, rename over, fsync the directory (in that order).
+    sync_dir=False: the caller fsyncs the directory itself, right after.
     """
     tmp = path + ".tmp"
     with disk_full_undone(tmp):
@@ -50,7 +52,8 @@ def atomic_write(path: str, data: bytes) -> None:
         finally:
             os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    if sync_dir:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -72,3 +75,35 @@ def disk_full_undone(temp_path: str) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_path)
         raise DiskFull(f"no space left writing {temp_path}: {err.strerror}") from None
+
+
+_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+
+
+def sync_range(fd: int, offset: int, length: int, *, wait: bool) -> None:
+    """sync_file_range(2): start the writeback of the range (and with `wait`,
+    wait for it). Not a durability step (an fsync is): it keeps a large write
+    from reaching the disk's queue all at once. A no-op where libc has none;
+    a failure is raised, since a writeback error it reports is not reported
+    again to the fsync after it."""
+    if _sync_file_range is None:
+        return
+    flags = _SYNC_FILE_RANGE_WRITE
+    if wait:
+        flags |= _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WAIT_AFTER
+    if _sync_file_range(fd, offset, length, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sync_file_range: {os.strerror(err)}")
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_sync_file_range = _libc_sync_file_range()

@@ -126,8 +126,16 @@ def _u32_le(positions: memoryview | array) -> bytes:
     return flat.tobytes()
 
 
-def write(path: str, base_offset: int, positions: memoryview | array, segment_size: int) -> bool:
+def write(
+    path: str,
+    base_offset: int,
+    positions: memoryview | array,
+    segment_size: int,
+    *,
+    sync_dir: bool = True,
+) -> bool:
     """Write the index durably and atomically; False if it was not written.
+    sync_dir=False: the caller fsyncs the directory right after (a roll).
 
     A failure is not an error (the next open scans the segment instead), so
     a full disk or a failing write costs only the index: whatever it left
@@ -137,7 +145,7 @@ def write(path: str, base_offset: int, positions: memoryview | array, segment_si
     if data is None:
         return False
     try:
-        atomic_write(path, data)
+        atomic_write(path, data, sync_dir=sync_dir)
     except (DiskFull, OSError):
         with contextlib.suppress(OSError):
             os.remove(path + TMP_SUFFIX)

@@ -8,7 +8,10 @@ A power cut can leave a directory in the middle of a multi-file step:
 - a roll by an older walnode, which created the new segment before the old
   one was fdatasynced: the new, empty file's directory entry reached the
   disk while the old segment's unsynced tail did not, so the newest segment
-  starts past the end of the one before it (an *interrupted roll*).
+  starts past the end of the one before it (an *interrupted roll*);
+- a next segment prepared ahead (`next.prefill`, wal/prefill.py), whole or
+  cut short, that no roll took: removed. (One a roll renamed is a newest
+  segment of zeros: an empty segment with room made.)
 
 `plan` reads the directory, changes nothing, and says which segments the log
 is made of and what start-up settles; Log.open carries it out (`settle`,
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 
 from wal import index
 from wal.fsutil import fsync_dir
+from wal.prefill import PREPARED_NAME
 from wal.segment import parse_name, scan_file, segment_name
 
 TMP_SUFFIX = ".tmp"  # a segment rewritten by compaction, before it is committed
@@ -36,6 +40,7 @@ class Layout:
     finish_rename: tuple[str, str] | None = None  # a committed rewrite to rename in: (tmp, final)
     discard: list[str] = field(default_factory=list)  # uncommitted rewrites, compacted segments
     interrupted_roll: str | None = None  # an empty newest segment past the previous one's end
+    prepared: str | None = None  # a prepared next segment a stop or crash left (wal/prefill.py)
     notes: list[str] = field(default_factory=list)
 
 
@@ -65,6 +70,11 @@ def plan(directory: str, start: int | None) -> Layout | None:
             layout.notes.append(f"removed {os.path.basename(path)}, compacted away")
     layout.segments = sorted(bases.items())
     _find_interrupted_roll(layout)
+    if PREPARED_NAME in names:
+        # Zeros under a name no segment has: whole, half filled or torn by a cut, it
+        # was never part of the log (a roll renames it before its first record).
+        # Derived data, as a checkpoint: removed with no note (status stays as it was).
+        layout.prepared = os.path.join(directory, PREPARED_NAME)
     return layout
 
 
@@ -113,6 +123,9 @@ def settle(layout: Layout) -> None:
         os.remove(path)
     if layout.finish_rename is not None or layout.discard:
         fsync_dir(layout.directory)
+    if layout.prepared is not None:
+        # No directory fsync: if the removal is lost, the next start removes it again.
+        os.remove(layout.prepared)
 
 
 def drop_interrupted_roll(layout: Layout) -> None:

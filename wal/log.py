@@ -22,6 +22,7 @@ from wal.errors import CorruptionError, DataMissing, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
 from wal.layout import TMP_SUFFIX
+from wal.prefill import Preparer
 from wal.segment import ReadRecord, ScanResult, Segment, segment_name
 
 LOG_START = "LOG_START"  # the compaction commit point: the first retained offset
@@ -96,6 +97,17 @@ class OffsetOutOfRange(WalError):
         super().__init__(why)
 
 
+@dataclass
+class RollStats:
+    """The rolls since open: how many took a prepared file (wal/prefill.py) and
+    how many created their segment (none was ready), and their time."""
+
+    prepared: int = 0
+    created: int = 0
+    last_seconds: float = 0.0  # the last roll's time on the caller's thread
+    last_new_seconds: float = 0.0  # of it, after the old segment was sealed and indexed
+
+
 class Log:
     """A segmented write-ahead log in one directory."""
 
@@ -110,7 +122,11 @@ class Log:
         self._files = files if files is not None else FileCache()
         self._segments = segments
         self._bases = [s.base_offset for s in segments]
-        self.max_segment_bytes = max_segment_bytes
+        self._max_segment_bytes = max_segment_bytes
+        self._preparer: Preparer | None = None  # start_preparing: the next segment made ahead
+        self.rolls = RollStats()
+        # Told (took a prepared file, seconds) after each roll: the writer's metrics.
+        self.on_roll: Callable[[bool, float], object] | None = None
         self._durable_next = self.next_offset  # everything opened is on disk
         self._flushed_next = self.next_offset
         self.bytes_appended = 0  # record bytes appended since open (a counter for notices)
@@ -177,9 +193,34 @@ class Log:
         return log, report
 
     def close(self) -> None:
+        if self._preparer is not None:
+            self._preparer.close()
+            self._preparer = None
         for seg in self._segments:
             seg.close()
         self._files.close()
+
+    def start_preparing(self) -> None:
+        """Prepare each next segment ahead in a background thread
+        (wal/prefill.py), for the rolls to take; `close` stops it."""
+        if self._preparer is None:
+            self._preparer = Preparer(self.directory, self._max_segment_bytes)
+
+    @property
+    def preparer(self) -> Preparer | None:
+        return self._preparer
+
+    @property
+    def max_segment_bytes(self) -> int:
+        return self._max_segment_bytes
+
+    @max_segment_bytes.setter
+    def max_segment_bytes(self, size: int) -> None:
+        """A new roll size: the next segment is prepared at it (a ready file of the
+        old size is removed, never used: it would be the wrong size)."""
+        self._max_segment_bytes = size
+        if self._preparer is not None:
+            self._preparer.want(size)
 
     # -- shape -------------------------------------------------------------
 
@@ -291,6 +332,8 @@ class Log:
             self._segments[-1].flush(self.max_segment_bytes)
         except DiskFull:
             self.bytes_appended = self._bytes_flushed
+            if self._preparer is not None:
+                self._preparer.discard()  # its space to the appends; the next roll asks again
             raise
         self._flushed_next = self.next_offset
         self._bytes_flushed = self.bytes_appended
@@ -326,21 +369,43 @@ class Log:
         one. On a full disk (DiskFull) the active segment stays active and
         unsealed, with its staged entries dropped as `flush` drops them.
         """
+        t0 = time.perf_counter()
         self.flush()
         old = self._segments[-1]
         old.seal()  # fdatasync: a sealed segment is whole on disk before anything follows it
         faults.point("roll.before_index")
-        old.write_index()  # derived data: without it the next open scans this segment
-        path = os.path.join(self.directory, segment_name(old.next_offset))
-        try:
-            with disk_full_undone(path):
-                new = Segment.create(self.directory, old.next_offset)
-        except DiskFull:
-            self._reactivate(old)
-            raise
+        # Derived data: without it the next open scans this segment. Its rename is made
+        # durable by the directory fsync below, with the new segment's entry: one fsync.
+        old.write_index(sync_dir=False)
+        t1 = time.perf_counter()
+        size = self._max_segment_bytes
+        prepared = self._preparer.take(size) if self._preparer is not None else None
+        if prepared is not None:
+            faults.point("roll.before_rename")
+            new = Segment.adopt(self.directory, old.next_offset, prepared, self._files)
+            faults.point("roll.after_rename")
+        else:
+            path = os.path.join(self.directory, segment_name(old.next_offset))
+            try:
+                with disk_full_undone(path):
+                    new = Segment.create(self.directory, old.next_offset)
+            except DiskFull:
+                self._reactivate(old)
+                raise
         fsync_dir(self.directory)  # its entry durable before any append in it is acknowledged
+        faults.point("roll.after_dir_fsync")
         self._segments.append(new)
         self._bases.append(new.base_offset)
+        if self._preparer is not None:
+            self._preparer.want(size)  # its name is free again; after a full disk: wanted again
+        t2 = time.perf_counter()
+        self.rolls.last_seconds, self.rolls.last_new_seconds = t2 - t0, t2 - t1
+        if prepared is not None:
+            self.rolls.prepared += 1
+        else:
+            self.rolls.created += 1
+        if self.on_roll is not None:
+            self.on_roll(prepared is not None, self.rolls.last_seconds)
 
     def _reactivate(self, sealed: Segment) -> None:
         """The roll could not create the next segment: `sealed` takes appends again."""

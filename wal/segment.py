@@ -22,6 +22,7 @@ from wal import checkpoint, index, record
 from wal.errors import CorruptionError, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import DISK_FULL_ERRNOS, write_all
+from wal.prefill import Prepared
 from wal.record import HEADER_SIZE, Damage
 
 NAME_RE = re.compile(r"^(\d{20})\.log$")
@@ -243,6 +244,20 @@ class Segment:
         return seg
 
     @classmethod
+    def adopt(
+        cls, directory: str, base_offset: int, prepared: Prepared, files: FileCache | None = None
+    ) -> Segment:
+        """The new active segment made from a prepared file (wal/prefill.py): renamed
+        to its name, every byte of it durable zeros already, so no write needs room
+        made first. The caller fsyncs the directory."""
+        path = os.path.join(directory, segment_name(base_offset))
+        os.rename(prepared.path, path)
+        seg = cls(path, base_offset, prepared.fd, array("Q"), 0, sealed=False, files=files)
+        seg._allocated = prepared.size
+        seg.data_crc = 0
+        return seg
+
+    @classmethod
     def open_checked(
         cls,
         path: str,
@@ -287,17 +302,19 @@ class Segment:
             return None
         return cls(path, base_offset, -1, loaded.positions, size, True, loaded.mapping, files)
 
-    def write_index(self) -> bool:
+    def write_index(self, *, sync_dir: bool = True) -> bool:
         """Store this sealed segment's offset index in its index file, then read
         positions from there instead of memory. False if it could not be
-        written (a full disk, say): nothing is lost but the next open's time."""
+        written (a full disk, say): nothing is lost but the next open's time.
+        sync_dir=False: the caller fsyncs the directory next (a roll, with the
+        new segment's entry)."""
         if not self.sealed:
             raise WalError(f"segment {self.name} is active: its index still grows")
         self._cut_to_data()
         self.sync()  # the index must never be durable before the records it points at
         self._release_fd()  # a sealed segment is read through the FileCache from now on
         path = index.index_path(self.path)
-        if not index.write(path, self.base_offset, self._positions, self.size):
+        if not index.write(path, self.base_offset, self._positions, self.size, sync_dir=sync_dir):
             return False
         loaded = index.load(path, self.base_offset, self.size)
         if loaded is not None:

@@ -29,18 +29,16 @@ any check is never loaded; the loader falls back to the one before.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import struct
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
 
 from wal import faults
-from wal.fsutil import disk_full_undone, fsync_dir, make_dirs, write_all
+from wal.fsutil import disk_full_undone, fsync_dir, make_dirs, sync_range, write_all
 
 MAGIC = b"WNSNAP\x00\x01"
 MAGIC_DAMAGED = b"WNSNAP\x00\x02"  # version 2: the state with its damaged offsets
@@ -53,7 +51,6 @@ NAME_RE = re.compile(r"^(\d{20})\.snap$")
 # about two pieces are ever in flight to the disk, and the fsync that makes
 # the file durable has at most one piece left to write.
 PIECE_BYTES = 4 << 20
-_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 
 
 @dataclass(frozen=True)
@@ -192,34 +189,10 @@ def _write_in_pieces(fd: int, data: bytes) -> None:
         write_all(fd, data[start:end])
         if end == half:
             faults.point("snapshot.half_written")
-        _sync_range(fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
+        sync_range(fd, start, end - start, wait=False)
         if previous is not None:
-            flags = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE
-            _sync_range(fd, *previous, flags | _SYNC_FILE_RANGE_WAIT_AFTER)
+            sync_range(fd, *previous, wait=True)
         previous = (start, end - start)
-
-
-def _sync_range(fd: int, offset: int, length: int, flags: int) -> None:
-    """sync_file_range(2); a no-op where libc has none. A failure is raised: a
-    writeback error it reports is not reported again to the fsync after it."""
-    if _sync_file_range is None:
-        return
-    if _sync_file_range(fd, offset, length, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"sync_file_range: {os.strerror(err)}")
-
-
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        func = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_sync_file_range = _libc_sync_file_range()
 
 
 def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:

@@ -171,8 +171,9 @@ class Compaction:
         """Not committed (a failure before `commit`): remove the temp files."""
         if self.rewritten is not None:
             self.rewritten.close()
+        if self.positions is not None:  # a rewrite was begun (a failed one has no Segment)
             with contextlib.suppress(FileNotFoundError):
-                os.remove(self.rewritten.path + TMP_SUFFIX)
+                os.remove(os.path.join(self.directory, segment_name(self.offset)) + TMP_SUFFIX)
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.directory, LOG_START) + ".tmp")
         self.close()

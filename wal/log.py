@@ -158,7 +158,7 @@ class Compaction:
         replaced (its directory fsync also makes the rewrite's entry durable)."""
         faults.point("compact.before_commit")
         if self.rewritten is not None:
-            os.fsync(self.rewritten.fd)
+            self.rewritten.sync()  # fdatasync: its zero-filled blocks take the copy, no metadata
         path = os.path.join(self.directory, LOG_START)
         replace_durably(write_temp(path, f"{self.offset}\n".encode()), path)
         faults.point("compact.after_commit")

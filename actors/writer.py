@@ -648,14 +648,10 @@ class Commits:
         assert run is not None and run.done.is_set()
         log_ = self.writer.log
         if run.error is not None:
-            if run.step == "rewrite":
-                run.job.discard()  # not committed: the log is as it was
-            elif run.step == "commit" and isinstance(run.error, DiskFull):
-                log_.unswitch(run.job)  # LOG_START's temp file did not fit: not committed
-            else:
+            if run.step != "rewrite":
                 raise run.error  # at or after the commit point: never retried, nothing answered
+            run.job.discard()  # not committed: the log is as it was
             self._end_compaction(run)
-            self._undefer(run)
             return
         if run.step == "rewrite":
             if not run.job.source.sealed:

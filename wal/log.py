@@ -125,12 +125,12 @@ class Compaction:
     files: FileCache | None = None
     preallocate_to: int = 0  # the source was the active segment: the rewrite takes appends
     rewritten: Segment | None = None
-    reached_before: int | None = None  # the log's reach before `switch`
 
     def rewrite(self) -> None:
         """Copy the source's records from the offset on into a fsynced temp file
         (named for the offset; past the end, empty), zero-filled ahead if it will
-        take appends. Nothing is committed."""
+        take appends; then LOG_START's temp file, fsynced (so the commit is a
+        rename). Nothing is committed."""
         if self.positions is not None:
             path = os.path.join(self.directory, segment_name(self.offset))
             data = os.pread(self.read_fd, self.end - self.start, self.start)
@@ -152,15 +152,17 @@ class Compaction:
                     os.close(fd)
                     raise
             self.rewritten = seg
+        write_temp(os.path.join(self.directory, LOG_START), f"{self.offset}\n".encode())
 
     def commit(self) -> None:
-        """The commit point: what `switch` copied made durable, then LOG_START
-        replaced (its directory fsync also makes the rewrite's entry durable)."""
+        """The commit point: what `switch` copied made durable, then LOG_START's
+        temp file renamed over it and the directory fsynced (which also makes
+        the rewrite's entry durable)."""
         faults.point("compact.before_commit")
         if self.rewritten is not None:
             self.rewritten.sync()  # fdatasync: its zero-filled blocks take the copy, no metadata
         path = os.path.join(self.directory, LOG_START)
-        replace_durably(write_temp(path, f"{self.offset}\n".encode()), path)
+        replace_durably(path + ".tmp", path)
         faults.point("compact.after_commit")
 
     def sync_dir(self) -> None:
@@ -507,11 +509,7 @@ class Log:
             job.discard()
             raise
         self.switch(job)
-        try:
-            job.commit()
-        except DiskFull:  # LOG_START's temp file did not fit: not committed
-            self.unswitch(job)
-            raise
+        job.commit()
         self.finish(job)
         job.sync_dir()
         return self.finished(job)
@@ -576,23 +574,10 @@ class Log:
             # base is above the one recorded, and once it is committed every segment
             # below it is gone, so a start that does not find it finds no newer
             # segment and still refuses (check_reach); uncommitted, the record stands.
-            job.reached_before = self.reached
             self.reached = rewritten.base_offset
         i = self._segments.index(seg)
         self._segments.insert(i + 1, rewritten)
         self._bases.insert(i + 1, rewritten.base_offset)
-
-    def unswitch(self, job: Compaction) -> None:
-        """`commit` failed before its commit point (DiskFull): take the rewrite
-        out of the log again and discard it; the log is as before the plan (a
-        straddling active segment takes the appends again: none went into the
-        rewrite, since nothing staged after `switch` is handled before `finish`)."""
-        if job.rewritten is not None and job.rewritten in self._segments:
-            i = self._segments.index(job.rewritten)
-            del self._segments[i]
-            del self._bases[i]
-            self.reached = job.reached_before
-        job.discard()
 
     def finish(self, job: Compaction) -> None:
         """After `commit`: rename the rewrite in and delete the segments below
@@ -755,8 +740,14 @@ def _report_rot(report: RecoveryReport, seg: Segment, scan: ScanResult) -> None:
     report.lost.extend(seg.base_offset + bisect.bisect_left(scan.positions, p) for p in scan.lost)
 
 
-def read_start_offset(directory: str) -> int | None:
-    """The first retained offset recorded by the last compaction, if any."""
+def read_start_offset(directory: str, *, settle: bool = False) -> int | None:
+    """The first retained offset recorded by the last compaction, if any.
+    settle (the writer's start): also remove `LOG_START.tmp`, which a crash
+    between a compaction's rewrite and its commit leaves (no directory fsync:
+    one that comes back is ignored, and the next compaction truncates it)."""
+    if settle:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, LOG_START) + ".tmp")
     try:
         with open(os.path.join(directory, LOG_START), "rb") as f:
             text = f.read()
@@ -775,7 +766,7 @@ def read_start_offset(directory: str) -> int | None:
 def _layout(directory: str, readonly: bool, notes: list[str]) -> layout.Layout | None:
     """Decide which files make up the log (wal/layout.py) and, unless readonly,
     settle what a crash left of a compaction."""
-    start = read_start_offset(directory) if os.path.isdir(directory) else None
+    start = read_start_offset(directory, settle=not readonly) if os.path.isdir(directory) else None
     plan = layout.plan(directory, start)
     if plan is None:
         return None

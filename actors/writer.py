@@ -569,6 +569,9 @@ class CompactionRun:
     # entry staged then would be in the uncommitted rewrite only, and a roll out of
     # it would leave a newer segment past the old log's end)
     deferring: bool = False
+    # the batches staged when the rewrite took the active segment's place, and the
+    # offset their entries reach: answered once the commit step synced them
+    before_switch: tuple[list, int] | None = None
 
     def run(self, step: str, work: Callable[[], None], wake: Callable[[], None]) -> None:
         self.step, self.error = step, None
@@ -654,20 +657,28 @@ class Commits:
             self._end_compaction(run)
             return
         if run.step == "rewrite":
-            if not run.job.source.sealed:
-                # Everything in the straddling segment is synced in it before the
-                # rewrite takes its place as the active segment (a commit begun later
-                # would fdatasync the rewrite only, which is not in the log yet).
-                if self.inflight is not None:
-                    self.finish()
-                batches, self.staged = self.staged, []
-                self.writer.commit()
-                self.reply(batches)
-                run.deferring = True
+            source_fd = self._quiesce(run) if not run.job.source.sealed else None
             log_.switch(run.job)
-            run.run("commit", run.job.commit, self.syncer.wake)
+
+            def commit() -> None:
+                if source_fd is not None:
+                    try:
+                        os.fdatasync(source_fd)
+                    finally:
+                        os.close(source_fd)
+                run.job.commit()
+
+            run.run("commit", commit, self.syncer.wake)
         elif run.step == "commit":
             log_.finish(run.job)
+            if run.before_switch is not None:  # durable in the log as it now is: answered
+                batches, target = run.before_switch
+                run.before_switch = None
+                if self.inflight is not None:
+                    self.finish()  # an earlier batch's replies leave first
+                log_.synced(target)
+                self.writer.datadir.check_identity(self.writer.identity)
+                self.reply(batches)
             run.run("sync_dir", run.job.sync_dir, self.syncer.wake)
             self._undefer(run)
         else:
@@ -676,6 +687,28 @@ class Commits:
                 run.offset, run.whole_segments, run.counts, time.perf_counter() - run.started
             )
             self._end_compaction(run)
+
+    def _quiesce(self, run: CompactionRun) -> int | None:
+        """Before the rewrite takes the straddling (active) segment's place: from
+        here to the commit, requests are taken but not handled; what is staged
+        is written into the straddling segment (so the switch copies it) and
+        answered only after the commit step, which fdatasyncs it there first
+        (the returned duplicate fd) and the rewrite second: before the commit
+        point the straddling segment is the log, after it the rewrite. The
+        batch in flight syncs the straddling segment as before. On a full disk
+        the staged batches are committed here instead, as `begin` would."""
+        run.deferring = True
+        fd, target = self.writer.flush_for_sync()
+        if self.writer.disk_full_at is None:
+            run.before_switch, self.staged = (self.staged, target), []
+            return fd
+        os.close(fd)
+        if self.inflight is not None:
+            self.finish()
+        batches, self.staged = self.staged, []
+        self.writer.commit()
+        self.reply(batches)
+        return None
 
     def _undefer(self, run: CompactionRun) -> None:
         """Handle what was taken while the compaction was at its commit."""
@@ -697,7 +730,7 @@ class Commits:
             self.finish()
         if self.compaction is not None and self.compaction.done.is_set():
             self.advance_compaction()
-        if self.inflight is None:
+        if self.inflight is None and not (self.compaction and self.compaction.deferring):
             self.begin()
 
     def begin(self) -> None:

@@ -121,6 +121,7 @@ class Compaction:
     start: int = 0  # its byte in the source
     end: int = 0  # the source's bytes at the plan, copied by `rewrite`
     positions: array | memoryview | None = None  # the source's from `first` (unshifted)
+    rewrites: bool = False  # the source straddles the offset (or it is past the end)
     read_fd: int = -1
     files: FileCache | None = None
     preallocate_to: int = 0  # the source was the active segment: the rewrite takes appends
@@ -131,10 +132,12 @@ class Compaction:
         (named for the offset; past the end, empty), zero-filled ahead if it will
         take appends; then LOG_START's temp file, fsynced (so the commit is a
         rename). Nothing is committed."""
-        if self.positions is not None:
+        if self.rewrites:
+            assert self.positions is not None  # taken by the plan
             path = os.path.join(self.directory, segment_name(self.offset))
             data = os.pread(self.read_fd, self.end - self.start, self.start)
             shifted = array("Q", (p - self.start for p in self.positions))
+            self.positions = None  # a sealed source's is a view of its mapped index
             with disk_full_undone(path + TMP_SUFFIX):
                 fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
@@ -173,7 +176,7 @@ class Compaction:
         """Not committed (a failure before `commit`): remove the temp files."""
         if self.rewritten is not None:
             self.rewritten.close()
-        if self.positions is not None:  # a rewrite was begun (a failed one has no Segment)
+        if self.rewrites:  # a rewrite was begun (a failed one has no Segment)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(self.directory, segment_name(self.offset)) + TMP_SUFFIX)
         with contextlib.suppress(FileNotFoundError):
@@ -540,6 +543,7 @@ class Log:
         job = Compaction(self.directory, offset, seg, self.entries, self.total_bytes)
         if offset > self.next_offset or seg.base_offset != offset:
             first = min(offset - seg.base_offset, seg.entries)  # not `index`: the module's name
+            job.rewrites = True
             job.first = first
             job.start = seg.bytes_before(first)
             job.end = seg.size  # flushed above: these bytes never change

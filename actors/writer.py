@@ -657,7 +657,8 @@ class Commits:
             self._end_compaction(run)
             return
         if run.step == "rewrite":
-            source_fd = self._quiesce(run) if not run.job.source.sealed else None
+            takes_appends = run.job.rewritten is not None and not run.job.source.sealed
+            source_fd = self._quiesce(run) if takes_appends else None
             log_.switch(run.job)
 
             def commit() -> None:

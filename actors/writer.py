@@ -49,7 +49,13 @@ from wal import (
 )
 from wal.datadir import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
 from wal.errors import DataMissing
-from wal.log import DEFAULT_MAX_SEGMENT_BYTES, Entry, OffsetOutOfRange, RecoveryReport
+from wal.log import (
+    DEFAULT_MAX_SEGMENT_BYTES,
+    Compaction,
+    Entry,
+    OffsetOutOfRange,
+    RecoveryReport,
+)
 
 log = setup_logging("writer")
 
@@ -129,6 +135,11 @@ class Writer:
         # every commit, before any reply, so that a directory deleted or
         # replaced under the writer stops it before an offset is reused.
         self.identity = datadir.identity()
+        # Given by Commits: runs a compaction's file steps in a thread while the
+        # loop serves; None (a replica) runs them in op_truncate.
+        self.start_compaction: Callable[[CompactionRun], Callable[[], tuple[int, dict]]] | None = (
+            None
+        )
 
     # -- request handlers: return (code, fields) or a callable giving them
     # after the commit (for answers that must describe the committed state).
@@ -212,7 +223,7 @@ class Writer:
             "active_segment": infos[-1].file,
         }
 
-    def op_truncate(self, arg: list) -> tuple[int, dict]:
+    def op_truncate(self, arg: list):
         """Drop every entry below `offset`. The compactor sends a refusal
         along when no durable snapshot covers it: that holds unless there is
         nothing to remove (an offset at or below the first one). With
@@ -228,10 +239,22 @@ class Writer:
             return Code.PRECONDITION_FAILED, {
                 "text": f"cannot compact at {offset}: the log ends at {self.log.next_offset}"
             }
-        t0 = time.perf_counter()
-        before, after, freed = self.log.truncate_before(offset)
+        if self.start_compaction is None:  # a replica: every step here
+            t0 = time.perf_counter()
+            counts = self.log.truncate_before(offset)
+            self.compacted(offset, whole_segments, counts, time.perf_counter() - t0)
+            return _compacted_reply(counts)
+        job = self.log.compaction(offset)
+        if job is None:
+            return _compacted_reply((self.log.entries, self.log.entries, 0))
+        return self.start_compaction(CompactionRun(job, offset, whole_segments))
+
+    def compacted(
+        self, offset: int, whole_segments: bool, counts: tuple[int, int, int], seconds: float
+    ) -> None:
         if self.metrics is not None:
-            self.metrics.compacted(whole_segments, time.perf_counter() - t0)
+            self.metrics.compacted(whole_segments, seconds)
+        before, after, freed = counts
         if freed:
             log.info(
                 "compacted below offset %d: %d -> %d entries, %d bytes freed",
@@ -240,7 +263,6 @@ class Writer:
                 after,
                 freed,
             )
-        return m.OK, {"entries_before": before, "entries_after": after, "bytes_freed": freed}
 
     def op_init(self, arg: list) -> tuple[int, dict]:
         """The first init records the node id and its cluster's node ids; a
@@ -421,6 +443,11 @@ DISK_FULL_REPLY = (
 )
 
 
+def _compacted_reply(counts: tuple[int, int, int]) -> tuple[int, dict]:
+    before, after, freed = counts
+    return m.OK, {"entries_before": before, "entries_after": after, "bytes_freed": freed}
+
+
 def _lost_text(e: Entry) -> str:
     """What reading a lost-record marker says (docs/FORMAT.md)."""
     note = e.payload.decode("utf-8", "replace").strip()
@@ -511,11 +538,67 @@ class SyncThread:
                 job.done.set()
                 os.write(self._signal_fd, b"\0")
 
+    def wake(self) -> None:
+        """Wake the loop (another thread's work is done)."""
+        os.write(self._signal_fd, b"\0")
+
     def clear_wake(self) -> None:
         try:
             os.read(self.wake_fd, 4096)
         except BlockingIOError:
             pass
+
+
+@dataclass
+class CompactionRun:
+    """A wal_compact's steps (wal.log.Compaction) as the writer runs them: each
+    file step in a thread of its own (os.fsync, os.rename and os.pwrite release
+    the GIL), the log's steps in the loop when the thread is done. `held` is
+    the message that asked, answered when the last step is done."""
+
+    job: Compaction
+    offset: int
+    whole_segments: bool
+    step: str = ""  # the file step running or last run: rewrite, commit, sync_dir
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    held: tuple[zmq.Socket, bytes, list] | None = None
+    counts: tuple[int, int, int] | None = None
+    started: float = field(default_factory=time.perf_counter)
+    # between the switch and the commit: requests are taken but not handled (an
+    # entry staged then would be in the uncommitted rewrite only, and a roll out of
+    # it would leave a newer segment past the old log's end)
+    deferring: bool = False
+    # the batches staged when the rewrite took the active segment's place, and the
+    # offset their entries reach: answered once the commit step synced them
+    before_switch: tuple[list, int] | None = None
+
+    def run(self, step: str, work: Callable[[], None], wake: Callable[[], None]) -> None:
+        self.step, self.error = step, None
+        self.done.clear()
+
+        def body() -> None:
+            try:
+                work()
+            except BaseException as err:  # handed to the loop, which decides
+                self.error = err
+            finally:
+                self.done.set()
+                wake()
+
+        threading.Thread(target=body, name=f"compact-{step}", daemon=True).start()
+
+    def answer(self) -> tuple[int, dict]:
+        """The compactor's reply, once the run is over."""
+        if isinstance(self.error, DiskFull):
+            return Code.TEMPORARILY_UNAVAILABLE, {"text": f"{self.error}; nothing was compacted"}
+        if self.error is not None:
+            return Code.CRASH, {
+                "text": f"compaction failed in the writer before its commit point, so "
+                f"nothing was compacted: {self.error}"
+            }
+        assert self.counts is not None  # answered only once the last step is done
+        return _compacted_reply(self.counts)
 
 
 class Commits:
@@ -534,18 +617,121 @@ class Commits:
         self.syncer = SyncThread()
         self.staged: list[tuple[zmq.Socket, bytes, list]] = []  # handled, commit not begun
         self.inflight: tuple[list, SyncJob] | None = None
+        self.compaction: CompactionRun | None = None
+        self._starting: CompactionRun | None = None  # started by the message being handled
+        self.deferred: list[tuple[zmq.Socket, bytes, list]] = []  # taken while deferring
+        writer.start_compaction = self._start_compaction
 
     def handle(self, router: zmq.Socket, ident: bytes, requests: list) -> None:
-        if self.inflight is not None and any(op not in OVERLAPPABLE for _, op, _ in requests):
+        if self.compaction is not None and self.compaction.deferring:
+            self.deferred.append((router, ident, requests))
+            return
+        if any(op not in OVERLAPPABLE for _, op, _ in requests):
+            if self.inflight is not None:
+                self.finish()
+            while self.compaction is not None:  # one compaction at a time; init etc. after it
+                self.compaction.done.wait()
+                self.advance_compaction()
+        handled = self.writer.handle(requests)
+        run, self._starting = self._starting, None
+        if run is not None:  # answered when its last step is done
+            run.held = (router, ident, handled)
+            self.compaction = run
+            run.run("rewrite", run.job.rewrite, self.syncer.wake)
+            return
+        self.staged.append((router, ident, handled))
+
+    def _start_compaction(self, run: CompactionRun) -> Callable[[], tuple[int, dict]]:
+        self._starting = run
+        return run.answer
+
+    def advance_compaction(self) -> None:
+        """The compaction's file step is done: the log's step after it, then the next."""
+        run = self.compaction
+        assert run is not None and run.done.is_set()
+        log_ = self.writer.log
+        if run.error is not None:
+            if run.step != "rewrite":
+                raise run.error  # at or after the commit point: never retried, nothing answered
+            run.job.discard()  # not committed: the log is as it was
+            self._end_compaction(run)
+            return
+        if run.step == "rewrite":
+            takes_appends = run.job.rewritten is not None and not run.job.source.sealed
+            source_fd = self._quiesce(run) if takes_appends else None
+            log_.switch(run.job)
+
+            def commit() -> None:
+                if source_fd is not None:
+                    try:
+                        os.fdatasync(source_fd)
+                    finally:
+                        os.close(source_fd)
+                run.job.commit()
+
+            run.run("commit", commit, self.syncer.wake)
+        elif run.step == "commit":
+            log_.finish(run.job)
+            if run.before_switch is not None:  # durable in the log as it now is: answered
+                batches, target = run.before_switch
+                run.before_switch = None
+                if self.inflight is not None:
+                    self.finish()  # an earlier batch's replies leave first
+                log_.synced(target)
+                self.writer.datadir.check_identity(self.writer.identity)
+                self.reply(batches)
+            run.run("sync_dir", run.job.sync_dir, self.syncer.wake)
+            self._undefer(run)
+        else:
+            run.counts = log_.finished(run.job)
+            self.writer.compacted(
+                run.offset, run.whole_segments, run.counts, time.perf_counter() - run.started
+            )
+            self._end_compaction(run)
+
+    def _quiesce(self, run: CompactionRun) -> int | None:
+        """Before the rewrite takes the straddling (active) segment's place: from
+        here to the commit, requests are taken but not handled; what is staged
+        is written into the straddling segment (so the switch copies it) and
+        answered only after the commit step, which fdatasyncs it there first
+        (the returned duplicate fd) and the rewrite second: before the commit
+        point the straddling segment is the log, after it the rewrite. The
+        batch in flight syncs the straddling segment as before. On a full disk
+        the staged batches are committed here instead, as `begin` would."""
+        run.deferring = True
+        fd, target = self.writer.flush_for_sync()
+        if self.writer.disk_full_at is None:
+            run.before_switch, self.staged = (self.staged, target), []
+            return fd
+        os.close(fd)
+        if self.inflight is not None:
             self.finish()
-        self.staged.append((router, ident, self.writer.handle(requests)))
+        batches, self.staged = self.staged, []
+        self.writer.commit()
+        self.reply(batches)
+        return None
+
+    def _undefer(self, run: CompactionRun) -> None:
+        """Handle what was taken while the compaction was at its commit."""
+        run.deferring = False
+        deferred, self.deferred = self.deferred, []
+        for router, ident, requests in deferred:
+            self.handle(router, ident, requests)
+
+    def _end_compaction(self, run: CompactionRun) -> None:
+        self.compaction = None
+        if run.held is not None:
+            self.staged.append(run.held)  # its answer is decided: committed with the next batch
 
     def step(self) -> None:
-        """After each poll: answer the batch whose fdatasync returned, then
-        begin the next commit if none is in flight."""
+        """After each poll: answer the batch whose fdatasync returned, take the
+        compaction's next step if its file step is done, then begin the next
+        commit if none is in flight (and the compaction is not at its commit)."""
         if self.inflight is not None and self.inflight[1].done.is_set():
             self.finish()
-        if self.inflight is None:
+        if self.compaction is not None and self.compaction.done.is_set():
+            self.advance_compaction()
+        if self.inflight is None and not (self.compaction and self.compaction.deferring):
             self.begin()
 
     def begin(self) -> None:
@@ -572,6 +758,9 @@ class Commits:
         """Stopping: commit and answer everything handled."""
         if self.inflight is not None:
             self.finish()
+        while self.compaction is not None:
+            self.compaction.done.wait()
+            self.advance_compaction()
         batches, self.staged = self.staged, []
         self.writer.commit()
         self.reply(batches)

@@ -1,11 +1,14 @@
 """Faults for tests: crash points (etcd's failpoints, in miniature) and I/O errors.
 
 `WALNODE_CRASH_AT=<name>` makes the process SIGKILL itself when it reaches
-the point of that name, exactly as `kill -9` would at that instant. Unset,
-each point costs one comparison. The points are listed in docs/TESTING.md.
+the point of that name, exactly as `kill -9` would at that instant.
 With `WALNODE_CRASH_ONCE=<file>` as well, only the first process to reach
 the point dies (it creates the file; a restarted one sees it and goes on):
 for points every roll passes, which would otherwise kill each restart too.
+`WALNODE_HOLD_AT=<name>:<switch file>` makes the thread that reaches that
+point wait there while the switch file exists (a slow disk at one step, so a
+test can watch what the rest of the process does meanwhile). Unset, each
+point costs two comparisons. The points are listed in docs/TESTING.md.
 
 `WALNODE_FAULT_IO=<call>:<ERRNO>:<switch file>[,...]` makes `os.<call>`
 (write, pwrite, fsync or fdatasync) on regular files fail with ERRNO
@@ -25,6 +28,7 @@ import errno
 import os
 import signal
 import stat
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -32,11 +36,16 @@ from wal import fstrace
 
 _CRASH_AT = os.environ.get("WALNODE_CRASH_AT", "")
 _CRASH_ONCE = os.environ.get("WALNODE_CRASH_ONCE", "")
+_HOLD_AT, _, _HOLD_SWITCH = os.environ.get("WALNODE_HOLD_AT", "").partition(":")
+HOLD_POLL_S = 0.01
 
 
 def point(name: str) -> None:
     if name == _CRASH_AT and _first_crash():
         os.kill(os.getpid(), signal.SIGKILL)
+    if name == _HOLD_AT:
+        while os.path.exists(_HOLD_SWITCH):
+            time.sleep(HOLD_POLL_S)
 
 
 def _first_crash() -> bool:

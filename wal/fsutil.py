@@ -43,6 +43,12 @@ def atomic_write(path: str, data: bytes, *, sync_dir: bool = True) -> None:
     Temp file, fsync, rename over, fsync the directory (in that order).
     sync_dir=False: the caller fsyncs the directory itself, right after.
     """
+    replace_durably(write_temp(path, data), path)
+
+
+def write_temp(path: str, data: bytes) -> str:
+    """The first half of `atomic_write`: `data` in `path`'s temp file, fsynced
+    (DiskFull if it does not fit, the temp file removed). Returns its path."""
     tmp = path + ".tmp"
     with disk_full_undone(tmp):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -51,6 +57,11 @@ def atomic_write(path: str, data: bytes, *, sync_dir: bool = True) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    return tmp
+
+
+def replace_durably(tmp: str, path: str) -> None:
+    """The second half of `atomic_write`: rename `tmp` over `path`, fsync the directory."""
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(os.path.dirname(os.path.abspath(path)))

@@ -12,15 +12,24 @@ opening costs about the newest segment's size, not the whole log's.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from wal import checkpoint, faults, index, layout, record
 from wal.errors import CorruptionError, DataMissing, DiskFull, WalError
 from wal.filecache import FileCache
-from wal.fsutil import atomic_write, disk_full_undone, fsync_dir, make_dirs, write_all
+from wal.fsutil import (
+    disk_full_undone,
+    fsync_dir,
+    make_dirs,
+    replace_durably,
+    write_all,
+    write_temp,
+)
 from wal.layout import TMP_SUFFIX
 from wal.prefill import Preparer
 from wal.segment import ReadRecord, ScanResult, Segment, segment_name
@@ -106,6 +115,90 @@ class RollStats:
     created: int = 0
     last_seconds: float = 0.0  # the last roll's time on the caller's thread
     last_new_seconds: float = 0.0  # of it, after the old segment was sealed and indexed
+
+
+@dataclass
+class Compaction:
+    """A truncate_before in steps (Log.compaction). Its own methods do only
+    file work on files no reader of the log opens (the rewrite, LOG_START's temp
+    file, the directory), so they may run in a thread while the log serves;
+    the Log's methods between them change the log and run where it is served."""
+
+    directory: str
+    offset: int
+    source: Segment  # the segment holding `offset` (rewritten if it straddles it)
+    entries_before: int
+    bytes_before: int
+    first: int = 0  # the source's first entry kept
+    start: int = 0  # its byte in the source
+    end: int = 0  # the source's bytes at the plan, copied by `rewrite`
+    positions: array | memoryview | None = None  # the source's from `first` (unshifted)
+    rewrites: bool = False  # the source straddles the offset (or it is past the end)
+    read_fd: int = -1
+    files: FileCache | None = None
+    preallocate_to: int = 0  # the source was the active segment: the rewrite takes appends
+    rewritten: Segment | None = None
+
+    def rewrite(self) -> None:
+        """Copy the source's records from the offset on into a fsynced temp file
+        (named for the offset; past the end, empty), zero-filled ahead if it will
+        take appends; then LOG_START's temp file, fsynced (so the commit is a
+        rename). Nothing is committed."""
+        if self.rewrites:
+            assert self.positions is not None  # taken by the plan
+            path = os.path.join(self.directory, segment_name(self.offset))
+            data = os.pread(self.read_fd, self.end - self.start, self.start)
+            shifted = array("Q", (p - self.start for p in self.positions))
+            self.positions = None  # a sealed source's is a view of its mapped index
+            with disk_full_undone(path + TMP_SUFFIX):
+                fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    write_all(fd, data[: len(data) // 2])
+                    faults.point("compact.rewrite_half_written")
+                    write_all(fd, data[len(data) // 2 :])
+                    seg = Segment(
+                        path, self.offset, fd, shifted, len(data), False, files=self.files
+                    )
+                    if self.preallocate_to:
+                        seg._preallocate(len(data) + 1, self.preallocate_to)
+                    faults.point("compact.rewrite_fsync")
+                    os.fsync(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            self.rewritten = seg
+        write_temp(os.path.join(self.directory, LOG_START), f"{self.offset}\n".encode())
+
+    def commit(self) -> None:
+        """The commit point: what `switch` copied made durable, then LOG_START's
+        temp file renamed over it and the directory fsynced (which also makes
+        the rewrite's entry durable)."""
+        faults.point("compact.before_commit")
+        if self.rewritten is not None:
+            self.rewritten.sync()  # fdatasync: its zero-filled blocks take the copy, no metadata
+        path = os.path.join(self.directory, LOG_START)
+        replace_durably(path + ".tmp", path)
+        faults.point("compact.after_commit")
+
+    def sync_dir(self) -> None:
+        """The rename and the deletes of `finish`, durable."""
+        fsync_dir(self.directory)
+
+    def discard(self) -> None:
+        """Not committed (a failure before `commit`): remove the temp files."""
+        if self.rewritten is not None:
+            self.rewritten.close()
+        if self.rewrites:  # a rewrite was begun (a failed one has no Segment)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.directory, segment_name(self.offset)) + TMP_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.directory, LOG_START) + ".tmp")
+        self.close()
+
+    def close(self) -> None:
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
 
 
 class Log:
@@ -465,47 +558,105 @@ class Log:
         return self._bases[bisect.bisect_right(self._bases, offset) - 1]
 
     def truncate_before(self, offset: int, *, past_end: bool = False) -> tuple[int, int, int]:
-        """Remove every entry below `offset` from the directory.
+        """Remove every entry below `offset` from the directory, all steps here.
 
         past_end: `offset` may be beyond next_offset (a replica installing a
         snapshot newer than its whole log): every segment goes and the log
         restarts, empty, at `offset`, by the same steps with an empty rewrite.
 
-        Returns (entries_before, entries_after, record_bytes_freed). Whole
-        segments below the offset are deleted; the one that straddles it is
-        rewritten from the offset on, so no record below it is left in any
+        Returns (entries_before, entries_after, record_bytes_freed). The steps
+        are those of a `Compaction` (below), which the writer runs with its
+        file work in a thread while it serves appends; here they run in turn.
+        """
+        job = self.compaction(offset, past_end=past_end)
+        if job is None:
+            return self.entries, self.entries, 0
+        try:
+            job.rewrite()
+        except DiskFull:
+            job.discard()
+            raise
+        self.switch(job)
+        job.commit()
+        self.finish(job)
+        job.sync_dir()
+        return self.finished(job)
+
+    def compaction(self, offset: int, *, past_end: bool = False) -> Compaction | None:
+        """Plan removing every entry below `offset`: None if there is nothing to
+        remove. The caller then runs, in this order, `rewrite` (file work: any
+        thread), `switch` (here), `commit` (file work), `finish` (here),
+        `sync_dir` (file work) and `finished` (here). Between the steps the log
+        takes appends and serves reads as before; only between `switch` and
+        `finish` may nothing staged since the switch be acknowledged (those
+        entries are in the rewrite only, which is not part of the log until
+        the commit).
+
+        Whole segments below the offset are deleted; the one that straddles it
+        is rewritten from the offset on, so no record below it is left in any
         file. Crash-safe: the rewrite is written and fsynced as a temp file,
         then LOG_START is replaced atomically (the commit point), then the
-        temp file is renamed in and the old files deleted. Log.open finishes
-        a committed compaction and discards an uncommitted one.
-        """
+        temp file is renamed in and the old files deleted. Log.open finishes a
+        committed compaction and discards an uncommitted one."""
         self.flush()
-        entries_before, bytes_before = self.entries, self.total_bytes
         if offset <= self.first_offset:
-            return entries_before, entries_before, 0
+            return None
         if offset > self.next_offset and not past_end:
             raise WalError(f"cannot compact at {offset}: the log ends at {self.next_offset}")
         i = bisect.bisect_right(self._bases, offset) - 1
         seg = self._segments[i]
-        rewritten = None
-        if offset > self.next_offset:
-            rewritten = self._rewrite_tail(seg, seg.next_offset, at=offset)
-        elif seg.base_offset != offset:
-            rewritten = self._rewrite_tail(seg, offset)
-        faults.point("compact.before_commit")
-        try:
-            atomic_write(os.path.join(self.directory, LOG_START), f"{offset}\n".encode())
-        except DiskFull:
-            if rewritten is not None:  # not committed: the rewrite is discarded
-                rewritten.close()
-                os.remove(rewritten.path + TMP_SUFFIX)
-            raise
-        faults.point("compact.after_commit")
-        if rewritten is not None:
-            os.rename(rewritten.path + TMP_SUFFIX, rewritten.path)
+        job = Compaction(self.directory, offset, seg, self.entries, self.total_bytes)
+        if offset > self.next_offset or seg.base_offset != offset:
+            first = min(offset - seg.base_offset, seg.entries)  # not `index`: the module's name
+            job.rewrites = True
+            job.first = first
+            job.start = seg.bytes_before(first)
+            job.end = seg.size  # flushed above: these bytes never change
+            job.positions = seg._positions[first:]  # a copy (one memcpy); shifted in the job
+            job.read_fd = os.open(seg.path, os.O_RDONLY)  # its own: a roll may close seg's
+            job.files = self._files
+            if seg is self._segments[-1]:
+                job.preallocate_to = self.max_segment_bytes
+        return job
+
+    def switch(self, job: Compaction) -> None:
+        """After `rewrite`: copy what was appended to the straddling segment since
+        the plan into the rewrite and put the rewrite in the log beside it (reads
+        below the offset still find the old segment). If the straddling segment
+        was the active one, the rewrite takes the appends from here on."""
+        rewritten, seg = job.rewritten, job.source
+        if rewritten is None:
+            return
+        self.flush()
+        nth = job.first + rewritten.entries  # the source's first entry not copied yet
+        if nth < seg.entries:  # appended since the plan (none to a sealed one, or past the end)
+            base = seg.bytes_before(nth)
+            data = seg.read_bytes(base, seg.size - base)
+            for k in range(nth, seg.entries):
+                at = seg.bytes_before(k) - base
+                rewritten.stage(data[at : at + seg.record_bytes(k)])
+            rewritten.flush(self.max_segment_bytes)
+        if seg.sealed:
+            rewritten.seal()  # it was sealed at the plan, or a roll sealed it since
+        else:
+            # Before any entry is staged in it. No record of the reach is needed: its
+            # base is above the one recorded, and once it is committed every segment
+            # below it is gone, so a start that does not find it finds no newer
+            # segment and still refuses (check_reach); uncommitted, the record stands.
+            self.reached = rewritten.base_offset
+        i = self._segments.index(seg)
+        self._segments.insert(i + 1, rewritten)
+        self._bases.insert(i + 1, rewritten.base_offset)
+
+    def finish(self, job: Compaction) -> None:
+        """After `commit`: rename the rewrite in and delete the segments below
+        the offset (their directory entries are made durable by `sync_dir`)."""
+        i = self._segments.index(job.source)
+        if job.rewritten is not None:
+            os.rename(job.rewritten.path + TMP_SUFFIX, job.rewritten.path)
             faults.point("compact.after_rename")
             doomed = self._segments[: i + 1]
-            self._segments = [rewritten, *self._segments[i + 1 :]]
+            self._segments = self._segments[i + 1 :]
         else:
             doomed = self._segments[:i]
             self._segments = self._segments[i:]
@@ -514,34 +665,17 @@ class Log:
             os.remove(old.path)
             index.remove(old.path)
             faults.point("compact.deleting")
-        fsync_dir(self.directory)
         self._bases = [s.base_offset for s in self._segments]
         self._durable_next = max(self._durable_next, self.first_offset)  # past the end
         self._flushed_next = max(self._flushed_next, self.first_offset)
-        if rewritten is not None and rewritten.sealed:
-            rewritten.write_index()
-        return entries_before, self.entries, bytes_before - self.total_bytes
+        job.close()
 
-    def _rewrite_tail(self, seg: Segment, offset: int, at: int | None = None) -> Segment:
-        """Copy `seg`'s records from `offset` on into a fsynced temp file (named
-        for `at` if given: past the end, the copy is empty and starts there)."""
-        first = min(offset - seg.base_offset, seg.entries)  # not `index`: the module's name
-        start = seg.bytes_before(first)
-        data = seg.read_bytes(start, seg.size - start)
-        offset = offset if at is None else at
-        path = os.path.join(self.directory, segment_name(offset))
-        with disk_full_undone(path + TMP_SUFFIX):
-            fd = os.open(path + TMP_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                write_all(fd, data[: len(data) // 2])
-                faults.point("compact.rewrite_half_written")
-                write_all(fd, data[len(data) // 2 :])
-                os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-        positions = seg.positions_from(first, start)
-        return Segment(path, offset, fd, positions, len(data), seg.sealed, files=self._files)
+    def finished(self, job: Compaction) -> tuple[int, int, int]:
+        """After `sync_dir`: index a sealed rewrite; (entries_before,
+        entries_after, record_bytes_freed)."""
+        if job.rewritten is not None and job.rewritten.sealed:
+            job.rewritten.write_index()
+        return job.entries_before, self.entries, job.bytes_before - self.total_bytes
 
     # -- reading -----------------------------------------------------------
 
@@ -675,8 +809,14 @@ def _report_rot(report: RecoveryReport, seg: Segment, scan: ScanResult) -> None:
     report.lost.extend(seg.base_offset + bisect.bisect_left(scan.positions, p) for p in scan.lost)
 
 
-def read_start_offset(directory: str) -> int | None:
-    """The first retained offset recorded by the last compaction, if any."""
+def read_start_offset(directory: str, *, settle: bool = False) -> int | None:
+    """The first retained offset recorded by the last compaction, if any.
+    settle (the writer's start): also remove `LOG_START.tmp`, which a crash
+    between a compaction's rewrite and its commit leaves (no directory fsync:
+    one that comes back is ignored, and the next compaction truncates it)."""
+    if settle:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, LOG_START) + ".tmp")
     try:
         with open(os.path.join(directory, LOG_START), "rb") as f:
             text = f.read()
@@ -695,7 +835,7 @@ def read_start_offset(directory: str) -> int | None:
 def _layout(directory: str, readonly: bool, notes: list[str]) -> layout.Layout | None:
     """Decide which files make up the log (wal/layout.py) and, unless readonly,
     settle what a crash left of a compaction."""
-    start = read_start_offset(directory) if os.path.isdir(directory) else None
+    start = read_start_offset(directory, settle=not readonly) if os.path.isdir(directory) else None
     plan = layout.plan(directory, start)
     if plan is None:
         return None

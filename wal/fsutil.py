@@ -43,7 +43,7 @@ def atomic_write(path: str, data: bytes, *, sync_dir: bool = True) -> None:
     Temp file, fsync, rename over, fsync the directory (in that order).
     sync_dir=False: the caller fsyncs the directory itself, right after.
     """
-    replace_durably(write_temp(path, data), path)
+    replace_durably(write_temp(path, data), path, sync_dir=sync_dir)
 
 
 def write_temp(path: str, data: bytes) -> str:
@@ -60,8 +60,9 @@ def write_temp(path: str, data: bytes) -> str:
     return tmp
 
 
-def replace_durably(tmp: str, path: str) -> None:
-    """The second half of `atomic_write`: rename `tmp` over `path`, fsync the directory."""
+def replace_durably(tmp: str, path: str, *, sync_dir: bool = True) -> None:
+    """The second half of `atomic_write`: rename `tmp` over `path`, fsync the
+    directory (sync_dir=False: the caller does, right after)."""
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(os.path.dirname(os.path.abspath(path)))

@@ -210,6 +210,7 @@ class Compactor:
         """Commit what changed since the last commit (one transaction, with the
         offset reached). Only entries known durable (committed, in a cluster)
         are ever committed: a store never holds what the log could lose."""
+        self.catch_up(self.durable_next)  # applied lazily otherwise: a kill would replay it all
         sm, store = self.sm, self.store
         if store is None or sm.applied_offset > self.durable_next:
             return False

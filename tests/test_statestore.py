@@ -211,3 +211,16 @@ def test_a_store_behind_the_newest_snapshot_replays_the_log(node_factory, data_d
     assert (recovery["store_offset"], recovery["entries_recovered"]) == (500, 302), recovery
     keys = [f"k{i}" for i in range(50)]
     assert values(node, keys) == {k: fold(first + second).get(k) for k in keys}
+
+
+def test_the_store_commits_only_durable_entries(node_factory, data_dir):
+    """Under --fsync never a kv_get applies entries not yet durable; the store
+    must not commit them (a power cut could take them from the log and leave
+    their effects in the store) until a wal_sync makes them durable."""
+    node = node_factory("--data-dir", data_dir, *NO_AUTO, "--fsync", "never")
+    node.init()
+    pipeline(node, [f"set k{i}=v{i}" for i in range(10)])
+    assert kv(node, "k9")["value"] == "v9"  # applied, in memory
+    assert not wait_until(lambda: (store_offset(data_dir) or 0) > 0, timeout=2.5)
+    node.call_ok({"type": "wal_sync"})
+    assert wait_until(lambda: store_offset(data_dir) == 10, timeout=10)

@@ -122,6 +122,8 @@ class Compactor:
             self.catch_up(stop)
             self.commit_store()
         self.catch_up(durable_next)
+        if self.sm.applied_offset - start > REPLAY_COMMIT_ENTRIES:
+            self.commit_store()  # a long replay is durable before ready, not a kill later
         self.committed_at = time.monotonic()
         return {
             "snapshot_offset": self.snapshot_offset,

@@ -10,11 +10,17 @@ the log after that offset, instead of rebuilding the whole state in memory.
 
 Schema (docs/FORMAT.md, "The state store"):
 
-    kv(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID    the state
+    kv(key TEXT PRIMARY KEY, value TEXT, crc INTEGER) WITHOUT ROWID   the state
     rewritten(key TEXT PRIMARY KEY) WITHOUT ROWID         keys certain since damaged[-1]
-    damaged(offset INTEGER PRIMARY KEY)                   offsets that could not be applied
-    meta(name TEXT PRIMARY KEY, value) WITHOUT ROWID      format, applied_offset, last_crc,
-                                                          last_epoch
+    damaged(offset INTEGER PRIMARY KEY, crc INTEGER)      offsets that could not be applied
+    meta(name TEXT PRIMARY KEY, value, crc INTEGER) WITHOUT ROWID   format, applied_offset,
+                                                          last_crc, last_epoch
+
+sqlite's pages carry no checksum, so every row of kv, damaged and meta
+carries a CRC-32 of its text (`row_crc`), checked whenever it is read: rot
+in the file is StoreDamaged (the store rebuilt), never an answer. A miss in
+kv checks the rows on either side of the key too (a rotted key sits where
+the key was).
 
 `applied_offset`, `last_crc` and `last_epoch` are the store's Mark: every
 entry below applied_offset is folded in, and the entry at applied_offset - 1
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -39,16 +46,27 @@ from wal.errors import DiskFull, WalError
 from wal.fsutil import fsync_dir, make_dirs
 
 FORMAT = 1
+
+
+def row_crc(*fields: object) -> int:
+    """CRC-32 of a row's fields as text, NUL-separated (None as empty)."""
+    return zlib.crc32("\x00".join("" if f is None else str(f) for f in fields).encode())
+
+
+def _kv_crc(key: str, value: str) -> int:
+    return zlib.crc32(f"{key}\x00{value}".encode())  # row_crc(key, value), inlined: per row
+
+
 STORE_NAME = "state.sqlite"
 SUFFIXES = ("", "-wal", "-shm")  # the database and sqlite's files beside it
 CACHE_KIB = 65536  # sqlite's page cache: a commit of many keys rereads fewer pages
 ITER_ROWS = 65536  # rows fetched at a time when the whole state is read
 
 SCHEMA = """
-CREATE TABLE kv(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE kv(key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE rewritten(key TEXT PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE damaged(offset INTEGER PRIMARY KEY);
-CREATE TABLE meta(name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE damaged(offset INTEGER PRIMARY KEY, crc INTEGER NOT NULL);
+CREATE TABLE meta(name TEXT PRIMARY KEY, value, crc INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -132,16 +150,24 @@ class StateStore:
             if created:  # a cut before the meta rows commit leaves a store open refuses
                 conn.executescript(SCHEMA)
                 with _transaction(conn):
-                    conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+                    _write_meta(conn, [("format", FORMAT)])
                     _write_mark(conn, Mark())
                 fsync_dir(state_dir)  # the new file's entry (sqlite syncs its -wal's own)
-            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            meta = {}
+            for name, value, crc in conn.execute("SELECT name, value, crc FROM meta"):
+                if row_crc(name, value) != crc:
+                    raise StoreDamaged(f"{path}: its meta row {name!r} fails its CRC")
+                meta[name] = value
             if meta.get("format") != FORMAT:
                 raise StoreDamaged(f"{path} has format {meta.get('format')!r}, not {FORMAT}")
             mark = Mark(meta["applied_offset"], meta.get("last_crc"), meta.get("last_epoch"))
             if not (isinstance(mark.offset, int) and mark.offset >= 0):
                 raise StoreDamaged(f"{path}: applied_offset is {mark.offset!r}")
-            damaged = [r[0] for r in conn.execute("SELECT offset FROM damaged ORDER BY offset")]
+            damaged = []
+            for offset, crc in conn.execute("SELECT offset, crc FROM damaged ORDER BY offset"):
+                if row_crc(offset) != crc:
+                    raise StoreDamaged(f"{path}: its damaged row {offset} fails its CRC")
+                damaged.append(offset)
         except (sqlite3.Error, KeyError) as err:
             conn.close()
             # at open any failure is taken as damage: the store is only a cache of the log
@@ -170,11 +196,21 @@ class StateStore:
     # -- reading -------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
+        """`key`'s value (None: not set), its row's CRC checked; on a miss the
+        rows beside where it would be are checked too."""
         try:
-            row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            row = self.conn.execute("SELECT value, crc FROM kv WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                if _kv_crc(key, row[0]) != row[1]:
+                    raise StoreDamaged(f"{self.path}: the row of key {key!r} fails its CRC")
+                return row[0]
+            for sql in (_AFTER, _BEFORE):
+                near = self.conn.execute(sql, (key,)).fetchone()
+                if near is not None and _kv_crc(near[0], near[1]) != near[2]:
+                    raise StoreDamaged(f"{self.path}: a row beside key {key!r} fails its CRC")
         except sqlite3.Error as err:
             raise _damaged(err, self.path) from None
-        return None if row is None else row[0]
+        return None
 
     def is_rewritten(self, key: str) -> bool:
         try:
@@ -193,9 +229,11 @@ class StateStore:
         """The whole state, ITER_ROWS (key, value) rows at a time, in key order,
         as of one read transaction (the caller does not commit meanwhile)."""
         try:
-            cursor = self.conn.execute("SELECT key, value FROM kv")
+            cursor = self.conn.execute("SELECT key, value, crc FROM kv")
             while rows := cursor.fetchmany(ITER_ROWS):
-                yield rows
+                if any(_kv_crc(k, v) != c for k, v, c in rows):
+                    raise StoreDamaged(f"{self.path}: a row of its state fails its CRC")
+                yield [(k, v) for k, v, _ in rows]
         except sqlite3.Error as err:
             raise _damaged(err, self.path) from None
 
@@ -203,11 +241,11 @@ class StateStore:
 
     def commit(self, changes: Changes) -> None:
         """Fold `changes` in and move the Mark, in one transaction."""
-        sets = [(k, v) for k, v in changes.values.items() if v is not None]
+        sets = [(k, v, _kv_crc(k, v)) for k, v in changes.values.items() if v is not None]
         deletes = [(k,) for k, v in changes.values.items() if v is None]
         try:
             with _transaction(self.conn):
-                self.conn.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", sets)
+                self.conn.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", sets)
                 self.conn.executemany("DELETE FROM kv WHERE key = ?", deletes)
                 self._put_damage(changes.rewritten, changes.rewritten_reset, changes.damaged)
                 _write_mark(self.conn, changes.mark)
@@ -229,7 +267,8 @@ class StateStore:
             with _transaction(self.conn):
                 for table in ("kv", "rewritten", "damaged"):
                     self.conn.execute(f"DELETE FROM {table}")
-                self.conn.executemany("INSERT INTO kv VALUES (?, ?)", state)
+                rows = ((k, v, _kv_crc(k, v)) for k, v in state)
+                self.conn.executemany("INSERT INTO kv VALUES (?, ?, ?)", rows)
                 self._put_damage(rewritten, False, damaged)
                 _write_mark(self.conn, mark)
         except sqlite3.Error as err:
@@ -242,12 +281,23 @@ class StateStore:
         self.conn.executemany(
             "INSERT OR IGNORE INTO rewritten VALUES (?)", ((k,) for k in rewritten)
         )
-        self.conn.executemany("INSERT INTO damaged VALUES (?)", ((o,) for o in damaged))
+        rows = ((o, row_crc(o)) for o in damaged)
+        self.conn.executemany("INSERT INTO damaged VALUES (?, ?)", rows)
 
 
 def _write_mark(conn: sqlite3.Connection, mark: Mark) -> None:
-    rows = [("applied_offset", mark.offset), ("last_crc", mark.crc), ("last_epoch", mark.epoch)]
-    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+    _write_meta(
+        conn, [("applied_offset", mark.offset), ("last_crc", mark.crc), ("last_epoch", mark.epoch)]
+    )
+
+
+def _write_meta(conn: sqlite3.Connection, rows: list[tuple[str, object]]) -> None:
+    rows_crc = [(name, value, row_crc(name, value)) for name, value in rows]
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)", rows_crc)
+
+
+_AFTER = "SELECT key, value, crc FROM kv WHERE key > ? ORDER BY key LIMIT 1"
+_BEFORE = "SELECT key, value, crc FROM kv WHERE key < ? ORDER BY key DESC LIMIT 1"
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ MAX_NAMED = 20  # damaged offsets named in one reply (the newest ones)
 # The state store's commits: every COMMIT_INTERVAL_S, or once COMMIT_KEYS keys changed (a
 # kill -9 then replays at most about that much of the log); at most every
 # REPLAY_COMMIT_ENTRIES entries of a long replay at start.
-COMMIT_INTERVAL_S = 1.0
+COMMIT_INTERVAL_S = 2.0  # a commit of 10,000 keys costs ~18 ms of CPU here (BENCHMARKS.md)
 COMMIT_KEYS = 100_000
 REPLAY_COMMIT_ENTRIES = 1_000_000
 

@@ -232,7 +232,9 @@ def test_the_store_commits_only_durable_entries(node_factory, data_dir):
 
 
 @pytest.mark.parametrize(
-    ("needle", "at", "byte"), [(b"value-000457", 11, b"9"), (b"key7", 2, b"z")], ids=["value", "key"]
+    ("needle", "at", "byte"),
+    [(b"value-000457", 11, b"9"), (b"key7", 2, b"z")],
+    ids=["value", "key"],
 )
 def test_rot_in_the_store_never_changes_a_kv_get_answer(node_factory, data_dir, needle, at, byte):
     """Tester's T1: sqlite pages carry no checksum; one byte of rot in a value

@@ -193,6 +193,7 @@ def traced_workload(tmp_path, node_factory, rng: random.Random) -> tuple[str, li
     disk = powerloss.Disk(str(root))
     for r in records:
         disk.apply(r)
+
     # The trace is complete: replayed, it gives the directory as it really is,
     # but for the compactor's state store, which sqlite writes (not through
     # Python's os module: the model never sees it; in the cut directories the

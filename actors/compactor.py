@@ -25,6 +25,7 @@ import argparse
 import os
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +39,21 @@ from actors.config import CompactorConfig, add_process_flags
 from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from wal import CorruptionError, DiskFull, WalError, epochs, fsyncbench, snapshot
 from wal.datadir import DataDir
+from wal.log import read_start_offset
 from wal.statemachine import StateMachine
+from wal.statestore import Mark, StateStore, StoreDamaged
 from wal.tail import LogTail
 
 log = setup_logging("compactor")
 
 AUTO_RETRY_DELAY = 5.0  # seconds between tries of a failing automatic snapshot
 MAX_NAMED = 20  # damaged offsets named in one reply (the newest ones)
+# The state store's commits: every COMMIT_INTERVAL_S, or once COMMIT_KEYS keys changed (a
+# kill -9 then replays at most about that much of the log); at most every
+# REPLAY_COMMIT_ENTRIES entries of a long replay at start.
+COMMIT_INTERVAL_S = 2.0  # a commit of 10,000 keys costs ~18 ms of CPU here (BENCHMARKS.md)
+COMMIT_KEYS = 100_000
+REPLAY_COMMIT_ENTRIES = 1_000_000
 
 
 class Compactor:
@@ -65,6 +74,9 @@ class Compactor:
         self.keep_snapshots = keep_snapshots
         self.auto = auto
         self.sm = StateMachine()
+        self.store: StateStore | None = None  # opened by recovery
+        self.committed_at = 0.0  # monotonic time of the store's last commit
+        self.commit_retry_at = 0.0  # after a failed commit, wait before the next
         self.tail: LogTail | None = None
         self.snapshot_offset: int | None = None  # the newest durable snapshot
         self.durable_next = 0  # from the writer's notices
@@ -81,25 +93,43 @@ class Compactor:
     # -- recovery ----------------------------------------------------------
 
     def recover(self, durable_next: int) -> dict:
-        """Load the newest valid snapshot, replay the log up to `durable_next`."""
+        """Open the state store and replay the log after its offset, up to
+        `durable_next`; a store missing, damaged or not matching the log is
+        rebuilt from the newest valid snapshot (and the log after it)."""
         t0 = time.monotonic()
         for name in snapshot.remove_temp_files(self.datadir.snapshot_dir):
             log.info("removed %s, left by a snapshot that was never completed", name)
-        snap, skipped = snapshot.load_latest(self.datadir.snapshot_dir)
+        if self.tail is not None:
+            self.tail.close()
+        if self.store is not None:
+            self.store.close()
+        store, rebuilt = self.open_store()
+        skipped: list[str] = []
+        if rebuilt is None:
+            self.snapshot_offset, skipped = snapshot.newest_offset(self.datadir.snapshot_dir)
+        else:
+            log.warning("rebuilding the state store: %s", rebuilt)
+            self.snapshot_offset, skipped = self.load_snapshot(store)
         for note in skipped:
             log.warning("%s", note)
-        start = snap.offset if snap else 0
-        if snap is None:
-            self.sm = StateMachine()
-        else:
-            self.sm = StateMachine(snap.state, start, snap.damage.damaged, snap.damage.rewritten)
-        self.snapshot_offset = snap.offset if snap else None
+        start = store.mark.offset
+        self.store = store
+        self.sm = StateMachine(applied_offset=start, damaged=tuple(store.damaged), store=store)
         self.tail = LogTail(self.datadir.wal_dir, start)
-        self.catch_up(durable_next)
         self.durable_next = durable_next
+        # a long replay (the store's first build) is committed as it goes, not held whole
+        for stop in range(start + REPLAY_COMMIT_ENTRIES, durable_next, REPLAY_COMMIT_ENTRIES):
+            self.catch_up(stop)
+            self.commit_store()
+        self.catch_up(durable_next)
+        if self.sm.applied_offset - start > REPLAY_COMMIT_ENTRIES:
+            self.commit_store()  # a long replay is durable before ready, not a kill later
+        self.committed_at = time.monotonic()
         return {
             "snapshot_offset": self.snapshot_offset,
             "snapshots_skipped": len(skipped),
+            "store_offset": start,
+            "store_rebuilt": rebuilt,
             "damaged_offsets": self.sm.damaged[-MAX_NAMED:],
             "entries_recovered": self.sm.applied_offset - start,
             "bytes_truncated": 0,
@@ -107,6 +137,107 @@ class Compactor:
             "next_offset": self.sm.applied_offset,
             "duration_ms": round((time.monotonic() - t0) * 1000, 3),
         }
+
+    def open_store(self) -> tuple[StateStore, str | None]:
+        """The state store if it can be opened and matches the log, else an
+        empty new one; and why it was not kept (None: kept)."""
+        state_dir = self.datadir.state_dir
+        try:
+            store = StateStore.open(state_dir)
+        except StoreDamaged as err:
+            why = str(err)
+        else:
+            if store.created:
+                return store, f"there was none in {state_dir} (a first start, or it was removed)"
+            mismatch = self.mark_mismatch(store.mark)
+            if mismatch is None:
+                return store, None
+            store.close()
+            why = f"it stands at offset {store.mark.offset}, and {mismatch}"
+        StateStore.remove(state_dir)
+        return StateStore.open(state_dir), why
+
+    def mark_mismatch(self, mark: Mark) -> str | None:
+        """Why the log does not hold the position a store stands on (None: it
+        does): its entry at mark.offset - 1 must be there with the payload
+        CRC and the epoch the store recorded, or the log must start at
+        mark.offset exactly (compacted there, or a replica's installed snapshot)."""
+        wal_dir = self.datadir.wal_dir
+        bases = self.datadir.segment_bases()
+        start = read_start_offset(wal_dir)
+        first = start if start is not None else (bases[0] if bases else 0)
+        if mark.offset < first:
+            return f"the log starts at offset {first}, after it"
+        if mark.offset == first:
+            return None
+        tail = LogTail(wal_dir, mark.offset - 1)
+        try:
+            payloads = [p for run, _ in tail.read_runs(mark.offset) for p in run]
+        except WalError as err:
+            return f"the log has no entry {mark.offset - 1} ({err})"
+        finally:
+            tail.close()
+        crc = None if payloads[0] is None else zlib.crc32(payloads[0])
+        epoch = epochs.snapshot_epoch(wal_dir, mark.offset - 1)
+        if (crc, epoch) != (mark.crc, mark.epoch):
+            return (
+                f"the log's entry {mark.offset - 1} is not the one it applied (payload CRC "
+                f"{crc}, epoch {epoch}; it recorded {mark.crc}, {mark.epoch}): the log was "
+                f"cut or replaced under it"
+            )
+        return None
+
+    def load_snapshot(self, store: StateStore) -> tuple[int | None, list[str]]:
+        """Load the newest valid snapshot into an empty store (its Mark taken
+        from the log's entry before it); its offset and the files skipped."""
+        snap, skipped = snapshot.load_latest(self.datadir.snapshot_dir)
+        if snap is None:
+            return None, skipped
+        crc = None
+        if snap.offset > 0:
+            tail = LogTail(self.datadir.wal_dir, snap.offset - 1)
+            try:
+                last = [p for run, _ in tail.read_runs(snap.offset) for p in run][0]
+                crc = None if last is None else zlib.crc32(last)
+            except WalError:
+                pass  # the log starts at the snapshot: its first offset is the Mark
+            finally:
+                tail.close()
+        mark = Mark(snap.offset, crc, snap.epoch)
+        damage = snap.damage
+        store.replace(snap.state.items(), damage.damaged, damage.rewritten, mark)
+        return snap.offset, skipped
+
+    def commit_store(self) -> bool:
+        """Commit what changed since the last commit (one transaction, with the
+        offset reached). Only entries known durable (committed, in a cluster)
+        are ever committed: a store never holds what the log could lose."""
+        self.catch_up(self.durable_next)  # applied lazily otherwise: a kill would replay it all
+        sm, store = self.sm, self.store
+        if store is None or sm.applied_offset > self.durable_next:
+            return False
+        if sm.applied_offset == store.mark.offset:
+            return True
+        last = sm.applied_offset - 1
+        store.commit(sm.changes(epochs.snapshot_epoch(self.datadir.wal_dir, last)))
+        sm.committed()
+        self.committed_at = time.monotonic()
+        return True
+
+    def commit_due(self, now: float) -> bool:
+        if now < self.commit_retry_at:
+            return False
+        return len(self.sm.state) >= COMMIT_KEYS or now >= self.committed_at + COMMIT_INTERVAL_S
+
+    def rebuild_store(self, err: WalError) -> None:
+        """The store failed as damaged: rebuild it (from a snapshot and the log)."""
+        log.error("%s: rebuilding it from the newest snapshot and the log", err)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        StateStore.remove(self.datadir.state_dir)
+        self.stuck = None
+        self.recover(self.durable_next)
 
     # -- applying ------------------------------------------------------------
 
@@ -177,19 +308,22 @@ class Compactor:
                 "state may be stale: ask the leader (docs/REPLICATION.md)"
             }
         self.catch_up(min_offset)
-        refusal = self.damaged_refusal(key, min_offset)
+        try:
+            refusal = self.damaged_refusal(key, min_offset)
+            value = self.sm.get(key)
+        except StoreDamaged as err:
+            self.rebuild_store(err)
+            self.catch_up(min_offset)
+            refusal = self.damaged_refusal(key, min_offset)
+            value = self.sm.get(key)
         if refusal is not None:
             return Code.PRECONDITION_FAILED, refusal
-        if key not in self.sm.state:
+        if value is None:
             return Code.KEY_DOES_NOT_EXIST, {
                 "text": f"key {key!r} does not exist (as of offset {self.sm.applied_offset})",
                 "applied_offset": self.sm.applied_offset,
             }
-        return m.OK, {
-            "key": key,
-            "value": self.sm.state[key],
-            "applied_offset": self.sm.applied_offset,
-        }
+        return m.OK, {"key": key, "value": value, "applied_offset": self.sm.applied_offset}
 
     def damaged_refusal(self, key: str, min_offset: int) -> dict | None:
         """Why `key`'s value cannot be told, or None: the fields of error 22."""
@@ -224,13 +358,19 @@ class Compactor:
                 "text": f"the state holds entries past the durable offset {durable_next}; "
                 f"retry (wal_sync first under --fsync never)"
             }
-        damage = snapshot.Damage(tuple(self.sm.damaged), frozenset(self.sm.rewritten))
         t0 = time.perf_counter()
+        # the snapshot is the store at applied_offset: commit, then read it whole
+        self.durable_next = max(self.durable_next, durable_next)  # the barrier's word
+        if not self.commit_store():
+            raise WalError(f"the state store could not commit up to offset {durable_next}")
+        store = self.store
+        assert store is not None  # opened by recovery
+        damage = snapshot.Damage(tuple(store.damaged), frozenset(store.rewritten_keys()))
+        offset = self.sm.applied_offset
         # a replica's snapshot records its last entry's epoch (None on a single node)
-        epoch = epochs.snapshot_epoch(self.datadir.wal_dir, self.sm.applied_offset - 1)
-        snap = snapshot.write(
-            self.datadir.snapshot_dir, self.sm.applied_offset, self.sm.state, damage, epoch
-        )
+        epoch = epochs.snapshot_epoch(self.datadir.wal_dir, offset - 1)
+        data = snapshot.encode_packed(offset, snapshot.pack_state(store.chunks()), damage, epoch)
+        snap = snapshot.write_encoded(self.datadir.snapshot_dir, offset, data, damage, epoch)
         if self.metrics is not None:
             self.metrics.snapshot_written(time.perf_counter() - t0)
         self.snapshot_offset = max(self.snapshot_offset or 0, snap.offset)
@@ -371,6 +511,8 @@ class Server:
                     self.writer.answered(self.comp, data)
             if self.comp.auto_due():
                 self.auto_snapshot()
+            if self.comp.commit_due(time.monotonic()):
+                self.commit_store()
 
     def on_control(self, msg: list) -> bool:
         """The supervisor's word; False to stop."""
@@ -421,10 +563,25 @@ class Server:
         refusal = self.comp.compact_check(arg)
         self.writer.ask(m.OP_TRUNCATE, [arg, refusal, False], CompactWait(router, ident, rid, arg))
 
+    def commit_store(self) -> None:
+        """The store's periodic commit. A failure keeps the changes in memory
+        (tried again at the next interval); a damaged store is rebuilt."""
+        comp = self.comp
+        try:
+            comp.commit_store()
+        except StoreDamaged as err:
+            comp.rebuild_store(err)
+        except (WalError, OSError) as err:
+            comp.commit_retry_at = time.monotonic() + AUTO_RETRY_DELAY
+            log.error("the state store's commit failed: %s (retrying later)", err)
+
     def snapshot_at_stop(self) -> None:
-        """A graceful stop snapshots the durable entries past the newest
-        snapshot, automatic snapshots or not, so that the next start loads it
-        and replays nothing (not the whole log). A failure only costs that."""
+        """A graceful stop commits the store (the next start replays nothing),
+        then snapshots the durable entries past the newest snapshot, automatic
+        snapshots or not, as before the store: the snapshot is what a lost
+        store, a replica and retention fall back on. A failure of either (or
+        a kill during the snapshot) costs only the next start's replay."""
+        self.commit_store()
         comp = self.comp
         if comp.stuck is not None or comp.durable_next <= (comp.snapshot_offset or 0):
             return
@@ -496,11 +653,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("refusing to start: %s", err)
         return Exit.CORRUPT  # the log was compacted past every loadable snapshot
     log.info(
-        "recovered: snapshot at %s, replayed %d entries, %d keys, applied through offset %d",
-        recovery["snapshot_offset"],
+        "recovered: the state store at offset %d%s, replayed %d entries, applied through "
+        "offset %d (newest snapshot at %s)",
+        recovery["store_offset"],
+        " (rebuilt)" if recovery["store_rebuilt"] else "",
         recovery["entries_recovered"],
-        len(comp.sm.state),
         comp.sm.applied_offset,
+        recovery["snapshot_offset"],
     )
     control.send(m.pack([m.READY, "compactor", os.getpid(), recovery]))
     remote = sockets.remote_from(args.listen, args)

@@ -9,8 +9,8 @@ waits until every process is ready, then:
 - writer: kill -9 the writer, time until a `wal_append` is answered
   `wal_append_ok` again (median of --kills);
 - compactor: kill -9 the compactor, time until `status` shows a new
-  compactor `ready` (it has loaded its newest snapshot and replayed the log
-  after it; median of --kills);
+  compactor `ready` (it has opened its state store and replayed the log
+  after it; median of --kills), and its own recovery time;
 - node: the first start, spawn to every process ready; then a graceful
   stop and a second start (the compactor loads the snapshot the stop wrote),
   spawn to every process ready, and the compactor's own recovery time.
@@ -95,7 +95,7 @@ def measure(
     node, ms = start(path, node_args)
     try:
         out: dict = {"node_start_ms": ms, **first_recovery(node)}
-        writer, compactor, opens = [], [], []
+        writer, compactor, opens, own = [], [], [], []
         for _ in range(kills):
             time.sleep(settle)  # a crash of a node that ran a while, not one just restarted
             pid = node.status().process("writer").pid
@@ -112,12 +112,14 @@ def measure(
             os.kill(pid, signal.SIGKILL)
             wait_ready(node, "compactor", pid, SLOW)
             compactor.append((time.monotonic() - t) * 1000)
+            own.append(node.status().recoveries["compactor"]["duration_ms"])  # its recover()
         out["writer_kill_to_append_ms"] = round(statistics.median(writer), 1)
         out["writer_all_ms"] = [round(x, 1) for x in writer]
         out["writer_recovery_ms"] = round(statistics.median(opens), 1)
         if compactor:
             out["compactor_kill_to_ready_ms"] = round(statistics.median(compactor), 1)
             out["compactor_all_ms"] = [round(x, 1) for x in compactor]
+            out["compactor_recovery_all_ms"] = [round(x, 1) for x in own]
         t = time.monotonic()
         node.close(timeout=SLOW)
         out["graceful_stop_ms"] = round((time.monotonic() - t) * 1000, 1)

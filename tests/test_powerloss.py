@@ -194,8 +194,15 @@ def traced_workload(tmp_path, node_factory, rng: random.Random) -> tuple[str, li
     disk = powerloss.Disk(str(root))
     for r in records:
         disk.apply(r)
-    # The trace is complete: replayed, it gives the directory as it really is.
-    assert disk.live_state() == powerloss.read_tree(str(root))
+
+    # The trace is complete: replayed, it gives the directory as it really is,
+    # but for the compactor's state store, which sqlite writes (not through
+    # Python's os module: the model never sees it; in the cut directories the
+    # store is absent and is rebuilt, docs/FORMAT.md "The state store")
+    def outside_store(tree: dict) -> dict:
+        return {k: v for k, v in tree.items() if not k.startswith("state/")}
+
+    assert outside_store(disk.live_state()) == outside_store(powerloss.read_tree(str(root)))
     kinds = {r[0] for r in records}
     assert {"write", "sync", "rename", "unlink", "mkdir", "truncate", "ack"} <= kinds
     assert_syncs_change_no_size(records, str(root))

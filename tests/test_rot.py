@@ -10,6 +10,7 @@ lost-record marker at the same offset, so nothing after it moves.
 from __future__ import annotations
 
 import os
+import shutil
 
 from tests.damage import flip_byte
 from tests.nodeproc import walctl
@@ -34,11 +35,13 @@ def fill(node_factory, data_dir: str, n: int = N) -> None:
     for i in range(n):
         assert node.call_ok({"type": "wal_append", "payload": payload(i)})["offset"] == i
     assert node.close() == 0
-    # the graceful stop snapshotted the state; without it, the next start
-    # replays the log, meeting the damage these tests put in it
+    # the graceful stop committed the state store and snapshotted the state;
+    # without them, the next start replays the log, meeting the damage these
+    # tests put in it
     snapshots = os.path.join(data_dir, "snapshots")
     for name in os.listdir(snapshots):
         os.remove(os.path.join(snapshots, name))
+    shutil.rmtree(os.path.join(data_dir, "state"))
 
 
 def start(node_factory, data_dir: str):

@@ -4,6 +4,7 @@
     DIR/walnode.meta    JSON metadata, replaced atomically
     DIR/wal/            segment files
     DIR/snapshots/      snapshot files
+    DIR/state/          the compactor's state store (wal/statestore.py)
 
 One walnode at a time: the lock is an flock on DIR/LOCK, which the kernel
 drops when the holder dies, so a crash never leaves a stale lock behind.
@@ -72,6 +73,7 @@ class DataDir:
             make_dirs(self.path)
         self.wal_dir = os.path.join(self.path, "wal")
         self.snapshot_dir = os.path.join(self.path, "snapshots")
+        self.state_dir = os.path.join(self.path, "state")
         self._lock_fd: int | None = None
 
     # -- lock --------------------------------------------------------------

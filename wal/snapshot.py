@@ -29,10 +29,12 @@ any check is never loaded; the loader falls back to the one before.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import struct
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -87,28 +89,55 @@ def list_offsets(directory: str) -> list[int]:
 def encode(
     offset: int, state: dict[str, str], damage: Damage | None = None, epoch: int | None = None
 ) -> bytes:
-    if epoch is not None:
+    return encode_packed(offset, msgpack.packb(state, use_bin_type=True), damage, epoch)
+
+
+def pack_state(chunks: Iterable[Sequence[tuple[str, str]]]) -> bytes:
+    """The msgpack map of a state given as chunks of distinct (key, value)
+    pairs (a store read a chunk at a time), as msgpack.packb of the whole
+    dict would pack it up to the order of its items: one header for the
+    count, then each chunk's items packed in C (its dict's header cut off)."""
+    parts, count = [b""], 0
+    for chunk in chunks:
+        packed = msgpack.packb(dict(chunk), use_bin_type=True)
+        parts.append(packed[_map_header_size(len(chunk)) :])
+        count += len(chunk)
+    packer = msgpack.Packer(use_bin_type=True)
+    parts[0] = packer.pack_map_header(count)
+    return b"".join(parts)
+
+
+def _map_header_size(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5  # fixmap, map 16, map 32
+
+
+def encode_packed(
+    offset: int, packed_state: bytes, damage: Damage | None = None, epoch: int | None = None
+) -> bytes:
+    """encode, with the state already packed (a msgpack map)."""
+    if epoch is not None or (damage is not None and damage.damaged):
         damage = damage or Damage()
-        magic = MAGIC_EPOCH
-        fields = {
-            "state": state,
-            "damaged": list(damage.damaged),
-            "rewritten": sorted(damage.rewritten),
-            "epoch": epoch,
-        }
-        body = msgpack.packb(fields, use_bin_type=True)
-    elif damage is not None and damage.damaged:
-        magic = MAGIC_DAMAGED
-        fields = {
-            "state": state,
+        magic = MAGIC_DAMAGED if epoch is None else MAGIC_EPOCH
+        fields: dict[str, object] = {
             "damaged": list(damage.damaged),
             "rewritten": sorted(damage.rewritten),
         }
-        body = msgpack.packb(fields, use_bin_type=True)
+        if epoch is not None:
+            fields["epoch"] = epoch
+        pack = msgpack.Packer(use_bin_type=True).pack
+        # msgpack.packb({"state": state, **fields}), its state packed already
+        head = msgpack.Packer(use_bin_type=True).pack_map_header(len(fields) + 1)
+        body = b"".join([head, pack("state"), packed_state, *map(pack, _flat(fields))])
     else:
-        magic, body = MAGIC, msgpack.packb(state, use_bin_type=True)
+        magic, body = MAGIC, packed_state
     data = HEAD.pack(magic, offset, len(body)) + body
     return data + CRC.pack(zlib.crc32(data))
+
+
+def _flat(fields: dict[str, object]) -> Iterator[object]:
+    for key, value in fields.items():
+        yield key
+        yield value
 
 
 def decode(data: bytes) -> tuple[int, dict[str, str]]:
@@ -123,8 +152,9 @@ def decode_with_damage(data: bytes) -> tuple[int, dict[str, str], Damage]:
     return offset, state, damage
 
 
-def decode_all(data: bytes) -> tuple[int, dict[str, str], Damage, int | None]:
-    """decode_with_damage, and the epoch a version 3 snapshot carries (else None)."""
+def check(data: bytes) -> tuple[bytes, int, int]:
+    """A snapshot file's (magic, offset, body length), its size, magic and CRC
+    checked, its body not decoded; ValueError says what is wrong."""
     if len(data) < HEAD.size + CRC.size:
         raise ValueError(f"too short ({len(data)} bytes)")
     magic, offset, length = HEAD.unpack_from(data)
@@ -133,8 +163,14 @@ def decode_all(data: bytes) -> tuple[int, dict[str, str], Damage, int | None]:
     if HEAD.size + length + CRC.size != len(data):
         raise ValueError(f"body length {length} does not match the file size {len(data)}")
     (crc,) = CRC.unpack_from(data, len(data) - CRC.size)
-    if zlib.crc32(data[: -CRC.size]) != crc:
+    if zlib.crc32(memoryview(data)[: -CRC.size]) != crc:
         raise ValueError("checksum mismatch")
+    return magic, offset, length
+
+
+def decode_all(data: bytes) -> tuple[int, dict[str, str], Damage, int | None]:
+    """decode_with_damage, and the epoch a version 3 snapshot carries (else None)."""
+    magic, offset, length = check(data)
     state = msgpack.unpackb(data[HEAD.size : HEAD.size + length], raw=False)
     if not isinstance(state, dict):
         raise ValueError("body is not a map")
@@ -158,8 +194,16 @@ def write(
     epoch: int | None = None,
 ) -> Snapshot:
     """Write a snapshot durably: temp file, fsync, rename, fsync the directory."""
+    snap = write_encoded(directory, offset, encode(offset, state, damage, epoch), damage, epoch)
+    return dataclasses.replace(snap, state=state)
+
+
+def write_encoded(
+    directory: str, offset: int, data: bytes, damage: Damage | None, epoch: int | None
+) -> Snapshot:
+    """write, of a snapshot encoded already (encode_packed); its Snapshot's
+    state is left empty (the caller has it elsewhere: a state store)."""
     make_dirs(directory)
-    data = encode(offset, state, damage, epoch)
     path = os.path.join(directory, snapshot_name(offset))
     tmp = path + ".tmp"
     faults.point("snapshot.before_temp")
@@ -175,7 +219,7 @@ def write(
     faults.point("snapshot.after_rename")
     fsync_dir(directory)
     faults.point("snapshot.after_dir_fsync")
-    return Snapshot(offset, state, path, len(data), damage or Damage(), epoch)
+    return Snapshot(offset, {}, path, len(data), damage or Damage(), epoch)
 
 
 def _write_in_pieces(fd: int, data: bytes) -> None:
@@ -216,6 +260,30 @@ def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
             fsync_dir(directory)
             continue
         return Snapshot(offset, state, path, len(data), damage, epoch), skipped
+    return None, skipped
+
+
+def newest_offset(directory: str) -> tuple[int | None, list[str]]:
+    """The offset of the newest snapshot that passes every check but the
+    body's decoding (size, magic, length, CRC, offset matching the name),
+    and a note per file skipped (moved aside as load_latest does): what a
+    start from the state store needs, since compaction is allowed up to it,
+    without building its state (one read and CRC pass, no msgpack)."""
+    skipped = []
+    for offset in reversed(list_offsets(directory)):
+        path = os.path.join(directory, snapshot_name(offset))
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            _, got_offset, _ = check(data)
+            if got_offset != offset:
+                raise ValueError(f"holds offset {got_offset}, not the {offset} of its name")
+        except (OSError, ValueError) as err:
+            skipped.append(f"skipped snapshot {path}: {err}; moved aside to {path}.corrupt")
+            os.rename(path, path + ".corrupt")
+            fsync_dir(directory)
+            continue
+        return offset, skipped
     return None, skipped
 
 

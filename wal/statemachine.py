@@ -13,8 +13,14 @@ key's value may depend on.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
+
+from wal.statestore import Changes, Mark
+
+if TYPE_CHECKING:
+    from wal.statestore import StateStore
 
 
 def _decode(value: bytes) -> str:
@@ -22,17 +28,29 @@ def _decode(value: bytes) -> str:
 
 
 class StateMachine:
+    """The state in memory, or (with a `store`, wal/statestore.py) the
+    changes since the store's last commit over the store: `state` then maps a
+    deleted key to None, reads (`get`, `uncertain`) look there first, then in
+    the store, and `changes` hands them over for the store's next commit."""
+
     def __init__(
         self,
         state: dict[str, str] | None = None,
         applied_offset: int = 0,
         damaged: tuple[int, ...] = (),
         rewritten: frozenset[str] = frozenset(),
+        store: StateStore | None = None,
     ) -> None:
-        self.state: dict[str, str] = dict(state or {})
+        # without a store: the state; with one: what changed since its last commit
+        self.state: dict[str, str | None] = dict(state or {})
         self.applied_offset = applied_offset  # the next offset to apply
         self.damaged: list[int] = list(damaged)  # offsets that could not be applied
         self.rewritten: set[str] = set(rewritten)  # keys set or deleted since damaged[-1]
+        self.store = store
+        mark = store.mark if store is not None else Mark(applied_offset)
+        self.last_crc = mark.crc  # of the payload at applied_offset - 1, as apply_run saw it
+        self._committed_damaged = len(self.damaged)  # damaged[:this] are in the store
+        self._rewritten_reset = False  # a damaged entry since the last commit
 
     def apply(self, payload: str) -> None:
         key = None
@@ -45,7 +63,7 @@ class StateMachine:
         elif payload.startswith("del "):
             key = payload[4:]
             if key and " " not in key and "=" not in key:
-                self.state.pop(key, None)
+                self._delete(key)
             else:
                 key = None
         if key is not None and self.damaged:
@@ -90,6 +108,15 @@ class StateMachine:
                 continue
             changes[key] = value
         self._merge(changes, done, deleted)
+        if payloads:  # the store's Mark names the newest entry by its payload's CRC
+            last = payloads[-1]
+            self.last_crc = None if last is None else zlib.crc32(last)
+
+    def _delete(self, key: str) -> None:
+        if self.store is None:
+            self.state.pop(key, None)
+        else:
+            self.state[key] = None  # over the store: a tombstone until the next commit
 
     def _merge(self, changes: dict[bytes, bytes | None], entries: int, deleted: bool) -> None:
         """Fold apply_run's gathered changes of `entries` entries into the state."""
@@ -98,7 +125,7 @@ class StateMachine:
             for raw, value in changes.items():
                 key = raw.decode()  # apply_run gathers only ASCII keys
                 if value is None:
-                    state.pop(key, None)
+                    self._delete(key)
                 else:
                     state[key] = value.decode("utf-8", "replace")
         else:  # only sets (the common run): the loops run in C
@@ -112,7 +139,36 @@ class StateMachine:
         """The entry at applied_offset cannot be read: every key is uncertain now."""
         self.damaged.append(self.applied_offset)
         self.rewritten.clear()
+        self._rewritten_reset = True
         self.applied_offset += 1
+
+    def whole_state(self) -> dict[str, str]:
+        """The state as one dict: only a state machine without a store holds it."""
+        assert self.store is None, "the state is in the store: read it with get"
+        return cast("dict[str, str]", self.state)
+
+    def get(self, key: str) -> str | None:
+        """`key`'s value, None if it is not set."""
+        if self.store is None or key in self.state:
+            return self.state.get(key)
+        return self.store.get(key)
+
+    def changes(self, epoch: int | None = None) -> Changes:
+        """The changes since the store's last commit, with the Mark they reach
+        (`epoch`: that of the entry at applied_offset - 1, a replica's), for
+        its next commit; `committed` once it succeeded."""
+        return Changes(
+            self.state,
+            self.rewritten,
+            self._rewritten_reset,
+            self.damaged[self._committed_damaged :],
+            Mark(self.applied_offset, self.last_crc if self.applied_offset else None, epoch),
+        )
+
+    def committed(self) -> None:
+        """The store holds `changes()`: the overlay starts empty again."""
+        self.state, self.rewritten, self._rewritten_reset = {}, set(), False
+        self._committed_damaged = len(self.damaged)
 
     def uncertain(self, key: str) -> list[int]:
         """The damaged offsets `key`'s value may depend on (empty: it is certain).
@@ -120,6 +176,9 @@ class StateMachine:
         A key set or deleted since the last damaged entry is certain; any
         other may have been changed by a damaged one (which, is not known)."""
         if not self.damaged or key in self.rewritten:
+            return []
+        store = self.store
+        if store is not None and not self._rewritten_reset and store.is_rewritten(key):
             return []
         return self.damaged
 
@@ -133,6 +192,6 @@ def replay(entries: list[tuple[str, bool]]) -> tuple[int, int, dict[str, str]]:
     sm = StateMachine()
     for i, (payload, valid) in enumerate(entries):
         if not valid:
-            return i, len(entries) - i, sm.state
+            return i, len(entries) - i, sm.whole_state()
         sm.apply(payload)
-    return len(entries), 0, sm.state
+    return len(entries), 0, sm.whole_state()

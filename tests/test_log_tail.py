@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+import zlib
 from unittest import mock
 
 import pytest
@@ -235,3 +236,16 @@ def test_the_live_tail_loop_reads_what_the_per_record_walk_read(
                 finally:
                     tail.close()
         assert traces[1] == traces[0]
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.binary(max_size=3000), st.integers(0, 2**32 - 1), st.integers(0, 15))
+def test_the_tails_crc32_is_zlibs(data, seed, skip):
+    """The tail checks records with ISA-L's CRC-32 (a dependency for its speed):
+    it must be zlib's, which wrote them, for every length, seed and alignment."""
+    from isal import isal_zlib
+
+    assert tail_module._crc32 is isal_zlib.crc32
+    view = memoryview(data)[skip:]
+    assert tail_module._crc32(view, seed) == zlib.crc32(view, seed)
+    assert tail_module._crc32(data) == zlib.crc32(data)

@@ -287,7 +287,7 @@ class AutoWait:
 
 @dataclass(slots=True)
 class SyncWait:
-    """A sync barrier at the stop, waiting for the writer's durable offset."""
+    """The stop's wal_info, waiting for the writer's durable offset."""
 
     durable_offset: int | None = None
     answered: bool = False
@@ -329,8 +329,8 @@ class WriterLink:
                 then.router.send_multipart([then.ident, m.pack([m.REPLIES, reply])])
             elif isinstance(then, SyncWait):
                 then.answered = True
-                if code == m.OK:
-                    then.durable_offset = fields["durable_offset"]
+                if code == m.OK and fields["fsynced"]:  # else only the last notice's is known
+                    then.durable_offset = fields["next_offset"]
             elif isinstance(then, AutoWait):
                 comp.auto_busy = False
                 if code == m.OK:
@@ -437,12 +437,14 @@ class Server:
         self.writer.ask(m.OP_TRUNCATE, [arg, refusal, False], CompactWait(router, ident, rid, arg))
 
     def learn_durable_offset(self) -> None:
-        """At a stop, ask the writer how far the log is durable (a sync barrier):
-        its last notice may be up to NOTICE_INTERVAL_S old, and the stop's
-        snapshot should cover every entry. Without an answer in
-        STOP_SYNC_WAIT_S (the writer is down), the last notice's offset."""
+        """At a stop, ask the writer how far the log is durable: its last notice
+        may be up to NOTICE_INTERVAL_S old, and the stop's snapshot should
+        cover every entry. wal_info, not a sync barrier, which would fsync
+        what --fsync never leaves unsynced: if its next offset is all
+        fsynced, that; otherwise, or without an answer in STOP_SYNC_WAIT_S
+        (the writer is down), the last notice's offset."""
         wait = SyncWait()
-        self.writer.ask(m.OP_SYNC, None, wait)
+        self.writer.ask(m.OP_INFO, None, wait)
         deadline = time.monotonic() + STOP_SYNC_WAIT_S
         while not wait.answered:
             left = deadline - time.monotonic()

@@ -144,8 +144,9 @@ class LogTail:
 
     def read_runs(self, until: int) -> Iterator[Run]:
         """read, in runs: (payloads, damaged) for the consecutive entries from
-        here up to `until`, a sealed segment's chunk at a time (one tight loop
-        per chunk, no generator step per entry). `damaged` names each None of
+        here up to `until`, a chunk of a segment at a time (one tight loop per
+        chunk, no generator step per entry: at known positions, or by the
+        headers in the newest segment past its checkpointed prefix). `damaged` names each None of
         the run: (its index in the run, file, byte); it is almost always empty.
         `offset` moves past a run as it is yielded."""
         stalled = 0

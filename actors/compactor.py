@@ -22,6 +22,7 @@ state stops there and kv_get says so for every key.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -47,6 +48,7 @@ from wal.tail import LogTail
 log = setup_logging("compactor")
 
 AUTO_RETRY_DELAY = 5.0  # seconds between tries of a failing automatic snapshot
+STOP_SYNC_WAIT_S = 1.0  # at a stop, how long the writer's durable offset is waited for
 MAX_NAMED = 20  # damaged offsets named in one reply (the newest ones)
 # The state store's commits: every COMMIT_INTERVAL_S, or once COMMIT_KEYS keys changed (a
 # kill -9 then replays at most about that much of the log); at most every
@@ -423,15 +425,23 @@ class AutoWait:
     target: int
 
 
+@dataclass(slots=True)
+class SyncWait:
+    """The stop's wal_info, waiting for the writer's durable offset."""
+
+    durable_offset: int | None = None
+    answered: bool = False
+
+
 class WriterLink:
     """The compactor's requests to the writer and what to do with each answer."""
 
     def __init__(self, sock: zmq.Socket) -> None:
         self.sock = sock
-        self.waiting: dict[int, CompactWait | AutoWait] = {}  # our rid at the writer
+        self.waiting: dict[int, CompactWait | AutoWait | SyncWait] = {}  # our rid at the writer
         self.next_rid = 0
 
-    def ask(self, op: str, arg: object, then: CompactWait | AutoWait) -> None:
+    def ask(self, op: str, arg: object, then: CompactWait | AutoWait | SyncWait) -> None:
         self.next_rid += 1
         self.waiting[self.next_rid] = then
         self.sock.send(m.pack([m.REQUESTS, [[self.next_rid, op, arg]]]))
@@ -457,6 +467,10 @@ class WriterLink:
                     fields = {"snapshot_offset": then.offset, **fields}
                 reply = [[then.front_rid, code, fields]]
                 then.router.send_multipart([then.ident, m.pack([m.REPLIES, reply])])
+            elif isinstance(then, SyncWait):
+                then.answered = True
+                if code == m.OK and fields["fsynced"]:  # else only the last notice's is known
+                    then.durable_offset = fields["next_offset"]
             elif isinstance(then, AutoWait):
                 comp.auto_busy = False
                 if code == m.OK:
@@ -500,6 +514,7 @@ class Server:
         while True:
             events = dict(self.poller.poll(1000))
             if self.control in events and not self.on_control(m.unpack(self.control.recv())):
+                self.learn_durable_offset()
                 self.snapshot_at_stop()
                 return
             for router in self.routers:
@@ -574,6 +589,26 @@ class Server:
         except (WalError, OSError) as err:
             comp.commit_retry_at = time.monotonic() + AUTO_RETRY_DELAY
             log.error("the state store's commit failed: %s (retrying later)", err)
+
+    def learn_durable_offset(self) -> None:
+        """At a stop, ask the writer how far the log is durable: its last notice
+        may be up to NOTICE_INTERVAL_S old, and the stop's snapshot should
+        cover every entry. wal_info, not a sync barrier, which would fsync
+        what --fsync never leaves unsynced: if its next offset is all
+        fsynced, that; otherwise, or without an answer in STOP_SYNC_WAIT_S
+        (the writer is down), the last notice's offset."""
+        wait = SyncWait()
+        self.writer.ask(m.OP_INFO, None, wait)
+        deadline = time.monotonic() + STOP_SYNC_WAIT_S
+        while not wait.answered:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.writer.sock.poll(math.ceil(left * 1000)):
+                log.warning("no durable offset from the writer at the stop: the last notice's")
+                return
+            for data in sockets.drain(self.writer.sock):
+                self.writer.answered(self.comp, data)
+        if wait.durable_offset is not None:
+            self.comp.durable_next = max(self.comp.durable_next, wait.durable_offset)
 
     def snapshot_at_stop(self) -> None:
         """A graceful stop commits the store (the next start replays nothing),

@@ -7,17 +7,18 @@ forwards them as one message, and answers the writer's reply; a real Writer
 (a log in a temporary data directory, --fsync never) handles that message,
 writes it and builds its reply. Each side's process_time per append is the
 median over the rounds; the sockets' share (a zmq send and receive of each
-message) is measured apart. Repeatable to a few percent on a quiet machine,
+message) is not in these figures. Repeatable to a few percent on a quiet machine,
 unlike the bench's CPU figures, so a change to either side's per-append work
 shows here first (the bench confirms it).
 
-    .venv/bin/python scripts/append_cpu.py [--rounds 7] [--batches 200] [--profile front|writer]
+    .venv/bin/python scripts/append_cpu.py [--rounds 7] [--batches 200] [--profile] [--repo DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import statistics
@@ -25,16 +26,18 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# --repo: measure another checkout's code (e.g. main's, for a before/after)
+_repo = sys.argv[sys.argv.index("--repo") + 1] if "--repo" in sys.argv else None
+sys.path.insert(0, _repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import zmq
+import zmq  # noqa: E402
 
-from actors import messages as m
-from actors.config import FsyncPolicy
-from actors.front import Front
-from actors.output import Output
-from actors.writer import Writer
-from wal import DataDir, Log
+from actors import messages as m  # noqa: E402
+from actors.config import FsyncPolicy  # noqa: E402
+from actors.front import GC_YOUNG_OBJECTS, Front  # noqa: E402
+from actors.output import Output  # noqa: E402
+from actors.writer import Writer  # noqa: E402
+from wal import DataDir, Log  # noqa: E402
 
 IN_FLIGHT = 1000
 
@@ -106,33 +109,12 @@ def run(batches: int, front: Front, capture: Capture, writer: Writer, msg_id: in
     return front_s, writer_s, msg_id
 
 
-def socket_cost(size: int, count: int = 2000) -> float:
-    """Seconds of process time for one send and one receive of a `size`-byte
-    message over ipc (both ends in this process)."""
-    ctx = zmq.Context.instance()
-    with tempfile.TemporaryDirectory() as tmp:
-        a = ctx.socket(zmq.DEALER)
-        b = ctx.socket(zmq.ROUTER)
-        b.bind(f"ipc://{tmp}/s")
-        a.connect(f"ipc://{tmp}/s")
-        data = b"x" * size
-        a.send(data)
-        b.recv_multipart()
-        t0 = time.process_time()
-        for _ in range(count):
-            a.send(data)
-            b.recv(), b.recv(copy=False)
-        seconds = (time.process_time() - t0) / count
-        a.close(0)
-        b.close(0)
-    return seconds
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--batches", type=int, default=200)
-    p.add_argument("--profile", choices=["front", "writer"])
+    p.add_argument("--profile", action="store_true", help="cProfile both sides instead")
+    p.add_argument("--repo", help="the checkout whose actors/ and wal/ to measure")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.mkdir(f"{tmp}/run")
@@ -140,6 +122,8 @@ def main() -> int:
         writer = make_writer(f"{tmp}/data")
         msg_id = 1
         _, _, msg_id = run(20, front, capture, writer, msg_id)  # warm
+        gc.freeze()  # as the front's main() does (the writer's gets the same)
+        gc.set_threshold(GC_YOUNG_OBJECTS, 10, 10)
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
@@ -153,8 +137,6 @@ def main() -> int:
             n = args.batches * IN_FLIGHT
             fronts.append(f / n * 1e6)
             writers.append(w / n * 1e6)
-        request = capture.sent[-1] if capture.sent else None
-        del request
     print(
         f"front  {statistics.median(fronts):.2f} us/append "
         f"(range {min(fronts):.2f}-{max(fronts):.2f})"
@@ -163,8 +145,6 @@ def main() -> int:
         f"writer {statistics.median(writers):.2f} us/append "
         f"(range {min(writers):.2f}-{max(writers):.2f})"
     )
-    sock = socket_cost(120_000) / IN_FLIGHT * 1e6
-    print(f"sockets: one 120 kB message sent and received: {sock:.3f} us/append of it")
     return 0
 
 

@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import random
+import signal
 import zlib
 from typing import Any
 
@@ -38,6 +39,7 @@ from actors.inbox import Inbox, OverlongLine
 from actors.output import Output
 from actors.requests import plain_append
 from actors.writer import FsyncPolicy, Writer
+from tests.nodeproc import request_line
 from wal import DataDir, Log, WalError
 
 LIMIT = 64  # --max-payload-bytes for these tests
@@ -630,3 +632,51 @@ def test_writer_answers_a_run_as_it_answers_its_appends_one_by_one(tmp_path, mon
     assert scans[0] == scans[1] and len(scans[0]) > 100
     for writer in writers.values():
         writer.log.close()
+
+
+# -- a real node: the writer killed in the middle of runs ---------------------
+
+
+@pytest.mark.timeout(90)
+def test_writer_killed_mid_run_gives_every_msg_id_exactly_one_reply(node_factory, data_dir):
+    """Thousands of plain appends in one write go to the writer as runs; the
+    writer is SIGKILLed while it holds some of them and the front sends it
+    more. Every msg_id gets exactly one reply (wal_append_ok, or 13 for
+    what the dead writer held, or 11), no offset is given twice, and after
+    a restart the log holds each acknowledged payload at its offset."""
+    node = node_factory(f"--data-dir={data_dir}", "--unavailable-wait=20")
+    node.init()
+    writer = node.pids()["writer"]
+    count = 6000
+    payloads = {1 + i: f"set k{i}=" + "v" * (i % 50) for i in range(count)}
+    lines = b"".join(
+        request_line({"type": "wal_append", "msg_id": msg_id, "payload": payload})
+        for msg_id, payload in payloads.items()
+    )
+    half = len(lines) // 2
+    node.send_raw(lines[:half])
+    first = node.reply_to(1)["body"]  # the first runs are answered: the writer is mid-stream
+    node.send_raw(lines[half:])
+    os.kill(writer, signal.SIGKILL)
+    replies: dict[int, list[dict]] = {1: [first]}
+    for msg_id in list(payloads)[1:]:
+        body = node.reply_to(msg_id, timeout=30)["body"]
+        replies.setdefault(msg_id, []).append(body)
+    assert node.close() == 0
+    for msg in node.remaining():  # nothing more: a second reply would be here
+        replies.setdefault(msg["body"].get("in_reply_to"), []).append(msg["body"])
+    assert all(len(bodies) == 1 for bodies in replies.values()), "a msg_id answered twice"
+    assert set(replies) == set(payloads)
+    acked = {
+        b[0]["offset"]: msg_id for msg_id, b in replies.items() if b[0]["type"] == "wal_append_ok"
+    }
+    failed = [b[0] for b in replies.values() if b[0]["type"] == "error"]
+    assert len(acked) + len(failed) == count  # no offset given twice
+    assert failed and {b["code"] for b in failed} <= {Code.CRASH, Code.TEMPORARILY_UNAVAILABLE}
+    assert len(acked) > count // 4
+    node = node_factory(f"--data-dir={data_dir}")
+    node.init()
+    scan = node.call_ok({"type": "wal_scan", "from_offset": 0, "max_entries": 10_000})
+    stored = {e["offset"]: e["payload"] for e in scan["entries"]}
+    assert all(stored.get(offset) == payloads[msg_id] for offset, msg_id in acked.items())
+    assert node.close() == 0

@@ -12,6 +12,12 @@ unlike the bench's CPU figures, so a change to either side's per-append work
 shows here first (the bench confirms it).
 
     .venv/bin/python scripts/append_cpu.py [--rounds 7] [--batches 200] [--profile] [--repo DIR]
+
+Instructions per append, which the machine's load does not move (one side's
+work, the other's replayed; the difference of two batch counts):
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python scripts/append_cpu.py --only front --batches 2   (then 12)
 """
 
 from __future__ import annotations
@@ -109,12 +115,47 @@ def run(batches: int, front: Front, capture: Capture, writer: Writer, msg_id: in
     return front_s, writer_s, msg_id
 
 
+def replay(side: str, batches: int, front: Front, capture: Capture, writer: Writer) -> None:
+    """`batches` of one side's work alone, the other's recorded once: the
+    front answers the same reply bytes each time (its rids start again at
+    1 every batch, so they match), the writer handles the same request."""
+    chunk = lines_chunk(1, IN_FLIGHT)  # the same lines each time: their msg_ids repeat
+    front.next_rid = 0
+    front.on_lines(front.inbox.feed(chunk))
+    front.peers.send_outboxes()
+    request = capture.sent.pop()
+    handled = writer.handle(m.unpack(request)[1])
+    writer.commit()
+    reply = m.pack([m.REPLIES, writer.replies(handled)])
+    front.on_replies(m.unpack(reply))
+    front.flush_output()
+    for _ in range(batches):
+        if side == "front":
+            front.next_rid = 0
+            front.on_lines(front.inbox.feed(chunk))
+            front.peers.send_outboxes()
+            capture.sent.pop()
+            front.on_replies(m.unpack(reply))
+            front.flush_output()
+        else:
+            handled = writer.handle(m.unpack(request)[1])
+            writer.commit()
+            m.pack([m.REPLIES, writer.replies(handled)])
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--profile", action="store_true", help="cProfile both sides instead")
     p.add_argument("--repo", help="the checkout whose actors/ and wal/ to measure")
+    p.add_argument(
+        "--only",
+        choices=["front", "writer"],
+        help="run the batches and print nothing (for valgrind --tool=callgrind, which counts "
+        "instructions: the difference between two --batches counts, per append, is the "
+        "side's cost; the other side's work is replayed from a recording)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.mkdir(f"{tmp}/run")
@@ -124,6 +165,9 @@ def main() -> int:
         _, _, msg_id = run(20, front, capture, writer, msg_id)  # warm
         gc.freeze()  # as the front's main() does (the writer's gets the same)
         gc.set_threshold(GC_YOUNG_OBJECTS, 10, 10)
+        if args.only:
+            replay(args.only, args.batches, front, capture, writer)
+            return 0
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()

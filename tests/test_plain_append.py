@@ -24,6 +24,7 @@ import json
 import os
 import random
 import signal
+import time
 import zlib
 from typing import Any
 
@@ -640,8 +641,8 @@ def test_writer_answers_a_run_as_it_answers_its_appends_one_by_one(tmp_path, mon
 @pytest.mark.timeout(90)
 def test_writer_killed_mid_run_gives_every_msg_id_exactly_one_reply(node_factory, data_dir):
     """Thousands of plain appends in one write go to the writer as runs; the
-    writer is SIGKILLed while it holds some of them and the front sends it
-    more. Every msg_id gets exactly one reply (wal_append_ok, or 13 for
+    writer is stopped wherever it is, sent more, and SIGKILLed: it dies
+    holding runs. Every msg_id gets exactly one reply (wal_append_ok, or 13 for
     what the dead writer held, or 11), no offset is given twice, and after
     a restart the log holds each acknowledged payload at its offset."""
     node = node_factory(f"--data-dir={data_dir}", "--unavailable-wait=20")
@@ -656,7 +657,9 @@ def test_writer_killed_mid_run_gives_every_msg_id_exactly_one_reply(node_factory
     half = len(lines) // 2
     node.send_raw(lines[:half])
     first = node.reply_to(1)["body"]  # the first runs are answered: the writer is mid-stream
+    os.kill(writer, signal.SIGSTOP)  # wherever it is; what is sent now it surely holds
     node.send_raw(lines[half:])
+    time.sleep(0.5)  # forwarded to it as runs
     os.kill(writer, signal.SIGKILL)
     replies: dict[int, list[dict]] = {1: [first]}
     for msg_id in list(payloads)[1:]:

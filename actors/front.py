@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
 import zmq
@@ -148,24 +149,18 @@ class Front:
         if not replied:
             self.inbox.answered(request.line)
 
-    def answer_appends(self, acked: list[tuple[Pending, list]]) -> None:
-        """A run of successful appends, each with the writer's [offset, length,
-        crc] (messages.py), answered in bulk: one store of the acknowledged
-        offset and of the msg_ids, then every line queued at once."""
-        newest = max([fields[0] for _, fields in acked])
-        if newest >= self.state.acked_next:
+    def answer_appends(self, acked: AckedAppends) -> None:
+        """A run of successful appends answered in bulk: one store of the
+        acknowledged offset and of the msg_ids, then every line queued at once."""
+        if acked.newest >= self.state.acked_next:
             # stored before these acks are printed, and before any kv_get after them
-            self.state.store_acked_next(newest + 1)
-        replying = [(request, fields) for request, fields in acked if request.msg_id is not None]
-        if len(replying) < len(acked):
-            for request, _ in acked:
-                if request.msg_id is None:
-                    self.inbox.answered(request.line)
-        if not replying:
+            self.state.store_acked_next(acked.newest + 1)
+        requests = acked.requests
+        if not requests:
             return
-        msg_id = self.state.take_msg_ids(len(replying))
-        lines = self.replies.append_ok_lines(replying, msg_id)
-        self.output.add_lines(lines, [request.line for request, _ in replying])
+        msg_id = self.state.take_msg_ids(len(requests))
+        lines = self.replies.append_ok_lines(requests, acked.offsets, acked.crcs, msg_id)
+        self.output.add_lines(lines, list(map(_line_of, requests)))
 
     def fail(self, failure: Failure) -> None:
         """Answer a request with its error; a failed init frees the lines that waited for it."""
@@ -322,19 +317,27 @@ class Front:
     def on_replies(self, msg: list) -> None:
         if msg[0] != m.REPLIES:
             return
-        acked: list[tuple[Pending, list]] = []  # a run of appends' successes, answered in bulk
+        acked = AckedAppends()  # a run of appends' successes, answered in bulk
         answered = self.peers.answered
-        ok, append = m.OK, m.OP_APPEND
+        ok, run_ok, append = m.OK, m.RUN_OK, m.OP_APPEND
         for rid, code, fields in msg[1]:
+            if code == run_ok:
+                acked.add_run(self.peers.pending, rid, fields)
+                continue
             request = answered(rid)
             if request is None:  # answered already (timeout or a peer's crash)
                 continue
             if code == ok and request.type == append:
-                acked.append((request, fields))
+                request.length = fields[1]  # m.append_ok_fields: [offset, length, crc]
+                if request.msg_id is None:  # no reply, but its offset is acknowledged
+                    acked.newest = max(acked.newest, fields[0])
+                    self.inbox.answered(request.line)
+                    continue
+                acked.add(request, fields[0], fields[2])
                 continue
             if acked:  # replies keep the order the peer gave them
                 self.answer_appends(acked)
-                acked = []
+                acked = AckedAppends()
             self.on_reply(rid, request, code, fields)
         if acked:
             self.answer_appends(acked)
@@ -530,6 +533,53 @@ class Front:
         node id is known, and no line since could change it)."""
         assert self.node_id is not None
         self.next_rid = self.peers.forward_appends(self.next_rid, self.node_id, run)
+
+
+_line_of = attrgetter("line")
+
+
+class AckedAppends:
+    """Successful appends gathered from a peer's replies, in order, to be
+    answered in bulk (Front.answer_appends): each request (with a msg_id)
+    beside its offset and checksum, and the newest offset acknowledged
+    (also of appends without a msg_id)."""
+
+    __slots__ = ("requests", "offsets", "crcs", "newest")
+
+    def __init__(self) -> None:
+        self.requests: list[Pending] = []
+        self.offsets: list[int] = []
+        self.crcs: list[int] = []
+        self.newest = -1
+
+    def __bool__(self) -> bool:
+        return self.newest >= 0
+
+    def add(self, request: Pending, offset: int, crc: int) -> None:
+        self.requests.append(request)
+        self.offsets.append(offset)
+        self.crcs.append(crc)
+        self.newest = max(self.newest, offset)
+
+    def add_run(self, pending: dict[int, Pending], first_rid: int, fields: list) -> None:
+        """A RUN_OK item (messages.py): the requests with rids first_rid on,
+        at offsets first_offset on, each still pending (not answered by a
+        timeout or a peer's crash meanwhile)."""
+        first_offset, packed = fields
+        crcs = m.unpack_crcs(packed)
+        count = len(crcs)
+        pop = pending.pop
+        found = [pop(rid, None) for rid in range(first_rid, first_rid + count)]
+        if None in found:  # a few were answered already: keep the rest's offsets beside them
+            kept = [i for i, request in enumerate(found) if request is not None]
+            self.requests += [found[i] for i in kept]  # type: ignore[misc]  # no None
+            self.offsets += [first_offset + i for i in kept]
+            self.crcs += [crcs[i] for i in kept]
+        else:
+            self.requests += found  # type: ignore[arg-type]  # no None among them
+            self.offsets += range(first_offset, first_offset + count)
+            self.crcs += crcs
+        self.newest = max(self.newest, first_offset + count - 1)
 
 
 def main(argv: list[str] | None = None) -> int:

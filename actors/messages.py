@@ -7,6 +7,9 @@ front -> writer (DEALER -> ROUTER), many requests per message:
         append: payload bytes;  read: offset;  scan: [from, max_entries];
         info/sync/segment_info: None;  segment_config: max_segment_bytes;
         init: [node_id, node_ids]
+        wal_append_run: [payload bytes, ...]: a run of appends in one item,
+            the front's fast path (front.on_lines); they take the rids
+            rid, rid+1, ... in order, and each is answered as one wal_append
 writer -> front, one message per group commit:
     [REPLIES, [[rid, code, fields], ...]]
         code 0: ok, `fields` are the reply's fields in protocol order, except
@@ -16,6 +19,18 @@ writer -> front, one message per group commit:
         dict): no map keys to pack and unpack for every append;
         otherwise a PROTOCOL.md error code and `fields` holds "text" (and
         any extra fields such as first_offset/next_offset).
+    A wal_append_run is answered in order, entry by entry, by items of two kinds:
+        [rid, RUN_OK, [first_offset, crcs]]: the appends with rids rid, rid+1, ...
+            succeeded at offsets first_offset, first_offset+1, ..., one per
+            checksum in `crcs` (bytes: u32 little-endian each, `pack_crcs`);
+            the front knows each payload's length and msg_id, so nothing
+            per entry is packed or unpacked but four bytes;
+        [rid, code, fields]: the append with that rid failed, as a wal_append
+            would (the log refused it, a full disk, ...).
+        The writer answers a run with as few RUN_OK items as its failures
+        allow (one, without any). A cluster's replica answers a run entry by
+        entry instead, as [rid, OK, [offset, length, crc]] per append (it
+        releases a run's appends as they commit): the front reads both.
 
 front -> compactor: [REQUESTS, ...] as above, with ops
         kv_get: [key, min_offset]   (min_offset: the front's acknowledged next
@@ -61,6 +76,9 @@ child <-> supervisor (DEALER with identity = role -> ROUTER):
 
 from __future__ import annotations
 
+import sys
+from array import array
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -85,6 +103,7 @@ NOTICE = "notice"
 
 OP_INIT = "init"
 OP_APPEND = "wal_append"
+OP_APPEND_RUN = "wal_append_run"  # internal, front -> writer: a run of appends (above)
 OP_READ = "wal_read"
 OP_SCAN = "wal_scan"
 OP_INFO = "wal_info"
@@ -99,6 +118,7 @@ OP_SNAPSHOT = "wal_snapshot"
 OP_COMPACT = "wal_compact"
 
 OK = 0
+RUN_OK = -1  # a reply item for several appends of a wal_append_run (above)
 # a notice costs the compactor ~130 us of CPU (its wake-ups and zmq's), and
 # nothing it does needs one sooner: snapshots are due every 100,000 entries
 NOTICE_INTERVAL_S = 0.05
@@ -114,6 +134,26 @@ def append_fields(fields: list) -> dict:
     offset, length, crc = fields
     return {"offset": offset, "length": length, "checksum": crc_hex(crc)}
 
+
+def pack_crcs(crcs: Iterable[int]) -> bytes:
+    """A RUN_OK item's checksums: u32 little-endian each."""
+    packed = array("I", crcs)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_crcs(data: bytes) -> array:
+    """A RUN_OK item's checksums as ints (its length is the item's count)."""
+    crcs = array("I")
+    crcs.frombytes(data)
+    if _BIG_ENDIAN:
+        crcs.byteswap()
+    return crcs
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+assert array("I").itemsize == 4, "pack_crcs needs a 4-byte unsigned int"
 
 _packer = msgpack.Packer(use_bin_type=True)
 

@@ -58,6 +58,7 @@ class Pending:
     peer: str = "supervisor"  # who answers it: writer, compactor or supervisor
     init_arg: list | None = None  # init's [node_id, node_ids], to adopt on success
     deadline: float = 0.0
+    length: int = 0  # an append's payload bytes, for its reply (a run's answer omits them)
 
 
 @dataclass(slots=True)
@@ -207,17 +208,22 @@ class Peers:
     ) -> int:
         """forward() of a run of wal_appends, each (line start, client,
         msg_id, payload), to an up writer (takes_appends), with rids after
-        `last_rid`; the last rid used. One deadline serves the run: it was
-        read at one time."""
+        `last_rid`, as one wal_append_run (messages.py); the last rid used.
+        Each append is pending on its own, as forward() makes it: a timeout,
+        the writer's death or a stop answers each alone. One deadline serves
+        the run: it was read at one time."""
         deadline = time.monotonic() + self.request_timeout
         pending = self.pending
-        outbox = self.by_name["writer"].outbox
         rid = last_rid
         op = m.OP_APPEND
+        payloads = []
         for start, client, msg_id, payload in run:
             rid += 1
-            pending[rid] = Pending(src, client, msg_id, op, start, "writer", None, deadline)
-            outbox.append([rid, op, payload])
+            pending[rid] = Pending(
+                src, client, msg_id, op, start, "writer", None, deadline, len(payload)
+            )
+            payloads.append(payload)
+        self.by_name["writer"].outbox.append([last_rid + 1, m.OP_APPEND_RUN, payloads])
         return rid
 
     def answered(self, rid: int) -> Pending | None:

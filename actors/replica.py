@@ -339,6 +339,8 @@ class ReplicaServer:
         for rid, op, arg in requests:
             if op == m.OP_APPEND:
                 staged.append(HeldAppend(-1, router, ident, rid, arg))
+            elif op == m.OP_APPEND_RUN:  # each append held alone, answered as one (messages.py)
+                staged += [HeldAppend(-1, router, ident, rid + i, a) for i, a in enumerate(arg)]
             elif op in GATED_READS:
                 replies.append([rid, *self.gated_read(rid, op, arg)])
             elif op == m.OP_SYNC:  # the compactor's recovery barrier, or a front's wal_sync

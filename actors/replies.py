@@ -5,6 +5,7 @@ template per (src, dest)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from actors.jsontext import dumps
@@ -19,6 +20,9 @@ APPEND_OK_REST = (
 )
 
 
+_NOTHING = object()  # equal to no src or dest
+
+
 class ReplyFormatter:
     """Reply lines in json.dumps's layout (PROTOCOL.md)."""
 
@@ -26,29 +30,37 @@ class ReplyFormatter:
         self._json_strs: dict[str, str] = {}
         self._append_templates: dict[tuple[str, str], bytes] = {}
 
-    def append_ok_lines(self, acked: list[tuple[Any, list]], msg_id: int) -> bytes:
+    def append_ok_lines(
+        self, requests: Sequence[Any], offsets: Sequence[int], crcs: Sequence[int], msg_id: int
+    ) -> bytes:
         """The wal_append_ok lines (each with its newline) of a run of
-        appends, each (request, the writer's [offset, length, crc]
-        (messages.py)), with the reply msg_ids from `msg_id` on. A request
-        is anything with src, dest and msg_id (a peers.Pending)."""
+        appends: each request beside its offset and CRC, with the reply
+        msg_ids from `msg_id` on. A request is anything with src, dest,
+        msg_id and length (its payload's bytes): a peers.Pending."""
         lines = []
-        last_src: str | None = None  # a run's replies mostly share src and dest
-        last_dest: str | None = None
+        # a run's replies mostly share src and dest; the last ones a template
+        # was made for are strs (a JSON value equal to a str is one)
+        last_src: object = _NOTHING
+        last_dest: object = _NOTHING
         template = b""
-        for request, fields in acked:
-            src, dest, in_reply_to = request.src, request.dest, request.msg_id
-            if type(in_reply_to) is int and type(src) is str and type(dest) is str:
-                # The hot path, one bytes % per line: json.dumps costs ~5 us a reply.
-                if src != last_src or dest != last_dest:
+        replies = range(msg_id, msg_id + len(requests))
+        for request, offset, crc, reply_id in zip(requests, offsets, crcs, replies, strict=True):
+            in_reply_to = request.msg_id
+            if type(in_reply_to) is int:
+                src, dest = request.src, request.dest
+                if src == last_src and dest == last_dest:
+                    # The hot path, one bytes % per line: json.dumps costs ~5 us a reply.
+                    lines.append(template % (in_reply_to, offset, request.length, crc, reply_id))
+                    continue
+                if type(src) is str and type(dest) is str:
                     known = self._append_templates.get((src, dest))
                     template = known if known is not None else self._append_template(src, dest)
                     last_src, last_dest = src, dest
-                offset, length, crc = fields
-                lines.append(template % (in_reply_to, offset, length, crc, msg_id))
-            else:
-                text = self.line(src, dest, in_reply_to, APPEND_OK, append_fields(fields), msg_id)
-                lines.append((text + "\n").encode())
-            msg_id += 1
+                    lines.append(template % (in_reply_to, offset, request.length, crc, reply_id))
+                    continue
+            fields = append_fields([offset, request.length, crc])
+            text = self.line(request.src, request.dest, in_reply_to, APPEND_OK, fields, reply_id)
+            lines.append((text + "\n").encode())
         return b"".join(lines)
 
     def _append_template(self, src: str, dest: str) -> bytes:

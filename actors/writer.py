@@ -68,7 +68,7 @@ PIPELINE_MIN_APPENDS = 32
 # What may be handled while an earlier batch's fdatasync runs: these only stage
 # appends or read. Anything else waits for that batch first.
 OVERLAPPABLE = frozenset(
-    [m.OP_APPEND, m.OP_READ, m.OP_SCAN, m.OP_INFO, m.OP_SYNC, m.OP_SEGMENT_INFO]
+    [m.OP_APPEND, m.OP_APPEND_RUN, m.OP_READ, m.OP_SCAN, m.OP_INFO, m.OP_SYNC, m.OP_SEGMENT_INFO]
 )
 
 
@@ -285,7 +285,8 @@ class Writer:
 
     def handle(self, requests: list) -> list:
         """Run one message's requests in order; replies may be deferred callables.
-        Each run of consecutive appends is staged in one call (`append_run`)."""
+        Each run of consecutive appends is staged in one call (`append_run`),
+        and so is each wal_append_run (`append_compact`)."""
         replies: list = []
         ops = self.ops
         run: list = []  # consecutive appends not staged yet
@@ -297,6 +298,9 @@ class Writer:
             if run:
                 self.append_run(run, replies)
                 run = []
+            if op == m.OP_APPEND_RUN:
+                self.append_compact(rid, arg, replies)
+                continue
             handler = ops.get(op)
             if handler is None:
                 replies.append(
@@ -325,14 +329,7 @@ class Writer:
                 replies.extend([rid, op, DISK_FULL_REPLY] for rid, op, _ in run[start:])
                 return
             staged: list[tuple[int, int]] = []
-            failed: tuple[int, dict] | None = None
-            try:
-                self.log.append_many([payload for _, _, payload in run[start:]], staged)
-            except DiskFull as err:
-                self.disk_full(err)
-                failed = DISK_FULL_REPLY
-            except (WalError, ValueError, TypeError) as err:
-                failed = failed_reply(m.OP_APPEND, err)
+            failed = self._stage_many([payload for _, _, payload in run[start:]], staged)
             ok = m.OK
             fields = m.append_ok_fields
             for (offset, crc), (rid, op, payload) in zip(staged, run[start:], strict=False):
@@ -341,6 +338,39 @@ class Writer:
             if failed is not None:
                 replies.append([run[start][0], m.OP_APPEND, failed])
                 start += 1
+
+    def append_compact(self, first_rid: int, payloads: list, replies: list) -> None:
+        """Stage a wal_append_run (messages.py): the appends with rids
+        first_rid, first_rid+1, ..., adding to `replies` a RUN_OK item for
+        each stretch of them that was staged and one error item for each
+        that was not, in order: what `append_run` answers them one by one."""
+        start = 0
+        count = len(payloads)
+        while start < count:
+            if self.disk_full_at is not None:  # staging more could reuse an offset answered
+                rids = range(first_rid + start, first_rid + count)
+                replies.extend([rid, m.OP_APPEND, DISK_FULL_REPLY] for rid in rids)
+                return
+            staged: list[tuple[int, int]] = []
+            failed = self._stage_many(payloads[start:] if start else payloads, staged)
+            if staged:
+                fields = [staged[0][0], m.pack_crcs([crc for _, crc in staged])]
+                replies.append([first_rid + start, m.OP_APPEND_RUN, (m.RUN_OK, fields)])
+                start += len(staged)
+            if failed is not None:
+                replies.append([first_rid + start, m.OP_APPEND, failed])
+                start += 1
+
+    def _stage_many(self, payloads: list, staged: list[tuple[int, int]]) -> tuple[int, dict] | None:
+        """Log.append_many; the reply of the append it failed on, if one did."""
+        try:
+            self.log.append_many(payloads, staged)
+        except DiskFull as err:
+            self.disk_full(err)
+            return DISK_FULL_REPLY
+        except (WalError, ValueError, TypeError) as err:
+            return failed_reply(m.OP_APPEND, err)
+        return None
 
     def disk_full(self, err: DiskFull) -> None:
         log.warning("%s; failing the appends that did not fit until space is back", err)
@@ -367,7 +397,26 @@ class Writer:
             return [
                 [rid, *(result() if callable(result) else result)] for rid, _, result in handled
             ]
-        return [[rid, *self.answer(op, result)] for rid, op, result in handled]
+        replies = []
+        for rid, op, result in handled:
+            if op == m.OP_APPEND_RUN:
+                replies += self.run_answer(rid, result[1])
+            else:
+                replies.append([rid, *self.answer(op, result)])
+        return replies
+
+    def run_answer(self, first_rid: int, fields: list) -> list:
+        """A RUN_OK item's replies after a full disk dropped what was staged
+        from disk_full_at on: those appends get the disk-full error, one each."""
+        first_offset, crcs = fields
+        assert self.disk_full_at is not None
+        kept = max(0, min(len(crcs) // 4, self.disk_full_at - first_offset))
+        replies = []
+        if kept:
+            replies.append([first_rid, m.RUN_OK, [first_offset, crcs[: 4 * kept]]])
+        dropped = range(first_rid + kept, first_rid + len(crcs) // 4)
+        replies += [[rid, *DISK_FULL_REPLY] for rid in dropped]
+        return replies
 
     def commit(self) -> None:
         """Make what was handled as durable as the policy promises. On a full
@@ -432,6 +481,17 @@ class Writer:
         if self.policy.interval_s is None or self.log.durable_offset == self.log.next_offset:
             return None
         return max(0.0, self.last_sync + self.policy.interval_s - time.monotonic())
+
+
+def staged_appends(handled: list) -> int:
+    """How many appends a message's handled requests (Writer.handle) hold."""
+    count = 0
+    for _, op, result in handled:
+        if op == m.OP_APPEND:
+            count += 1
+        elif op == m.OP_APPEND_RUN:
+            count += len(result[1][1]) // 4  # RUN_OK's checksums, four bytes each
+    return count
 
 
 DISK_FULL_REPLY = (
@@ -737,7 +797,7 @@ class Commits:
     def begin(self) -> None:
         batches, self.staged = self.staged, []
         writer = self.writer
-        appends = sum(1 for _, _, replies in batches for _, op, _ in replies if op == m.OP_APPEND)
+        appends = sum(staged_appends(replies) for _, _, replies in batches)
         if writer.policy.name == "always" and appends >= PIPELINE_MIN_APPENDS:
             fd, target = writer.flush_for_sync()
             self.inflight = (batches, self.syncer.submit(fd, target))

@@ -19,9 +19,13 @@ the strict path. Two checks, in-process (seconds):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import signal
+import time
+import zlib
 from typing import Any
 
 import pytest
@@ -35,6 +39,9 @@ from actors.front import Front
 from actors.inbox import Inbox, OverlongLine
 from actors.output import Output
 from actors.requests import plain_append
+from actors.writer import FsyncPolicy, Writer
+from tests.nodeproc import request_line
+from wal import DataDir, Log, WalError
 
 LIMIT = 64  # --max-payload-bytes for these tests
 KNOWN = frozenset(["init", "wal_append", "wal_read", "wal_info", "status", "wal_recover"])
@@ -277,27 +284,79 @@ def make_front(tmp_path, name: str) -> tuple[Front, dict[str, Capture], int]:
     return front, captures, out_fd
 
 
+def refused(payload: bytes) -> bool:
+    """The appends the peers' part refuses (about one in 11), by content, so
+    that both fronts' streams meet the same refusals inside their runs."""
+    return zlib.crc32(payload) % 11 == 0
+
+
 def answer_everything(front: Front, captures: dict[str, Capture], offset: list[int]) -> None:
-    """The peers' part: every request that reached one answered, appends
-    with [offset, length, crc], init ok, other types an error."""
+    """The peers' part: every request that reached one answered, as the
+    writer answers: a lone append with [offset, length, crc], a
+    wal_append_run with RUN_OK items around an error for each refused
+    append; init ok, other types an error."""
     front.peers.send_outboxes()
     while any(capture.sent for capture in captures.values()):
         for capture in captures.values():
             while capture.sent:
-                replies = []
+                replies: list[list] = []
                 for rid, op, arg in capture.sent.pop(0)[1]:
                     if op == m.OP_APPEND:
-                        crc = len(arg) * 7919 % 2**32
-                        replies.append([rid, m.OK, [offset[0], len(arg), crc]])
-                        offset[0] += 1
+                        replies += append_replies(rid, [arg], offset, compact=False)
+                    elif op == m.OP_APPEND_RUN:
+                        replies += append_replies(rid, arg, offset, compact=True)
                     elif op == m.OP_INIT:
                         replies.append([rid, m.OK, {}])
                     else:
                         text = f"{op} {arg!r}"
                         replies.append([rid, Code.KEY_DOES_NOT_EXIST, {"text": text}])
-                front.on_replies([m.REPLIES, replies])
+                front.on_replies(m.unpack(m.pack([m.REPLIES, replies])))
                 front.peers.send_outboxes()
     front.flush_output()
+
+
+def append_replies(first_rid: int, payloads: list, offset: list[int], *, compact: bool) -> list:
+    """Appends with rids from first_rid on answered as the writer does:
+    refused ones with error 13, the rest at offsets from offset[0] on, in
+    RUN_OK items (compact) or one reply each."""
+    replies: list[list] = []
+    stretch: list[int] = []  # checksums of the RUN_OK item being built
+    for rid, payload in enumerate(payloads, first_rid):
+        crc = zlib.crc32(payload)
+        if refused(payload):
+            if stretch:
+                replies.append(
+                    [rid - len(stretch), m.RUN_OK, [offset[0] - len(stretch), m.pack_crcs(stretch)]]
+                )
+                stretch = []
+            replies.append([rid, Code.CRASH, {"text": f"wal_append failed in the writer: {crc}"}])
+            continue
+        if compact:
+            stretch.append(crc)
+        else:
+            replies.append([rid, m.OK, m.append_ok_fields(offset[0], len(payload), crc)])
+        offset[0] += 1
+    if stretch:
+        rid = first_rid + len(payloads)
+        replies.append(
+            [rid - len(stretch), m.RUN_OK, [offset[0] - len(stretch), m.pack_crcs(stretch)]]
+        )
+    return replies
+
+
+def as_single_appends(messages: list[list]) -> list[list]:
+    """Messages to a peer with each wal_append_run written as the lone
+    wal_appends it stands for (its rids in a row)."""
+    out = []
+    for kind, items in messages:
+        flat = []
+        for rid, op, arg in items:
+            if op == m.OP_APPEND_RUN:
+                flat += [[rid + i, m.OP_APPEND, payload] for i, payload in enumerate(arg)]
+            else:
+                flat.append([rid, op, arg])
+        out.append([kind, flat])
+    return out
 
 
 def run_stream(front: Front, captures: dict[str, Capture], chunks: list) -> list:
@@ -385,11 +444,14 @@ def test_front_answers_a_stream_identically_with_and_without_the_fast_path(
     monkeypatch.setattr(front_module, "plain_append", lambda line, limit: None)
     strict, strict_capture, strict_fd = make_front(tmp_path, "strict")
     strict_sent = run_stream(strict, strict_capture, chunks)
+    assert fast.state.acked_next == strict.state.acked_next  # kv_get's read-your-writes
     for front, fd in ((fast, fast_fd), (strict, strict_fd)):
         os.close(fd)
         front.inbox.close()
         front.control.close(linger=0)
-    assert fast_sent == strict_sent  # the writer gets the same requests, payloads, order
+    # the writer gets the same requests, payloads, order (the fast path's in runs)
+    assert any(op == m.OP_APPEND_RUN for _, requests in fast_sent[0] for _, op, _ in requests)
+    assert [as_single_appends(sent) for sent in fast_sent] == strict_sent
     for name in ("stdout", "front.answered"):
         fast_bytes = (tmp_path / "fast" / name).read_bytes()
         strict_bytes = (tmp_path / "strict" / name).read_bytes()
@@ -397,6 +459,7 @@ def test_front_answers_a_stream_identically_with_and_without_the_fast_path(
     stdout = (tmp_path / "fast" / "stdout").read_bytes()
     kinds = {json.loads(line)["body"]["type"] for line in stdout.splitlines()}
     assert {"wal_append_ok", "error", "init_ok"} <= kinds
+    assert b"wal_append failed in the writer" in stdout  # refusals inside runs
     assert b'"src": "n2", "dest": "c1", "body": {"type": "wal_append_ok"' in stdout
 
 
@@ -477,3 +540,146 @@ def test_output_cuts_whole_line_chunks_from_blocks(tmp_path, monkeypatch) -> Non
         assert len(data) <= output_module.PIPE_BUF or data.count(b"\n") == 1
         done += data.count(b"\n")
         assert len(marks) == done  # this chunk's lines, and no later one, were marked first
+
+
+# -- the writer: a run's compact reply against its appends one by one ---------
+
+
+def open_writer(path: str) -> Writer:
+    datadir = DataDir(path)
+    datadir.lock("test writer")
+    wal, _ = Log.open(datadir.wal_dir, max_segment_bytes=600)  # rolls inside runs
+    return Writer(datadir, wal, FsyncPolicy.parse("always"))
+
+
+def expand_run_replies(replies: list, payloads: dict[int, bytes]) -> list:
+    """A wal_append_run's replies (RUN_OK items among lone errors) as the
+    per-append replies they stand for: [rid, OK, [offset, length, crc]]."""
+    out = []
+    for rid, code, fields in replies:
+        if code != m.RUN_OK:
+            out.append([rid, code, fields])
+            continue
+        first_offset, packed = fields
+        for i, crc in enumerate(m.unpack_crcs(packed)):
+            length = len(payloads[rid + i])
+            out.append([rid + i, m.OK, m.append_ok_fields(first_offset + i, length, crc)])
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_writer_answers_a_run_as_it_answers_its_appends_one_by_one(tmp_path, monkeypatch) -> None:
+    """The same batches to two writers, one as lone wal_appends and one as
+    wal_append_runs, with the same faults inside them: the log refusing an
+    append (a WalError), a full disk at a roll (the rest of the batch gets
+    11) and a full disk at the commit's write (what was staged is dropped:
+    11 for each, after the RUN_OK was built). The run's replies, expanded,
+    must be the lone appends' replies exactly, and the logs the same."""
+    from wal import segment as segment_module
+
+    writes = {"count": 0, "fail_at": -1}
+    real_write_all = segment_module.write_all
+
+    def write_all(fd: int, data: bytes) -> None:
+        writes["count"] += 1
+        if writes["count"] == writes["fail_at"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(segment_module, "write_all", write_all)
+    writers = {name: open_writer(str(tmp_path / name)) for name in ("lone", "run")}
+    for writer in writers.values():
+        real_append_many = writer.log.append_many
+
+        def append_many(payloads: list, staged: list, real: Any = real_append_many) -> None:
+            for i, payload in enumerate(payloads):
+                if payload.startswith(b"refuse"):
+                    real(payloads[:i], staged)
+                    raise WalError("refused for the test")
+            real(payloads, staged)
+
+        monkeypatch.setattr(writer.log, "append_many", append_many)
+    rng = random.Random(15)
+    rid = 0
+    results: dict[str, list] = {"lone": [], "run": []}
+    for _ in range(60):
+        payloads = [
+            (b"refuse%d" if rng.random() < 0.08 else b"p%d=" + b"x" * rng.randint(0, 90)) % i
+            for i in range(rng.randint(1, 40))
+        ]
+        by_rid = dict(enumerate(payloads, rid + 1))
+        # the same write fails in both: a roll's flush inside the run, or the commit's
+        fault = rng.choice([None, None, None, 1, 2, 3])
+        for name, writer in writers.items():
+            if name == "lone":
+                requests = [[r, m.OP_APPEND, p] for r, p in by_rid.items()]
+            else:
+                requests = [[rid + 1, m.OP_APPEND_RUN, payloads]]
+            writes["count"], writes["fail_at"] = 0, fault or -1
+            handled = writer.handle(requests)
+            writer.commit()
+            replies = m.unpack(m.pack(writer.replies(handled)))
+            writer.disk_full_at = None  # Commits.reply: the next batch starts afresh
+            if name == "run":
+                replies = expand_run_replies(replies, by_rid)
+            results[name].append(replies)
+        rid += len(payloads)
+    assert results["lone"] == results["run"]
+    codes = {code for replies in results["run"] for _, code, _ in replies}
+    assert codes == {m.OK, Code.CRASH, Code.TEMPORARILY_UNAVAILABLE}  # every fault struck
+    scans = [
+        [(e.offset, e.payload) for e in w.log.scan(0, 10_000, 1 << 30)] for w in writers.values()
+    ]
+    assert scans[0] == scans[1] and len(scans[0]) > 100
+    for writer in writers.values():
+        writer.log.close()
+
+
+# -- a real node: the writer killed in the middle of runs ---------------------
+
+
+@pytest.mark.timeout(90)
+def test_writer_killed_mid_run_gives_every_msg_id_exactly_one_reply(node_factory, data_dir):
+    """Thousands of plain appends in one write go to the writer as runs; the
+    writer is stopped wherever it is, sent more, and SIGKILLed: it dies
+    holding runs. Every msg_id gets exactly one reply (wal_append_ok, or 13 for
+    what the dead writer held, or 11), no offset is given twice, and after
+    a restart the log holds each acknowledged payload at its offset."""
+    node = node_factory(f"--data-dir={data_dir}", "--unavailable-wait=20")
+    node.init()
+    writer = node.pids()["writer"]
+    count = 6000
+    payloads = {1 + i: f"set k{i}=" + "v" * (i % 50) for i in range(count)}
+    lines = b"".join(
+        request_line({"type": "wal_append", "msg_id": msg_id, "payload": payload})
+        for msg_id, payload in payloads.items()
+    )
+    half = len(lines) // 2
+    node.send_raw(lines[:half])
+    first = node.reply_to(1)["body"]  # the first runs are answered: the writer is mid-stream
+    os.kill(writer, signal.SIGSTOP)  # wherever it is; what is sent now it surely holds
+    node.send_raw(lines[half:])
+    time.sleep(0.5)  # forwarded to it as runs
+    os.kill(writer, signal.SIGKILL)
+    replies: dict[int, list[dict]] = {1: [first]}
+    for msg_id in list(payloads)[1:]:
+        body = node.reply_to(msg_id, timeout=30)["body"]
+        replies.setdefault(msg_id, []).append(body)
+    assert node.close() == 0
+    for msg in node.remaining():  # nothing more: a second reply would be here
+        replies.setdefault(msg["body"].get("in_reply_to"), []).append(msg["body"])
+    assert all(len(bodies) == 1 for bodies in replies.values()), "a msg_id answered twice"
+    assert set(replies) == set(payloads)
+    acked = {
+        b[0]["offset"]: msg_id for msg_id, b in replies.items() if b[0]["type"] == "wal_append_ok"
+    }
+    failed = [b[0] for b in replies.values() if b[0]["type"] == "error"]
+    assert len(acked) + len(failed) == count  # no offset given twice
+    assert failed and {b["code"] for b in failed} <= {Code.CRASH, Code.TEMPORARILY_UNAVAILABLE}
+    assert len(acked) > count // 4
+    node = node_factory(f"--data-dir={data_dir}")
+    node.init()
+    scan = node.call_ok({"type": "wal_scan", "from_offset": 0, "max_entries": 10_000})
+    stored = {e["offset"]: e["payload"] for e in scan["entries"]}
+    assert all(stored.get(offset) == payloads[msg_id] for offset, msg_id in acked.items())
+    assert node.close() == 0

@@ -1067,9 +1067,8 @@ def test_fast_append_reply_is_json_dumps_layout(
     body = {"type": APPEND_OK, "in_reply_to": in_reply_to, **fields, "msg_id": 7}
     expected = json.dumps({"src": src, "dest": dest, "body": body})
     formatter = ReplyFormatter()
-    request = types.SimpleNamespace(src=src, dest=dest, msg_id=in_reply_to)
-    fields = m.append_ok_fields(offset, length, crc)
+    request = types.SimpleNamespace(src=src, dest=dest, msg_id=in_reply_to, length=length)
     # twice: the second line comes from the remembered template
-    got = formatter.append_ok_lines([(request, fields), (request, fields)], 7)
+    got = formatter.append_ok_lines([request, request], [offset, offset], [crc, crc], 7)
     second = expected.replace('"msg_id": 7}}', '"msg_id": 8}}')
     assert got == f"{expected}\n{second}\n".encode()

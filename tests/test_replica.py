@@ -90,6 +90,26 @@ def append_each(link: Link, payloads: list[bytes], acked: dict[int, bytes]) -> N
         acked[fields["offset"]] = payload
 
 
+def append_run(link: Link, payloads: list[bytes], acked: dict[int, bytes]) -> None:
+    """A front's wal_append_run (messages.py): the replica answers each of its
+    appends alone, by the rids in a row, at offsets in a row."""
+    first = link.next_rid + 1
+    link.next_rid += len(payloads)
+    link.sock.send(m.pack([m.REQUESTS, [[first, m.OP_APPEND_RUN, payloads]]]))
+    replies: dict[int, tuple[int, dict]] = {}
+    deadline = time.monotonic() + 5
+    while len(replies) < len(payloads) and time.monotonic() < deadline:
+        replies.update(link.replies(0.2))
+    assert sorted(replies) == list(range(first, first + len(payloads))), replies
+    offsets = []
+    for i, payload in enumerate(payloads):
+        code, fields = replies[first + i]
+        assert code == m.OK and fields["length"] == len(payload), fields
+        offsets.append(fields["offset"])
+        acked[fields["offset"]] = payload
+    assert offsets == list(range(offsets[0], offsets[0] + len(payloads))), offsets
+
+
 @pytest.mark.timeout(120)
 def test_quorum_commit_failover_and_rejoin(cluster):
     """An append is acknowledged only once a majority has it: with both followers frozen
@@ -99,11 +119,13 @@ def test_quorum_commit_failover_and_rejoin(cluster):
     acknowledged entry; the killed replica rejoins as a follower. Then a leader holding entries
     no follower has (both followers killed) is killed too: the two come back and elect one of
     themselves, and the old leader, restarted, cuts that suffix (log matching): in the end every
-    committed offset holds the same payload in all three data directories (walctl dump). A
-    leader stopped with SIGTERM exits 0 and hands the key on at once (it resigns)."""
+    committed offset holds the same payload in all three data directories (walctl dump), a
+    front's wal_append_run among them. A leader stopped with SIGTERM exits 0 and hands the
+    key on at once (it resigns)."""
     first, link = cluster.wait_serving(30)
     acked: dict[int, bytes] = {}
     append_each(link, [b"a%d" % i for i in range(10)], acked)
+    append_run(link, [b"run%d" % i + b"x" * i for i in range(7)], acked)
     followers = [r for r in cluster.replicas if r is not first]
 
     for follower in followers:

@@ -70,7 +70,9 @@ SPARE_DELAY = 0.5  # seconds with every process ready before the spares start
 
 def child(role: str) -> list[str]:
     """The command that starts a role's process (its flags follow)."""
-    return [sys.executable, "-m", f"actors.{role}"]
+    # -P: `-m` would put the working directory first on sys.path, and an actors/
+    # package there (another checkout, a user's project) would run as this role
+    return [sys.executable, "-P", "-m", f"actors.{role}"]
 
 
 @dataclass

@@ -325,6 +325,10 @@ def cmd_restart(args: argparse.Namespace, workdir: str) -> list[str]:
     return found
 
 
+def r_ok(node: Node, msg_id: int) -> bool:
+    return node.replies[msg_id][0]["type"] == "wal_append_ok"
+
+
 def cmd_kvload(args: argparse.Namespace, workdir: str) -> list[str]:
     """kv_get (the compactor) every 0.2 s while 1000 appends stay in flight: each
     must be answered (a value, or 20 before k7 is set); the latencies are printed."""
@@ -336,11 +340,21 @@ def cmd_kvload(args: argparse.Namespace, workdir: str) -> list[str]:
     while pump.is_alive() and n < args.gets:
         n += 1
         msg_id = STATUS_IDS // 2 + n
+        with node.cond:  # read-your-writes: k7's newest acknowledged set before the kv_get
+            acked = [i for i, r in node.replies.items() if type(i) is int and i < STATUS_IDS]
+            seen = max((i for i in acked if i % KEYS == 7 and r_ok(node, i)), default=None)
+            sent = node.sent
         began = time.monotonic()
         reply = node.call(KV_GET % msg_id, msg_id, timeout=30)
         latencies.append(time.monotonic() - began)
         if reply is None or reply["type"] != "kv_get_ok" and reply.get("code") != 20:
             found.append(f"kv_get {n}: {reply}")
+        elif reply["type"] == "kv_get_ok":
+            value = int(reply["value"])
+            if value % KEYS != 7 or (seen is not None and value < seen) or value > sent + 64:
+                found.append(f"kv_get {n}: k7={value}, its newest acknowledged set was {seen}")
+        elif seen is not None:
+            found.append(f"kv_get {n}: k7 does not exist, but set {seen} was acknowledged")
         time.sleep(0.2)
     node.stop_pumping.set()
     pump.join(60)

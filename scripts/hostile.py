@@ -352,13 +352,14 @@ def cmd_kvload(args: argparse.Namespace, workdir: str) -> list[str]:
         with node.cond:  # read-your-writes: k7's newest acknowledged set before the kv_get
             acked = [i for i, r in node.replies.items() if type(i) is int and i < STATUS_IDS]
             seen = max((i for i in acked if i % KEYS == 7 and r_ok(node, i)), default=None)
-            sent = node.sent
         began = time.monotonic()
         reply = node.call(KV_GET % msg_id, msg_id, timeout=30)
         latencies.append(time.monotonic() - began)
         if reply is None or reply["type"] != "kv_get_ok" and reply.get("code") != 20:
             found.append(f"kv_get {n}: {reply}")
         elif reply["type"] == "kv_get_ok":
+            with node.cond:
+                sent = node.sent  # the appends sent by the time it was answered
             value = int(reply["value"])
             if value % KEYS != 7 or (seen is not None and value < seen) or value > sent + 64:
                 found.append(f"kv_get {n}: k7={value}, its newest acknowledged set was {seen}")

@@ -71,7 +71,9 @@ SPARE_DELAY_MAX = 60.0  # a spare that keeps dying on its own is replaced at mos
 
 def child(role: str) -> list[str]:
     """The command that starts a role's process (its flags follow)."""
-    return [sys.executable, "-m", f"actors.{role}"]
+    # -P: `-m` would put the working directory first on sys.path, and an actors/
+    # package there (another checkout, a user's project) would run as this role
+    return [sys.executable, "-P", "-m", f"actors.{role}"]
 
 
 @dataclass

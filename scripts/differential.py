@@ -10,6 +10,11 @@
                                           [--seconds S] [--seed N] [--save DIR]
         random sessions (walctl/differential/randomgen.py) through both until S
         seconds pass; a session whose replies differ is saved to DIR as JSON
+    python scripts/differential.py damage --candidate NODE [--reference NODE] [--case NAME]
+                                          [--loose-recovery]
+        the fault sessions (walctl/differential/damagecases.py: rot, torn tails,
+        a branch's own files garbled, snapshots damaged, repair, kill -9 at a
+        barrier) through both; --loose-recovery ignores status's recovery reports
     python scripts/differential.py replay FILE --candidate NODE [--reference NODE]
         one saved session through both
 
@@ -35,23 +40,33 @@ sys.path.insert(0, REPO)
 
 from walctl.differential.cases import all_cases  # noqa: E402
 from walctl.differential.compare import differences  # noqa: E402
+from walctl.differential.damagecases import all_damage_cases  # noqa: E402
 from walctl.differential.randomgen import random_session  # noqa: E402
 from walctl.differential.runner import SessionResult, run_session  # noqa: E402
 from walctl.differential.session import Session  # noqa: E402
 
 CORPUS = os.path.join(REPO, "tests", "differential_corpus.json.gz")
-DEFAULT_REFERENCE = "/tmp/base761/node.py"
+DEFAULT_REFERENCE = "/work/main/node.py"
 
 
-def run_both(reference: str, candidate: str, session: Session) -> list[str]:
+def run_both(
+    reference: str, candidate: str, session: Session, loose_recovery: bool = False
+) -> list[str]:
     """The session through both nodes at once; the differences, runner problems first."""
     with tempfile.TemporaryDirectory(prefix="diff-") as tmp:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             ref = pool.submit(run_session, reference, session, os.path.join(tmp, "ref"))
             cand = pool.submit(run_session, candidate, session, os.path.join(tmp, "cand"))
             want, got = ref.result(), cand.result()
-        found = problems(want, "reference") + problems(got, "candidate")
-        found += differences(want.runs, got.runs)
+        found = []
+        if problems(want, "") != problems(got, ""):  # the same refusal by both is an answer
+            found += problems(want, "reference") + problems(got, "candidate")
+        found += differences(want.runs, got.runs, loose_recovery)
+        # what each fault did, but for a branch's own files (main has none)
+        same = [
+            (a, b) for a, b in zip(want.notes, got.notes, strict=False) if not a.startswith("extra")
+        ]
+        found += [f"fault: reference {a!r}, candidate {b!r}" for a, b in same if a != b]
         if found:
             for name in ("ref", "cand"):
                 with open(os.path.join(tmp, name, "stderr"), errors="replace") as f:
@@ -100,6 +115,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_damage(args: argparse.Namespace) -> int:
+    cases = all_damage_cases()
+    failed = 0
+    for name in args.case or list(cases):
+        began = time.monotonic()
+        found = run_both(args.reference, args.candidate, cases[name], args.loose_recovery)
+        print(f"{name}: {'DIFFERS' if found else 'same'} ({time.monotonic() - began:.1f} s)")
+        for line in found:
+            print(f"  {line}")
+        failed += bool(found)
+    print(f"{len(args.case or cases)} fault sessions, {failed} differed")
+    return 1 if failed else 0
+
+
 def cmd_random(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     deadline = time.monotonic() + args.seconds
@@ -145,14 +174,22 @@ def main() -> int:
     rand.add_argument("--seconds", type=float, default=300)
     rand.add_argument("--seed", type=int)
     rand.add_argument("--save", default="/tmp/differential-failures")
+    damage = sub.add_parser("damage")
+    damage.add_argument("--case", action="append")
+    damage.add_argument("--loose-recovery", action="store_true")
     replay = sub.add_parser("replay")
     replay.add_argument("file")
-    for each in (corpus, compare, rand, replay):
+    for each in (corpus, compare, rand, damage, replay):
         each.add_argument("--reference", default=DEFAULT_REFERENCE)
         if each is not corpus:
             each.add_argument("--candidate", required=True)
     args = p.parse_args()
-    command = {"corpus": cmd_corpus, "compare": cmd_compare, "random": cmd_random}
+    command = {
+        "corpus": cmd_corpus,
+        "compare": cmd_compare,
+        "random": cmd_random,
+        "damage": cmd_damage,
+    }
     return command.get(args.command, cmd_replay)(args)
 
 

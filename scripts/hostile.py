@@ -170,8 +170,11 @@ def dump(node_py: str, data_dir: str) -> dict[int, str]:
     return entries
 
 
-def append_verdict(node: Node, ids: range, allow_missing: int = 0) -> list[str]:
-    """Violations in the replies to appends `ids` and in the log."""
+def append_verdict(
+    node: Node, ids: range, allow_missing: int = 0, compacted: bool = False
+) -> list[str]:
+    """Violations in the replies to appends `ids` and in the log (`compacted`:
+    only the offsets from the log's first one on are looked up)."""
     found = []
     if node.partial:
         found.append(f"stdout ends in a cut line: {node.partial[:200]!r}")
@@ -206,7 +209,12 @@ def append_verdict(node: Node, ids: range, allow_missing: int = 0) -> list[str]:
     if twice:
         found.append(f"{len(twice)} offsets acknowledged to two appends: {twice[:5]}")
     log = dump(node.node_py, node.data_dir)
-    wrong = [(i, o, log.get(o)) for i, o in acked.items() if log.get(o) != f"set k{i % KEYS}={i}"]
+    first = min(log, default=0) if compacted else 0
+    wrong = [
+        (i, o, log.get(o))
+        for i, o in acked.items()
+        if o >= first and log.get(o) != f"set k{i % KEYS}={i}"
+    ]
     if wrong:
         found.append(
             f"{len(wrong)} acknowledged appends not in the log as acknowledged: {wrong[:5]}"
@@ -239,7 +247,8 @@ def cmd_kill(args: argparse.Namespace, workdir: str) -> list[str]:
     code = node.finish()
     found = [] if code == 0 else [f"exit status {code}"]
     allow = 40 * killed if args.role == "front" else 0  # DESIGN: one PIPE_BUF chunk per front kill
-    found += append_verdict(node, range(1, node.sent + 1), allow)
+    compacting = any(f.startswith("--snapshot-every") for f in args.flags)
+    found += append_verdict(node, range(1, node.sent + 1), allow, compacted=compacting)
     if found:
         found.append(node.stderr_tail())
     return found
@@ -325,6 +334,10 @@ def cmd_restart(args: argparse.Namespace, workdir: str) -> list[str]:
     return found
 
 
+def r_ok(node: Node, msg_id: int) -> bool:
+    return node.replies[msg_id][0]["type"] == "wal_append_ok"
+
+
 def cmd_kvload(args: argparse.Namespace, workdir: str) -> list[str]:
     """kv_get (the compactor) every 0.2 s while 1000 appends stay in flight: each
     must be answered (a value, or 20 before k7 is set); the latencies are printed."""
@@ -336,11 +349,22 @@ def cmd_kvload(args: argparse.Namespace, workdir: str) -> list[str]:
     while pump.is_alive() and n < args.gets:
         n += 1
         msg_id = STATUS_IDS // 2 + n
+        with node.cond:  # read-your-writes: k7's newest acknowledged set before the kv_get
+            acked = [i for i, r in node.replies.items() if type(i) is int and i < STATUS_IDS]
+            seen = max((i for i in acked if i % KEYS == 7 and r_ok(node, i)), default=None)
         began = time.monotonic()
         reply = node.call(KV_GET % msg_id, msg_id, timeout=30)
         latencies.append(time.monotonic() - began)
         if reply is None or reply["type"] != "kv_get_ok" and reply.get("code") != 20:
             found.append(f"kv_get {n}: {reply}")
+        elif reply["type"] == "kv_get_ok":
+            with node.cond:
+                sent = node.sent  # the appends sent by the time it was answered
+            value = int(reply["value"])
+            if value % KEYS != 7 or (seen is not None and value < seen) or value > sent + 64:
+                found.append(f"kv_get {n}: k7={value}, its newest acknowledged set was {seen}")
+        elif seen is not None:
+            found.append(f"kv_get {n}: k7 does not exist, but set {seen} was acknowledged")
         time.sleep(0.2)
     node.stop_pumping.set()
     pump.join(60)
@@ -353,6 +377,96 @@ def cmd_kvload(args: argparse.Namespace, workdir: str) -> list[str]:
     if code != 0:
         found.append(f"exit status {code}")
     return found
+
+
+def cmd_compact(args: argparse.Namespace, workdir: str) -> list[str]:
+    """wal_snapshot then wal_compact at the snapshot's offset minus a random
+    0..300 (inside the active segment mostly) in a loop, while `in_flight`
+    appends stay unanswered and wal_read/wal_scan ask for the offsets around
+    the compaction point as it runs. Every read must answer the payload that
+    offset was acknowledged with, or error 20 (compacted away, or not yet
+    written); every compaction is answered ok, every append once."""
+    import random
+
+    rng = random.Random(args.seed)
+    node = Node(args.node, os.path.join(workdir, "data"), workdir, args.flags)
+    node.init()
+    pump = node.pump(args.appends, args.in_flight)
+    found: list[str] = []
+    base = STATUS_IDS // 4
+    n = 0
+    compactions = reads = 0
+    while pump.is_alive() and compactions < args.rounds:
+        n += 1
+        snap = node.call(
+            b'{"src": "c1", "dest": "n1", "body": {"type": "wal_snapshot", "msg_id": %d}}\n'
+            % (base + 10 * n),
+            base + 10 * n,
+            timeout=30,
+        )
+        if snap is None or snap["type"] != "wal_snapshot_ok":
+            continue
+        at = max(0, snap["snapshot_offset"] - rng.randrange(300))
+        lines = [
+            b'{"src": "c1", "dest": "n1", "body": {"type": "wal_compact", "msg_id": %d, '
+            b'"snapshot_at_offset": %d}}\n' % (base + 10 * n + 1, at)
+        ]
+        asked = []
+        for k in range(2, 9):
+            offset = max(0, at + rng.randrange(-50, 50))
+            asked.append((base + 10 * n + k, offset))
+            if k % 3:
+                lines.append(
+                    b'{"src": "c1", "dest": "n1", "body": {"type": "wal_read", "msg_id": %d, '
+                    b'"offset": %d}}\n' % (base + 10 * n + k, offset)
+                )
+            else:
+                lines.append(
+                    b'{"src": "c1", "dest": "n1", "body": {"type": "wal_scan", "msg_id": %d, '
+                    b'"from_offset": %d, "max_entries": 100}}\n' % (base + 10 * n + k, offset)
+                )
+        node.write(b"".join(lines))
+        compact = node.call(b"", base + 10 * n + 1, timeout=30)
+        compactions += 1
+        if compact is None or compact["type"] != "wal_compact_ok":
+            found.append(f"compact at {at}: {compact}")
+        for msg_id, offset in asked:
+            reply = node.call(b"", msg_id, timeout=30)
+            reads += 1
+            found += check_read(node, offset, reply)
+    node.stop_pumping.set()
+    pump.join(60)
+    code = node.finish()
+    found += [] if code == 0 else [f"exit status {code}"]
+    found += append_verdict(node, range(1, node.sent + 1), compacted=True)
+    print(f"  {compactions} compactions, {reads} reads and scans beside them")
+    return found
+
+
+def check_read(node: Node, offset: int, reply: dict | None) -> list[str]:
+    """A wal_read/wal_scan reply beside the acknowledged appends: each payload
+    given at an offset is the one acknowledged there; 20 only below the log."""
+    if reply is None:
+        return [f"read/scan of {offset}: no reply"]
+    with node.cond:
+        by_offset = {
+            r[0]["offset"]: i
+            for i, r in node.replies.items()
+            if type(i) is int and i < STATUS_IDS // 4 and r[0]["type"] == "wal_append_ok"
+        }
+    got = []
+    if reply["type"] == "wal_read_ok":
+        got = [(reply["offset"], reply["payload"])]
+    elif reply["type"] == "wal_scan_ok":
+        got = [(e["offset"], e["payload"]) for e in reply["entries"]]
+    elif reply.get("code") != 20:
+        return [f"read/scan of {offset}: {reply}"]
+    bad = []
+    for at, payload in got:
+        i = by_offset.get(at)
+        if i is not None and payload != f"set k{i % KEYS}={i}":
+            bad.append(f"offset {at} read {payload!r}, acknowledged as append {i}")
+    return bad
 
 
 def main() -> int:
@@ -370,7 +484,10 @@ def main() -> int:
     restart.add_argument("--rounds", type=int, default=6)
     kvload = sub.add_parser("kvload")
     kvload.add_argument("--gets", type=int, default=50)
-    for each in (kill, sig, restart, kvload):
+    compact = sub.add_parser("compact")
+    compact.add_argument("--rounds", type=int, default=40)
+    compact.add_argument("--seed", type=int, default=1)
+    for each in (kill, sig, restart, kvload, compact):
         each.add_argument("--node", required=True)
         each.add_argument("--appends", type=int, default=30000)
         each.add_argument("--in-flight", type=int, default=1000)
@@ -382,6 +499,7 @@ def main() -> int:
             "signal": cmd_signal,
             "restart": cmd_restart,
             "kvload": cmd_kvload,
+            "compact": cmd_compact,
         }[args.command]
         found = command(args, workdir)
     for line in found:

@@ -11,6 +11,7 @@ leaves free."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,14 +23,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from wal.fsutil import write_all
-from walctl.differential.session import Restart, Session, Step
+from walctl.differential import damage
+from walctl.differential.session import Crash, Damage, KillRole, Restart, Session, Step
 
 BARRIER_SRC = "barrier"
 BARRIER_BASE = 900_000_000_000  # barrier msg_ids: far above any a session uses
 DATA_DIR = "$DATA_DIR"  # stands for the run's data directory in error texts
 _BARRIER_REPLY = re.compile(
-    rb'"dest": "barrier", "body": \{"type": "[a-z_]+", "in_reply_to": (\d+)'
+    rb'"dest": "(?:barrier|poll)", "body": \{"type": "[a-z_]+", "in_reply_to": (\d+)'
 )
+CRASH_FIRST = "crash+"  # a Damage action so prefixed stops the node with kill -9
+POLL_SRC = "poll"  # KillRole's status requests: their replies are taken out of the run
+POLL_BASE = 950_000_000_000
+_REPLY_MSG_ID = re.compile(r', "msg_id": (-?[0-9]+)\}\}$')
 
 
 @dataclass
@@ -49,6 +55,7 @@ class RunResult:
 class SessionResult:
     runs: list[RunResult] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what each Damage did
 
 
 def read_lines(fd: int) -> Iterator[tuple[list[bytes], bytes]]:
@@ -159,7 +166,28 @@ class NodeProcess:
         with self.changed:
             # the data directory's path is the one thing a reply may name that differs by run
             lines = [line.replace(self.data_dir, DATA_DIR) for line in self.lines]
-            return RunResult(code, lines, self.partial.decode("utf-8", "replace"))
+            lines, problem = _without_polls(lines)
+            return RunResult(code, lines, self.partial.decode("utf-8", "replace"), problem)
+
+    def last_status_pids(self) -> dict[str, int]:
+        """The pids in the newest status reply printed."""
+        with self.changed:
+            for line in reversed(self.lines):
+                if '"type": "status_ok"' in line:
+                    body = json.loads(line)["body"]
+                    return {p["role"]: p["pid"] for p in body["processes"] if p.get("pid")}
+        return {}
+
+    def status(self, msg_id: int, timeout: float) -> dict | None:
+        line = b'{"src": "poll", "dest": "n1", "body": {"type": "status", "msg_id": %d}}\n'
+        self.write(line % msg_id)
+        if not self.wait_barrier((msg_id,), timeout):
+            return None
+        with self.changed:
+            for text in reversed(self.lines):
+                if f'"in_reply_to": {msg_id},' in text and '"dest": "poll"' in text:
+                    return json.loads(text)["body"]
+        return None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -170,28 +198,92 @@ class NodeProcess:
         self.proc.wait(10)
 
 
+def _without_polls(lines: list[str]) -> tuple[list[str], str | None]:
+    """The lines without KillRole's status replies, renumbered as if they had
+    not been asked; a problem if the raw stream's reply msg_ids were not 0, 1, ..."""
+    if not any('"dest": "poll"' in line for line in lines):
+        return lines, None
+    problem = None
+    for i, line in enumerate(lines):
+        found = _REPLY_MSG_ID.search(line)
+        if found is None or int(found.group(1)) != i:
+            problem = f"reply msg_ids not 0, 1, ... at line {i} ({line[:160]!r})"
+            break
+    kept = [line for line in lines if '"dest": "poll"' not in line]
+    out = []
+    for i, line in enumerate(kept):
+        found = _REPLY_MSG_ID.search(line)
+        out.append(line if found is None else f'{line[: found.start()]}, "msg_id": {i}}}}}')
+    return out, problem
+
+
+def _kill_role(node: NodeProcess, role: str, n: int, timeout: float) -> str | None:
+    """kill -9 `role`, then poll status until every process is ready, `role` anew."""
+    pid = node.last_status_pids().get(role)
+    if pid is None:
+        return f"no {role} pid in the last status reply"
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        polls += 1
+        body = node.status(POLL_BASE + 1000 * n + polls, timeout)
+        if body is None:
+            continue
+        procs = {p["role"]: p for p in body.get("processes", [])}
+        if procs.get(role, {}).get("pid") not in (None, pid) and all(
+            p.get("state") == "ready" for p in procs.values()
+        ):
+            return None
+    return f"{role} not back (every process ready) within {timeout} s of its kill"
+
+
 def run_session(node_py: str, session: Session, workdir: str, timeout: float = 30) -> SessionResult:
     """Pipe `session` through a fresh walnode (data in workdir/data)."""
     os.makedirs(workdir, exist_ok=True)
     data_dir = os.path.join(workdir, "data")
     began = time.monotonic()
     result = SessionResult()
-    node = NodeProcess(node_py, data_dir, session.flags, workdir)
+    node: NodeProcess | None = NodeProcess(node_py, data_dir, session.flags, workdir)
     try:
         for index, step in enumerate(session.steps):
-            if isinstance(step, Restart):
-                result.runs.append(node.finish(timeout))
+            if isinstance(step, (Restart, Damage, Crash)):
+                if node is not None:  # else it exited, its run recorded: start a new one
+                    if isinstance(step, Crash) or (
+                        isinstance(step, Damage) and step.action.startswith(CRASH_FIRST)
+                    ):
+                        node.kill()
+                    result.runs.append(node.finish(timeout))
+                if isinstance(step, Damage):
+                    action = step.action.removeprefix(CRASH_FIRST)
+                    note = damage.apply(action, data_dir, node_py, python_for(node_py))
+                    result.notes.append(note)
                 node = NodeProcess(node_py, data_dir, session.flags, workdir)
                 continue
-            problem = _run_step(node, index, step, timeout)
+            if node is None:
+                continue  # the node exited: the steps up to the next start have no node
+            if isinstance(step, KillRole):
+                problem = _kill_role(node, step.role, index, timeout)
+            else:
+                problem = _run_step(node, index, step, timeout)
             if problem is not None:
+                try:
+                    node.proc.wait(5)  # its stdout closed: it is exiting, or it hangs
+                    exited = True
+                except subprocess.TimeoutExpired:
+                    exited = False
                 run = node.finish(0.1)
                 run.problem = problem
                 result.runs.append(run)
-                return result
-        result.runs.append(node.finish(timeout))
+                if not exited:
+                    return result  # it hangs: the session cannot go on
+                node = None  # it exited by itself (refused to start): go on at the next start
+        if node is not None:
+            result.runs.append(node.finish(timeout))
     finally:
-        node.kill()
+        if node is not None:
+            node.kill()
         result.seconds = time.monotonic() - began
     return result
 

@@ -27,10 +27,35 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class Damage:
+    """Stop the node (as Restart), change its data directory (damage.py's
+    `action`), start it again."""
+
+    action: str
+
+
+@dataclass(frozen=True)
+class Crash:
+    """kill -9 the node's process group (after the last barrier: nothing in
+    flight), then start it again on the same data directory."""
+
+
+@dataclass(frozen=True)
+class KillRole:
+    """kill -9 one process of the tree (`writer`, `compactor`, `front`) after the
+    last barrier, then wait until `status` shows every process ready again."""
+
+    role: str
+
+
+Change = Restart | Damage | Crash | KillRole
+
+
+@dataclass(frozen=True)
 class Session:
     name: str
     flags: tuple[str, ...] = ()
-    steps: tuple[Step | Restart, ...] = field(default_factory=tuple)
+    steps: tuple[Step | Change, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict:
         """The session as JSON (writes in base64): a reproducer on disk."""
@@ -38,6 +63,12 @@ class Session:
         for step in self.steps:
             if isinstance(step, Restart):
                 steps.append({"restart": True})
+            elif isinstance(step, Damage):
+                steps.append({"damage": step.action})
+            elif isinstance(step, Crash):
+                steps.append({"crash": True})
+            elif isinstance(step, KillRole):
+                steps.append({"kill": step.role})
             else:
                 writes = [base64.b64encode(w).decode() for w in step.writes]
                 steps.append({"writes": writes, "pause": step.pause})
@@ -45,10 +76,16 @@ class Session:
 
     @classmethod
     def from_json(cls, data: dict) -> Session:
-        steps: list[Step | Restart] = []
+        steps: list[Step | Change] = []
         for step in data["steps"]:
             if step.get("restart"):
                 steps.append(Restart())
+            elif "damage" in step:
+                steps.append(Damage(step["damage"]))
+            elif step.get("crash"):
+                steps.append(Crash())
+            elif "kill" in step:
+                steps.append(KillRole(step["kill"]))
             else:
                 writes = tuple(base64.b64decode(w) for w in step["writes"])
                 steps.append(Step(writes, step["pause"]))

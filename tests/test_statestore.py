@@ -10,13 +10,14 @@ is read back through kv_get from the real node.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 
 import pytest
 
 from tests.damage import flip_byte
-from tests.nodeproc import wait_until
+from tests.nodeproc import Node, wait_until
 from tests.test_compactor import fold, pipeline, take_snapshot, values
 from tests.test_rot import HEADER_SIZE, RECORD, fill, kv, seg
 from tests.test_rot import start as start_rot
@@ -134,13 +135,32 @@ def garbage_pages(path: str) -> None:
         f.write(b"\xa5" * 3 * 4096)
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[str, list[str], list[str]]:
+    """build_snapshot_and_store once for the module; each test damages a copy."""
+    path = os.fspath(tmp_path_factory.mktemp("built") / "data")
+    started: list[Node] = []
+
+    def start(*args: str) -> Node:
+        started.append(Node(*args))
+        return started[-1]
+
+    try:
+        first, second = build_snapshot_and_store(start, path)
+    finally:
+        for node in started:
+            node.kill()
+    return path, first, second
+
+
 @pytest.mark.parametrize("damage", [remove_store, garbage_store, garbage_pages])
-def test_a_missing_or_damaged_store_is_rebuilt(node_factory, data_dir, damage):
-    first, second = build_snapshot_and_store(node_factory, data_dir)
+def test_a_missing_or_damaged_store_is_rebuilt(node_factory, data_dir, damage, built):
+    source, first, second = built
+    shutil.copytree(source, data_dir)
     damage(store_file(data_dir))
     node = node_factory("--data-dir", data_dir, *NO_AUTO)
     node.init()
-    keys = [f"k{i}" for i in range(0, 3000, 7)] + [f"k{i}" for i in range(140, 210)]
+    keys = [f"k{i}" for i in range(0, 3000, 41)] + [f"k{i}" for i in range(140, 210)]
     assert values(node, keys) == {k: fold(first + second).get(k) for k in keys}
     recovery = node.status()["recoveries"]["compactor"]
     if damage is garbage_pages:  # met by a kv_get, rebuilt there (and that kv_get answered)

@@ -31,7 +31,7 @@ def payloads(n: int, start: int = 0) -> list[bytes]:
 def open_log(wal: str, size: int = SEGMENT_BYTES, prepare: bool = True) -> Log:
     log, _ = Log.open(wal, max_segment_bytes=size)
     if prepare:
-        log.start_preparing()
+        log.start_preparing(0.0)  # at once (the writer's: from half full, below)
     return log
 
 
@@ -58,6 +58,28 @@ def zero_writes_by_thread(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(os, "pwrite", pwrite)
     return seen
+
+
+def test_the_writers_preparer_waits_for_a_half_full_segment(tmp_path):
+    """start_preparing()'s default: no zeros while the active segment is under
+    half full (a start, or a node that never fills one, writes no whole
+    segment of them), the file ready once it passes half; after the roll that
+    takes it, the next waits for half again."""
+    wal = str(tmp_path / "wal")
+    log, _ = Log.open(wal, max_segment_bytes=SEGMENT_BYTES)
+    try:
+        log.start_preparing()
+        append_synced(log, payloads(19))  # 1,900 of 4,096 bytes
+        threading.Event().wait(0.3)
+        assert PREPARED_NAME not in os.listdir(wal) and not log.preparer.ready
+        append_synced(log, payloads(2, 19))  # 2,100: past half
+        wait_ready(log)
+        append_synced(log, payloads(20, 21))  # rolls at 40 into the prepared file
+        assert log.rolls.prepared == 1 and log.active.size < SEGMENT_BYTES // 2
+        threading.Event().wait(0.3)
+        assert PREPARED_NAME not in os.listdir(wal) and not log.preparer.ready
+    finally:
+        log.close()
 
 
 def test_a_roll_renames_the_prepared_file_and_fills_nothing_itself(tmp_path, monkeypatch):
@@ -157,7 +179,7 @@ def test_an_append_that_finds_the_disk_full_frees_the_prepared_file(tmp_path, mo
     wal = str(tmp_path)
     log = open_log(wal, prepare=False)
     log.max_segment_bytes = 1 << 20
-    log.start_preparing()
+    log.start_preparing(0.0)
     try:
         wait_ready(log)
         real = os.write

@@ -35,6 +35,7 @@ from wal.prefill import Preparer
 from wal.segment import ReadRecord, ScanResult, Segment, segment_name
 
 LOG_START = "LOG_START"  # the compaction commit point: the first retained offset
+PREPARE_FROM = 0.5  # the next segment's fill starts once the active one is half full
 
 DEFAULT_MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 
@@ -217,6 +218,8 @@ class Log:
         self._bases = [s.base_offset for s in segments]
         self._max_segment_bytes = max_segment_bytes
         self._preparer: Preparer | None = None  # start_preparing: the next segment made ahead
+        self._prepare_from = PREPARE_FROM  # how full the active segment is when it starts
+        self._prepare_pending = False  # the next segment is wanted once that is reached
         self.rolls = RollStats()
         # Told (took a prepared file, seconds) after each roll: the writer's metrics.
         self.on_roll: Callable[[bool, float], object] | None = None
@@ -293,11 +296,26 @@ class Log:
             seg.close()
         self._files.close()
 
-    def start_preparing(self) -> None:
+    def start_preparing(self, from_fill: float = PREPARE_FROM) -> None:
         """Prepare each next segment ahead in a background thread
-        (wal/prefill.py), for the rolls to take; `close` stops it."""
+        (wal/prefill.py), for the rolls to take; `close` stops it. Its fill
+        starts once the active segment is `from_fill` full (0: at once), so a
+        start, or a node that never fills half a segment, writes no whole
+        segment of zeros (64 MiB at the default size) that no roll takes."""
         if self._preparer is None:
-            self._preparer = Preparer(self.directory, self._max_segment_bytes)
+            self._prepare_from = from_fill
+            self._preparer = Preparer(self.directory, None)
+            self._prepare_pending = True
+            self._prepare_if_due()
+
+    def _prepare_if_due(self) -> None:
+        """Want the next segment once the active one is `_prepare_from` full."""
+        assert self._preparer is not None
+        if self._segments and self._segments[-1].size >= (
+            self._max_segment_bytes * self._prepare_from
+        ):
+            self._prepare_pending = False
+            self._preparer.want(self._max_segment_bytes)
 
     @property
     def preparer(self) -> Preparer | None:
@@ -313,6 +331,7 @@ class Log:
         old size is removed, never used: it would be the wrong size)."""
         self._max_segment_bytes = size
         if self._preparer is not None:
+            self._prepare_pending = False
             self._preparer.want(size)
 
     # -- shape -------------------------------------------------------------
@@ -430,6 +449,8 @@ class Log:
             raise
         self._flushed_next = self.next_offset
         self._bytes_flushed = self.bytes_appended
+        if self._prepare_pending:
+            self._prepare_if_due()
 
     def sync(self) -> None:
         """Flush and fdatasync. Raises on failure; never retried (fsyncgate)."""
@@ -489,8 +510,9 @@ class Log:
         faults.point("roll.after_dir_fsync")
         self._segments.append(new)
         self._bases.append(new.base_offset)
-        if self._preparer is not None:
-            self._preparer.want(size)  # its name is free again; after a full disk: wanted again
+        if self._preparer is not None:  # its name is free again; after a full disk: wanted again
+            self._prepare_pending = True
+            self._prepare_if_due()
         t2 = time.perf_counter()
         self.rolls.last_seconds, self.rolls.last_new_seconds = t2 - t0, t2 - t1
         if prepared is not None:

@@ -61,7 +61,8 @@ class _Cancelled(Exception):
 class Preparer:
     """One background thread keeping at most one prepared file, of the size last asked."""
 
-    def __init__(self, directory: str, size: int) -> None:
+    def __init__(self, directory: str, size: int | None) -> None:
+        """`size`: the file to make ready at once; None: none until `want`."""
         self.path = os.path.join(directory, PREPARED_NAME)
         self.directory = directory
         self.stats = PrefillStats()

@@ -682,6 +682,12 @@ class Commits:
         self.deferred: list[tuple[zmq.Socket, bytes, list]] = []  # taken while deferring
         writer.start_compaction = self._start_compaction
 
+    def wait_for_compaction(self) -> None:
+        """Run the compaction in progress, if any, to its end here."""
+        while self.compaction is not None:
+            self.compaction.done.wait()
+            self.advance_compaction()
+
     def handle(self, router: zmq.Socket, ident: bytes, requests: list) -> None:
         if self.compaction is not None and self.compaction.deferring:
             self.deferred.append((router, ident, requests))
@@ -689,9 +695,11 @@ class Commits:
         if any(op not in OVERLAPPABLE for _, op, _ in requests):
             if self.inflight is not None:
                 self.finish()
-            while self.compaction is not None:  # one compaction at a time; init etc. after it
-                self.compaction.done.wait()
-                self.advance_compaction()
+            self.wait_for_compaction()  # one compaction at a time; init etc. after it
+        elif self.compaction is not None and any(op == m.OP_SYNC for _, op, _ in requests):
+            # wal_sync answers once everything sent before it is durable: a
+            # compaction answered or not yet, too (a client's barrier)
+            self.wait_for_compaction()
         handled = self.writer.handle(requests)
         run, self._starting = self._starting, None
         if run is not None:  # answered when its last step is done

@@ -63,10 +63,21 @@ def test_appends_are_answered_while_a_compaction_fsync_is_held(node_factory, dat
     read = node.call({"type": "wal_read", "offset": 10})  # below the offset being dropped
     assert read["type"] == "wal_read_ok" and read["payload"] == acked[10], read
     assert not [m for m in node.unclaimed if m["body"].get("in_reply_to") == msg_id]
+    # A wal_sync is a barrier for everything sent before it, the compaction too:
+    # it, and what follows it, wait for the compaction's end (as every request
+    # waited for every compaction before the job), in order.
+    sync = node.send({"type": "wal_sync"})
+    after = node.send({"type": "wal_append", "payload": "after the sync"})
+    time.sleep(0.5)
+    waiting = (msg_id, sync, after)
+    assert not [m for m in node.unclaimed if m["body"].get("in_reply_to") in waiting]
     os.remove(switch)
     reply = node.reply_to(msg_id)["body"]
     assert reply["type"] == "wal_compact_ok", reply
     assert reply["entries_after"] == len(acked) - at, reply
+    assert node.reply_to(sync)["body"]["type"] == "wal_sync_ok"
+    assert node.reply_to(after)["body"]["offset"] == len(acked)
+    acked.append("after the sync")
     append(node, 5, acked)
     info = node.call_ok({"type": "wal_info"})
     assert (info["first_offset"], info["next_offset"]) == (at, len(acked))

@@ -676,7 +676,7 @@ def test_writer_killed_mid_run_gives_every_msg_id_exactly_one_reply(node_factory
     failed = [b[0] for b in replies.values() if b[0]["type"] == "error"]
     assert len(acked) + len(failed) == count  # no offset given twice
     assert failed and {b["code"] for b in failed} <= {Code.CRASH, Code.TEMPORARILY_UNAVAILABLE}
-    assert len(acked) > count // 4
+    assert first["type"] == "wal_append_ok" and first["offset"] in acked  # it was mid-stream
     node = node_factory(f"--data-dir={data_dir}")
     node.init()
     scan = node.call_ok({"type": "wal_scan", "from_offset": 0, "max_entries": 10_000})

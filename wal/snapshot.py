@@ -34,8 +34,9 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgpack
 
@@ -48,6 +49,7 @@ MAGIC_EPOCH = b"WNSNAP\x00\x03"  # version 3: version 2's fields and the last en
 HEAD = struct.Struct("<8sQQ")
 CRC = struct.Struct("<I")
 NAME_RE = re.compile(r"^(\d{20})\.snap$")
+T = TypeVar("T")
 # A snapshot is written PIECE_BYTES at a time: after each piece its writeback
 # is started and the previous piece's waited for (sync_file_range), so at most
 # about two pieces are ever in flight to the disk, and the fsync that makes
@@ -245,22 +247,13 @@ def load_latest(directory: str) -> tuple[Snapshot | None, list[str]]:
     A file that fails is renamed to `<name>.corrupt`: kept for a person to
     look at, never listed, loaded or counted as a snapshot again.
     """
-    skipped = []
-    for offset in reversed(list_offsets(directory)):
-        path = os.path.join(directory, snapshot_name(offset))
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            got_offset, state, damage, epoch = decode_all(data)
-            if got_offset != offset:
-                raise ValueError(f"holds offset {got_offset}, not the {offset} of its name")
-        except (OSError, ValueError, msgpack.UnpackException) as err:
-            skipped.append(f"skipped snapshot {path}: {err}; moved aside to {path}.corrupt")
-            os.rename(path, path + ".corrupt")
-            fsync_dir(directory)
-            continue
-        return Snapshot(offset, state, path, len(data), damage, epoch), skipped
-    return None, skipped
+
+    def load(offset: int, path: str, data: bytes) -> Snapshot:
+        got_offset, state, damage, epoch = decode_all(data)
+        _named(offset, got_offset)
+        return Snapshot(offset, state, path, len(data), damage, epoch)
+
+    return _newest_passing(directory, load)
 
 
 def newest_offset(directory: str) -> tuple[int | None, list[str]]:
@@ -269,21 +262,36 @@ def newest_offset(directory: str) -> tuple[int | None, list[str]]:
     and a note per file skipped (moved aside as load_latest does): what a
     start from the state store needs, since compaction is allowed up to it,
     without building its state (one read and CRC pass, no msgpack)."""
-    skipped = []
+
+    def offset_of(offset: int, _path: str, data: bytes) -> int:
+        _named(offset, check(data)[1])
+        return offset
+
+    return _newest_passing(directory, offset_of)
+
+
+def _named(offset: int, got_offset: int) -> None:
+    if got_offset != offset:
+        raise ValueError(f"holds offset {got_offset}, not the {offset} of its name")
+
+
+def _newest_passing(
+    directory: str, read: Callable[[int, str, bytes], T]
+) -> tuple[T | None, list[str]]:
+    """`read` of the newest snapshot file it does not raise ValueError (or
+    msgpack's) on, and a note per file skipped, each moved aside to
+    `<name>.corrupt` (the directory fsynced)."""
+    skipped: list[str] = []
     for offset in reversed(list_offsets(directory)):
         path = os.path.join(directory, snapshot_name(offset))
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            _, got_offset, _ = check(data)
-            if got_offset != offset:
-                raise ValueError(f"holds offset {got_offset}, not the {offset} of its name")
-        except (OSError, ValueError) as err:
+            return read(offset, path, data), skipped
+        except (OSError, ValueError, msgpack.UnpackException) as err:
             skipped.append(f"skipped snapshot {path}: {err}; moved aside to {path}.corrupt")
             os.rename(path, path + ".corrupt")
             fsync_dir(directory)
-            continue
-        return offset, skipped
     return None, skipped
 
 

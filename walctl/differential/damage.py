@@ -34,6 +34,15 @@ MAIN_TOP = {"LOCK", "walnode.meta", "wal", "snapshots"}
 _SNAP_SUFFIX = ".snap"
 
 
+def flip_byte(path: str, position: int, mask: int = 0xFF) -> None:
+    """XOR one byte of `path` with `mask`, in place (tests/damage.py uses it too)."""
+    with open(path, "r+b") as f:
+        f.seek(position)
+        byte = f.read(1)
+        f.seek(position)
+        f.write(bytes([byte[0] ^ mask]))
+
+
 def segments(data_dir: str) -> list[tuple[int, str]]:
     wal = os.path.join(data_dir, "wal")
     return sorted(
@@ -54,14 +63,6 @@ def record_position(data_dir: str, offset: int) -> tuple[str, int, int]:
                 raise ValueError(f"entry {offset} is not in {path}")
             return path, positions[n], positions[n + 1] - positions[n]
     raise ValueError(f"no segment holds entry {offset}")
-
-
-def _xor(path: str, position: int, mask: int = 0xFF) -> None:
-    with open(path, "r+b") as f:
-        f.seek(position)
-        byte = f.read(1)
-        f.seek(position)
-        f.write(bytes([byte[0] ^ mask]))
 
 
 def _newest_data_end(data_dir: str) -> tuple[str, int]:
@@ -109,7 +110,7 @@ def _on_extra(data_dir: str, how: str) -> list[str]:
                 os.truncate(file, size // 2)
             elif how == "garble" and size:
                 for at in {size // 2, size // 3, (2 * size) // 3}:
-                    _xor(file, at)
+                    flip_byte(file, at)
             elif how == "zero" and size:
                 with open(file, "r+b") as f:
                     f.write(b"\0" * size)
@@ -123,11 +124,11 @@ def apply(action: str, data_dir: str, node_py: str, python: str) -> str:
     name, _, arg = action.partition(":")
     if name == "flip_entry":
         path, pos, length = record_position(data_dir, int(arg))
-        _xor(path, pos + HEADER_SIZE if length > HEADER_SIZE else pos + 4)
+        flip_byte(path, pos + HEADER_SIZE if length > HEADER_SIZE else pos + 4)
         return f"flipped entry {arg}"
     if name == "flip_length":
         path, pos, _ = record_position(data_dir, int(arg))
-        _xor(path, pos, 0x01)
+        flip_byte(path, pos, 0x01)
         return f"flipped entry {arg}'s length"
     if name == "cut_tail":
         path, end = _newest_data_end(data_dir)
@@ -149,7 +150,7 @@ def apply(action: str, data_dir: str, node_py: str, python: str) -> str:
                 os.unlink(os.path.join(snaps, n))
         elif names:
             path = os.path.join(snaps, names[-1])
-            _xor(path, os.path.getsize(path) // 2)
+            flip_byte(path, os.path.getsize(path) // 2)
         return f"snapshots {arg}"
     if name == "repair":
         out = subprocess.run(

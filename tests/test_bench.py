@@ -98,6 +98,9 @@ def test_quick_bench_reports_every_level_and_peer_and_only_real_acks(tmp_path):
     assert results["ratios"][0]["walnode_read_p50_over_floor"] > 0
     snap = results["snapshot"]
     assert snap["cycles"] >= 1 and snap["verified"], snap
+    # one pair per round, the median round shown with the ratio's spread
+    assert len(snap["per_round"]) == 2 and snap["spread"]["rounds"] == 2, snap
+    assert snap["spread"]["min"] <= snap["p99_ratio"] <= snap["spread"]["max"], snap
     for key in ("without", "with"):
         assert 0 < snap[key]["p50_us"] <= snap[key]["p99_us"], snap
     assert {t["target"].split(" (")[0] for t in results["targets"]} >= {

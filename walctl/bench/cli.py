@@ -206,7 +206,7 @@ def _one_round(directory: str, s: dict, index: int) -> dict:
     from walctl.bench import nullnode, report
 
     say(f"round {index + 1} of {s['rounds']}")
-    tag = f"-r{index + 1}" if index else ""  # the first round's directories keep plain names
+    tag = _round_tag(index)
     out: dict = {"walnode": [], "baseline": [], "null": [], "peers": []}
     for n in s["levels"]:
         out["walnode"].append(_node_level(directory, s, n, tag, "walnode", None))
@@ -225,6 +225,11 @@ def _one_round(directory: str, s: dict, index: int) -> dict:
             out["peers"].append(_peer_row(directory, s, name, 1))
     out["peers"] = [report.peer_row(p) for p in out["peers"]]
     return out
+
+
+def _round_tag(index: int) -> str:
+    """The suffix of a round's data directories: the first round's keep plain names."""
+    return f"-r{index + 1}" if index else ""
 
 
 def _chart_available() -> bool:
@@ -335,8 +340,7 @@ def _snapshot_comparison(directory: str, s: dict) -> dict:
     n = s["snapshot_level"]
     sections = []
     for i in range(s["rounds"]):
-        tag = f"-r{i + 1}" if i else ""
-        sections.append(_snapshot_pair(directory, s, n, tag))
+        sections.append(_snapshot_pair(directory, s, n, _round_tag(i)))
     ranked = sorted(sections, key=lambda x: x["p99_ratio"] or 0.0)
     snapshot = dict(ranked[(len(ranked) - 1) // 2])  # the median round (lower of two)
     snapshot["spread"] = rounds.spread([x["p99_ratio"] for x in sections])

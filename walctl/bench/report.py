@@ -197,7 +197,7 @@ def targets(ratios: list[dict], walnode: list[dict], snapshot: dict | None) -> l
         }
     )
     # the median over rounds (with an odd count, the ratio of the round shown)
-    r = snapshot and ((snapshot.get("spread") or {}).get("median") or snapshot["p99_ratio"])
+    r = (snapshot.get("spread") or {}).get("median") if snapshot else None
     out.append(
         {
             "target": "append p99 with snapshot+compaction / without"

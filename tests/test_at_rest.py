@@ -38,8 +38,11 @@ def test_a_damaged_newest_snapshot_falls_back_to_an_older_one(node_factory, data
         assert all(r["type"] == "wal_append_ok" for r in pipelined_appends(node, batch))
         assert wait_until(lambda e=end: info(node)["snapshot_offset"] == e, timeout=15)
     assert wait_until(lambda: info(node)["first_offset"] > 0, timeout=15), info(node)
-    snaps = sorted(os.listdir(os.path.join(data_dir, "snapshots")))
-    assert snaps == [f"{o:020d}.snap" for o in (600, 800, 1000)]  # --keep-snapshots 3
+    # wal_info's snapshot_offset is the writer's listing of the directory: it shows 1000 once
+    # the file is renamed in, before the compactor's fsync of the directory and its pruning
+    snaps = [f"{o:020d}.snap" for o in (600, 800, 1000)]  # --keep-snapshots 3
+    listed = lambda: sorted(os.listdir(os.path.join(data_dir, "snapshots")))  # noqa: E731
+    assert wait_until(lambda: listed() == snaps, timeout=15), listed()
     # retention kept the log back to the oldest snapshot kept
     assert 0 < info(node)["first_offset"] <= 600
     assert node.close() == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import json
+import math
 import os
 import re
 import select
@@ -59,7 +60,7 @@ class LevelResult:
     """One run at one in-flight level; latencies in seconds."""
 
     in_flight: int
-    seconds: float  # the measured window
+    seconds: float  # the measured window (longer than asked if it held no ack: ClosedLoop)
     window_acks: int  # acknowledgements received inside the window
     latencies: array.array  # of the appends sent inside the window
     sent_times: array.array  # when each of those was sent (same order)
@@ -190,7 +191,7 @@ class WalnodeDriver:
         info_after = self.call_ok({"type": "wal_info"})
         result = LevelResult(
             in_flight=in_flight,
-            seconds=seconds,
+            seconds=load.t_end - load.t_win,
             window_acks=load.window_acks,
             latencies=load.latencies,
             sent_times=load.sent_times,
@@ -200,7 +201,7 @@ class WalnodeDriver:
             first_error=load.first_error,
             duplicates=load.duplicates,
             unknown=load.unknown,
-            cpu=cpu_share(load.cpu0, load.cpu1, seconds),
+            cpu=cpu_share(load.cpu0, load.cpu1, load.t_end - load.t_win),
             info_before=info_before,
             info_after=info_after,
             control=load.control,
@@ -325,7 +326,12 @@ class ClosedLoop:
                 self.absorb(chunk)
 
     def advance_phase(self, now: float) -> None:
-        """Warm-up -> measured window -> drain, sampling CPU at both window edges."""
+        """Warm-up -> measured window -> drain, sampling CPU at both window edges.
+
+        A window that holds no append both sent and acknowledged inside it (at 1 in flight, one
+        fdatasync of a loaded disk can outlast a short window) stays open until the first is
+        (`absorb` ends it there), and its length is what it took: a rate of 0 and no
+        percentiles would say the node acknowledged nothing, when it acknowledged slowly."""
         if not self.in_window and not self.draining and now >= self.t_win:
             self.in_window = True
             self.cpu0 = self.driver.cpu_sample()
@@ -333,6 +339,8 @@ class ClosedLoop:
                 self.next_ctl = now
             if self.on_window is not None:
                 self.on_window(self.driver.pids)
+        if self.in_window and now >= self.t_end and not self.latencies:
+            self.t_end = math.inf
         if self.in_window and now >= self.t_end:
             self.in_window = False
             self.draining = True
@@ -434,6 +442,8 @@ class ClosedLoop:
                 window_acks += 1
         self.inflight, self.acked, self.errors = inflight, acked, errors
         self.duplicates, self.unknown, self.window_acks = duplicates, unknown, window_acks
+        if t_end == math.inf and self.latencies:  # a window held open: its first ack ends it
+            self.t_end = t
 
 
 def reply_line(buf: bytes, match: re.Match) -> str:

@@ -19,7 +19,10 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy wal actors
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	# bytecode for every process the suite starts (five per walnode): with PYTHONDONTWRITEBYTECODE
+	# set, as on the CI box, each would compile the repository's modules again (docs/TESTING.md)
+	$(BIN)/python -m compileall -q wal actors walctl walnode node.py supervisor.py tests
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

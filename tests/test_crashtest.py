@@ -14,10 +14,12 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.nodeproc import REPO, WALCTL
+from tests.once import once_per_run
 from walctl import cli as walctl
 from walctl import crashtest
 
@@ -34,7 +36,13 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("crashtest")
+    """The campaign, run once for the whole run (tests/once.py: under worksteal this module's
+    tests can land on two workers)."""
+    result = once_per_run(tmp_path_factory, "crashtest-campaign", run_campaign)
+    return {**result, "dir": Path(result["dir"])}
+
+
+def run_campaign(out: Path) -> dict:
     argv = [*WALCTL, "crashtest", "--kills", str(KILLS), "--seed", str(SEED)]
     argv += ["--role", "random", "--in-flight", "64", "--interval", "0.3", "--no-progress"]
     argv += ["--max-back-to-service", "5", "--data-dir", str(out / "data")]
@@ -52,7 +60,8 @@ def campaign(tmp_path_factory) -> dict:
         pytest.fail(f"crashtest took over 60 s:\n{stdout}\n{stderr}")
     with open(out / "report.json") as f:
         report = json.load(f)
-    return {"rc": proc.returncode, "stdout": stdout, "stderr": stderr, "report": report, "dir": out}
+    rc = proc.returncode
+    return {"rc": rc, "stdout": stdout, "stderr": stderr, "report": report, "dir": str(out)}
 
 
 @pytest.mark.timeout(90)

@@ -24,10 +24,12 @@ import re
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from tests.nodeproc import REPO
+from tests.once import once_per_run
 
 OWN_TOP_LEVEL = {"walnode", "walnode_entry", "wal", "actors", "walctl"}
 SESSION = [
@@ -59,7 +61,12 @@ def copy_tracked_tree(dest: str) -> None:
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("install")
+    """The wheel built and installed once for the whole run (tests/once.py: under worksteal
+    this module's tests can land on two workers)."""
+    return once_per_run(tmp_path_factory, "install", build_and_install)
+
+
+def build_and_install(root: Path) -> dict[str, str]:
     src, wheels, env_dir = (os.fspath(root / n) for n in ("src", "wheels", "venv"))
     os.makedirs(src)
     copy_tracked_tree(src)

@@ -15,12 +15,13 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/python scripts/demo.py
 
+# compileall: bytecode for every process the suite starts (five per walnode); with
+# PYTHONDONTWRITEBYTECODE set, as on the CI box, each compiled the repository's modules again.
+# -n 3 --dist worksteal: docs/TESTING.md
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy wal actors
-	# bytecode for every process the suite starts (five per walnode): with PYTHONDONTWRITEBYTECODE
-	# set, as on the CI box, each would compile the repository's modules again (docs/TESTING.md)
 	$(BIN)/python -m compileall -q wal actors walctl walnode node.py supervisor.py tests
 	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 

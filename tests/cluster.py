@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import messages as m
-from actors import sockets
+from actors import procfs, sockets
 from tests.nodeproc import NODE, REPO, walctl
 from wal.replication.election import Leader, leader_key, read_leader
 from wal.replication.etcd import EtcdClient
@@ -39,18 +39,9 @@ class ReplicaProc:
     def child_pid(self, module: str) -> int:
         """The pid of the supervisor's child running `python -m module` (actors.replica...)."""
         assert self.proc is not None
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if ppid == self.proc.pid and module.encode() in argv:
-                return int(name)
+        for pid, argv in procfs.children(self.proc.pid).items():
+            if module in argv:
+                return pid
         raise AssertionError(f"no {module} under supervisor pid {self.proc.pid}")
 
     def signal(self, sig: int) -> None:

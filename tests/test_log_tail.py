@@ -240,12 +240,16 @@ def test_the_live_tail_loop_reads_what_the_per_record_walk_read(
 
 @settings(deadline=None, max_examples=300)
 @given(st.binary(max_size=3000), st.integers(0, 2**32 - 1), st.integers(0, 15))
-def test_the_tails_crc32_is_zlibs(data, seed, skip):
-    """The tail checks records with ISA-L's CRC-32 (a dependency for its speed):
-    it must be zlib's, which wrote them, for every length, seed and alignment."""
+def test_the_logs_crc32_is_zlibs(data, seed, skip):
+    """Records are written and checked with ISA-L's CRC-32 (a dependency for
+    its speed): it must be zlib's, which FORMAT.md names and earlier versions
+    wrote with, for every length, seed and alignment."""
     from isal import isal_zlib
 
-    assert tail_module._crc32 is isal_zlib.crc32
+    assert record.crc32 is isal_zlib.crc32
+    assert tail_module.crc32 is record.crc32
     view = memoryview(data)[skip:]
-    assert tail_module._crc32(view, seed) == zlib.crc32(view, seed)
-    assert tail_module._crc32(data) == zlib.crc32(data)
+    assert record.crc32(view, seed) == zlib.crc32(view, seed)
+    assert record.crc32(data) == zlib.crc32(data)
+    length = len(data).to_bytes(4, "little")
+    assert record.encode(data)[1] == zlib.crc32(data, zlib.crc32(length))

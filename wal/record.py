@@ -10,10 +10,13 @@ from __future__ import annotations
 import mmap
 import re
 import struct
-import zlib
 from array import array
 from enum import Enum
 from typing import NamedTuple
+
+# zlib's CRC-32, by ISA-L: the same values at ~0.6x zlib's cost on a ~100-byte
+# record and ~0.1x on a batch's 64 KiB (every append pays it, and every start)
+from isal.isal_zlib import crc32
 
 HEADER = struct.Struct("<II")
 HEADER_SIZE = HEADER.size  # 8
@@ -35,13 +38,13 @@ _NONZERO = re.compile(rb"[^\x00]")
 def encode(payload: bytes) -> tuple[bytes, int]:
     """Return the record bytes for `payload` and its CRC."""
     length = len(payload).to_bytes(4, "little")
-    crc = zlib.crc32(payload, zlib.crc32(length))
+    crc = crc32(payload, crc32(length))
     return length + crc.to_bytes(4, "little") + payload, crc
 
 
 def checksum(length_bytes: bytes, payload: bytes) -> int:
     """The CRC a record with these length bytes and payload must carry."""
-    return zlib.crc32(payload, zlib.crc32(length_bytes))
+    return crc32(payload, crc32(length_bytes))
 
 
 def crc_hex(crc: int) -> str:
@@ -100,7 +103,7 @@ def valid_run(buf: bytes | memoryview | mmap.mmap, pos: int, positions: array) -
     size = len(buf)
     view = memoryview(buf)  # slices of a view do not copy
     unpack = HEADER.unpack_from
-    crc32 = zlib.crc32
+    crc_of = crc32  # a local: the loop's lookups
     append = positions.append
     length_crcs: dict[int, int] = {}  # CRC of the four length bytes, by length
     limit = size - HEADER_SIZE
@@ -110,8 +113,8 @@ def valid_run(buf: bytes | memoryview | mmap.mmap, pos: int, positions: array) -
             end = pos + HEADER_SIZE + length
             seed = length_crcs.get(length)
             if seed is None:
-                seed = length_crcs[length] = crc32(length.to_bytes(4, "little"))
-            if end > size or crc32(view[pos + HEADER_SIZE : end], seed) != crc:
+                seed = length_crcs[length] = crc_of(length.to_bytes(4, "little"))
+            if end > size or crc_of(view[pos + HEADER_SIZE : end], seed) != crc:
                 break
             append(pos)
             pos = end
@@ -131,7 +134,7 @@ def decode_at(buf: bytes | memoryview | mmap.mmap, pos: int) -> Decoded | Damage
     end = start + length
     if end > size:
         return Damage.INCOMPLETE_PAYLOAD
-    if zlib.crc32(buf[start:end], zlib.crc32(buf[pos : pos + 4])) != crc:
+    if crc32(buf[start:end], crc32(buf[pos : pos + 4])) != crc:
         return Damage.BAD_CRC
     epoch = epoch_of(field, bytes(buf[start:end])) if field & EPOCH_FLAG else None
     return Decoded(start, length, crc, end, bool(field & LOST_FLAG), epoch)

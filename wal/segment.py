@@ -14,7 +14,6 @@ import mmap
 import os
 import re
 import threading
-import zlib
 from array import array
 from typing import NamedTuple
 
@@ -23,7 +22,7 @@ from wal.errors import CorruptionError, DiskFull, WalError
 from wal.filecache import FileCache
 from wal.fsutil import DISK_FULL_ERRNOS, write_all
 from wal.prefill import Prepared
-from wal.record import HEADER_SIZE, Damage
+from wal.record import HEADER_SIZE, Damage, crc32
 
 NAME_RE = re.compile(r"^(\d{20})\.log$")
 # The active segment is zero-filled (and fsynced) this far ahead of its data,
@@ -176,7 +175,7 @@ def scan_file(path: str, *, sealed: bool = False, newest: bool = False) -> ScanR
             scan = scan_bytes(m, sealed=sealed, prefix=prefix)
             start, crc = (prefix.size, prefix.crc) if prefix is not None else (0, 0)
             with memoryview(m) as view:
-                crc = zlib.crc32(view[start : scan.valid_end], crc)
+                crc = crc32(view[start : scan.valid_end], crc)
             return scan._replace(data_crc=crc, checkpointed=start)
 
 
@@ -346,7 +345,7 @@ class Segment:
         os.fsync(self._fd)
         self._allocated = self._written  # the zeros went with the cut; the next write makes room
         # the running CRC covered the bytes cut: taken again from the file (rare)
-        self.data_crc = zlib.crc32(os.pread(self._fd, self._written, 0))
+        self.data_crc = crc32(os.pread(self._fd, self._written, 0))
         self._checkpointed = min(self._checkpointed, self._written)
 
     def cut_tail(self, file_size: int) -> int:
@@ -433,7 +432,7 @@ class Segment:
         self._written += len(data)
         self._allocated = max(self._allocated, self._written)
         if self.data_crc is not None:
-            self.data_crc = zlib.crc32(data, self.data_crc)
+            self.data_crc = crc32(data, self.data_crc)
         self._staged.clear()
         self._staged_bytes = 0
 

@@ -22,13 +22,10 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator
 
-# zlib's CRC-32 by ISA-L: on a ~100-byte record it takes a third of zlib's time
-from isal.isal_zlib import crc32 as _crc32
-
 from wal import checkpoint, index
 from wal.errors import CorruptionError, WalError
 from wal.log import read_start_offset
-from wal.record import HEADER, HEADER_SIZE, LENGTH_MASK, Damage, Decoded, decode_at
+from wal.record import HEADER, HEADER_SIZE, LENGTH_MASK, Damage, Decoded, crc32, decode_at
 from wal.segment import parse_name
 
 CHUNK = 1 << 20
@@ -204,7 +201,7 @@ class LogTail:
         damaged: list[tuple[int, str, int]] = []
         append = payloads.append
         unpack = HEADER.unpack_from
-        crc32 = _crc32
+        crc_of = crc32  # a local: the loop's lookups
         seeds = _LENGTH_SEEDS
         for s, e in itertools.pairwise(bounds):
             field, crc = unpack(buf, s)
@@ -212,8 +209,8 @@ class LogTail:
                 payload = buf[s + HEADER_SIZE : e]
                 seed = seeds.get(field)
                 if seed is None:
-                    seed = seeds[field] = crc32(field.to_bytes(4, "little"))
-                if crc32(payload, seed) == crc:
+                    seed = seeds[field] = crc_of(field.to_bytes(4, "little"))
+                if crc_of(payload, seed) == crc:
                     append(payload)
                     continue
             got = decode_at(buf, s)
@@ -318,7 +315,7 @@ def _plain_records(buf: bytes, p: int, most: int, append: Callable[[bytes], None
     never seems to end inside a chunk); whatever it stops at is the caller's."""
     size = len(buf)
     unpack = HEADER.unpack_from
-    crc32 = _crc32
+    crc_of = crc32  # a local: the loop's lookups
     seeds = _LENGTH_SEEDS
     try:
         for _ in itertools.repeat(None, most):
@@ -330,8 +327,8 @@ def _plain_records(buf: bytes, p: int, most: int, append: Callable[[bytes], None
             payload = buf[start:end]
             seed = seeds.get(field)
             if seed is None:
-                seed = seeds[field] = crc32(field.to_bytes(4, "little"))
-            if crc32(payload, seed) != crc:
+                seed = seeds[field] = crc_of(field.to_bytes(4, "little"))
+            if crc_of(payload, seed) != crc:
                 break
             append(payload)
             p = end

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterable
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -35,7 +35,6 @@ from actors.config import FrontConfig, add_process_flags
 from actors.front_state import FrontState
 from actors.inbox import Inbox, OverlongLine
 from actors.jsontext import overlong_envelope
-from actors.leader import LeaderSource, LeaderWatch
 from actors.output import Output, StdoutClosed
 from actors.peers import ROUTES, Failure, Peers, Pending
 from actors.replies import ReplyFormatter
@@ -50,6 +49,9 @@ from actors.requests import (
 )
 from actors.runtime import die_with_parent, ignore_stop_signals, setup_logging
 from actors.sockets import Remote
+
+if TYPE_CHECKING:  # actors.leader imports etcd's client, urllib: only a cluster's front
+    from actors.leader import LeaderSource
 
 log = setup_logging("front")
 
@@ -89,7 +91,11 @@ class Front:
             following=leader is not None,
         )
         # a cluster's front: its peers are the leader's (actors/leader.py)
-        self.leader = None if leader is None else LeaderWatch(ctx, leader)
+        self.leader = None
+        if leader is not None:
+            from actors.leader import LeaderWatch
+
+            self.leader = LeaderWatch(ctx, leader)
         self.control = sockets.connect_dealer(ctx, sockets.supervisor_endpoint(run_dir), "front")
         self.validators = Validators(max_payload_bytes)
         self.forwarded = {name: getattr(self.validators, name) for name in ROUTES}
@@ -618,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
 def leader_source(args: argparse.Namespace) -> LeaderSource | None:
     if args.cluster is None:
         return None
+    from actors.leader import LeaderSource
+
     keys = None if args.insecure else args.keys
     return LeaderSource(args.cluster, args.coordinator, keys, args.key_name)
 

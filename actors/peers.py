@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-import zmq.utils.monitor
 
 from actors import messages as m
 from actors import sockets
@@ -277,7 +276,11 @@ class Peers:
     def on_monitor(self, peer: Peer, poller: zmq.Poller) -> list[Failure]:
         """A remote peer's connection changed (see Peer)."""
         assert peer.monitor is not None  # only a remote peer's monitor is polled
-        event = zmq.utils.monitor.recv_monitor_message(peer.monitor)["event"]
+        # here, not at the top: zmq.utils.monitor imports zmq.asyncio, hence
+        # asyncio (~20 ms of every front's start), and only a remote peer has one
+        from zmq.utils.monitor import recv_monitor_message
+
+        event = recv_monitor_message(peer.monitor)["event"]
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             log.info("connected to the %s at %s", peer.name, peer.endpoint)
             peer.refused = False

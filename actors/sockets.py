@@ -18,12 +18,15 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from actors.codes import Exit
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 SERVER_KEY = "server"
 DEFAULT_KEY_NAME = "client"  # a front's key pair in KEYDIR
@@ -96,6 +99,10 @@ def public_key(keys_dir: str, name: str) -> bytes:
 
 def start_authenticator(ctx: zmq.Context, keys_dir: str) -> ThreadAuthenticator:
     """Let in only the fronts whose public keys are in KEYDIR/clients."""
+    # here, not at the top: zmq.auth.thread imports asyncio (~20 ms of every
+    # process's start), and only a CURVE deployment needs it
+    from zmq.auth.thread import ThreadAuthenticator
+
     auth = ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=os.path.join(keys_dir, CLIENTS_DIR))

@@ -84,7 +84,6 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from wal import crc_hex
-from wal.replication import protocol as p
 
 if TYPE_CHECKING:
     import zmq
@@ -185,6 +184,8 @@ PEER_APPEND_REPLY = "ar"
 
 def pack_peer(message: Any) -> bytes:
     """One protocol message (wal.replication.protocol) as its peer wire form."""
+    from wal.replication import protocol as p  # here: only replicas load it (~10 ms)
+
     if isinstance(message, p.AppendBatch):
         entries = [[e.offset, e.epoch, e.payload] for e in message.entries]
         body: list = [PEER_APPEND, message.epoch, message.sender, message.prev_offset]
@@ -206,6 +207,8 @@ def pack_peer(message: Any) -> bytes:
 
 def unpack_peer(data: bytes) -> Any:
     """The protocol message a peer sent; ValueError if it is not one."""
+    from wal.replication import protocol as p  # here: only replicas load it (~10 ms)
+
     try:
         kind, *f = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
         if kind == PEER_APPEND:

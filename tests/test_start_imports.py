@@ -1,8 +1,9 @@
 """What a process imports at start: every walnode process imports its role's
 modules before it serves (~0.1 s of CPU each, five processes a node), so
 modules only some deployments need are imported where they are used: asyncio
-(zmq.auth.thread, zmq.utils.monitor: CURVE and remote peers) and etcd's
-client with urllib (a cluster's front; a replica needs it)."""
+(zmq.auth.thread, zmq.utils.monitor: CURVE and remote peers), etcd's
+client with urllib (a cluster's front) and the replication protocol (a
+replica needs both)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import pytest
 
 from tests.nodeproc import REPO
 
-ONLY_WHERE_USED = ("asyncio", "urllib.request", "http.client", "actors.leader")
+ONLY_WHERE_USED = (
+    "asyncio",
+    "urllib.request",
+    "http.client",
+    "actors.leader",
+    "wal.replication.protocol",
+)
 
 
 @pytest.mark.parametrize(

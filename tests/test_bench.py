@@ -127,3 +127,18 @@ def test_bench_cluster_smoke(tmp_path):
     [failover] = results["failovers"]
     assert failover["killed"] != failover["next_leader"] and 0 < failover["seconds"] < 30
     assert "| 3 replicas | 1000 |" in res.stdout
+
+
+@pytest.mark.timeout(30)
+def test_a_window_that_gets_no_ack_closes_with_the_errors_it_got(tmp_path):
+    """A window with no append acknowledged inside it is held open for the first ack (a slow
+    fdatasync at 1 in flight), but not forever: a node that refuses every append (here each
+    100-byte payload is over --max-payload-bytes) ends it at the hold limit, 0 acks and the
+    errors counted, instead of the bench waiting for ever."""
+    from walctl.bench import appends
+
+    result = appends.run_walnode_level(str(tmp_path), 1, 0.2, 0.1, ["--max-payload-bytes", "10"])
+    assert result.window_acks == 0 and result.latencies.tolist() == []
+    assert result.errors > 0 and '"code": 12' in (result.first_error or ""), result.first_error
+    held = appends.HOLD_MIN_S  # max(10 x 0.2 s, 2 s)
+    assert 0.2 + held <= result.seconds < 0.2 + held + 2.0, result.seconds

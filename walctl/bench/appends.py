@@ -33,6 +33,7 @@ KEYS = 10_000  # payloads are `set kNNNNN=vvv...`: a state machine of at most 10
 CONTROL_BASE = 10**12  # msg_ids of non-append requests (info, status, snapshot, compact)
 REPLY_RE = re.compile(rb'"type": "(\w+)", "in_reply_to": (\d+)')
 READ_CHUNK = 1 << 20
+HOLD_FACTOR, HOLD_MIN_S = 10, 2.0  # a window with no ack waits for one max(10 x, 2 s) longer
 
 
 class NodeFailed(Exception):
@@ -305,6 +306,9 @@ class ClosedLoop:
         self.t_start = time.perf_counter()
         self.t_win = self.t_start + warmup
         self.t_end = self.t_win + seconds
+        # a window without an ack is held open at most this long past its end (every append
+        # answered with an error, say, would otherwise hold it forever)
+        self.t_hold_limit = self.t_end + max(HOLD_FACTOR * seconds, HOLD_MIN_S)
         self.in_window = self.draining = False
         self.cpu0: dict = {}
         self.cpu1: dict = {}
@@ -341,6 +345,8 @@ class ClosedLoop:
                 self.on_window(self.driver.pids)
         if self.in_window and now >= self.t_end and not self.latencies:
             self.t_end = math.inf
+        if self.t_end == math.inf and now >= self.t_hold_limit:
+            self.t_end = now  # no ack came: the window closes with none
         if self.in_window and now >= self.t_end:
             self.in_window = False
             self.draining = True

@@ -12,7 +12,7 @@ from tests.nodeproc import Node
 def pytest_configure(config: pytest.Config) -> None:
     """A short base for tmp_path: a walnode run directory goes inside a test's TMPDIR (tests
     look for it there), and its socket paths must fit 107 bytes; pytest-xdist's per-worker
-    directories (make test runs two) made /tmp/pytest-of-USER/pytest-N/popen-gwK/TEST/ too
+    directories (make test runs three) made /tmp/pytest-of-USER/pytest-N/popen-gwK/TEST/ too
     long, and walnode then puts run directories in /tmp. The controller makes it and removes
     it at the end; the workers get their own directories under it."""
     if config.option.basetemp is None and not hasattr(config, "workerinput"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,8 +39,6 @@ def once_per_run(
         if done.exists():
             return json.loads(done.read_text())
         if directory.exists():  # a build that failed part-way
-            import shutil
-
             shutil.rmtree(directory)
         directory.mkdir()
         result = build(directory)

@@ -190,9 +190,10 @@ class WalnodeDriver:
         self.pipes.leftover = load.leftover
         self.next_id = load.next_id
         info_after = self.call_ok({"type": "wal_info"})
+        window_s = load.t_end - load.t_win  # longer than `seconds` if it was held for an ack
         result = LevelResult(
             in_flight=in_flight,
-            seconds=load.t_end - load.t_win,
+            seconds=window_s,
             window_acks=load.window_acks,
             latencies=load.latencies,
             sent_times=load.sent_times,
@@ -202,7 +203,7 @@ class WalnodeDriver:
             first_error=load.first_error,
             duplicates=load.duplicates,
             unknown=load.unknown,
-            cpu=cpu_share(load.cpu0, load.cpu1, load.t_end - load.t_win),
+            cpu=cpu_share(load.cpu0, load.cpu1, window_s),
             info_before=info_before,
             info_after=info_after,
             control=load.control,

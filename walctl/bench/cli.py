@@ -338,11 +338,8 @@ def _snapshot_comparison(directory: str, s: dict) -> dict:
     from walctl.bench import report, rounds
 
     n = s["snapshot_level"]
-    sections = []
-    for i in range(s["rounds"]):
-        sections.append(_snapshot_pair(directory, s, n, _round_tag(i)))
-    ranked = sorted(sections, key=lambda x: x["p99_ratio"] or 0.0)
-    snapshot = dict(ranked[(len(ranked) - 1) // 2])  # the median round (lower of two)
+    sections = [_snapshot_pair(directory, s, n, _round_tag(i)) for i in range(s["rounds"])]
+    snapshot = dict(rounds.median_item(sections, lambda x: x["p99_ratio"] or 0.0))
     snapshot["spread"] = rounds.spread([x["p99_ratio"] for x in sections])
     snapshot["spread_during"] = rounds.spread([x["p99_ratio_during"] for x in sections])
     snapshot["per_round"] = [

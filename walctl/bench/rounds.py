@@ -11,6 +11,7 @@ what is reported is each ratio's median over the rounds with its spread
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 # ratio name -> (numerator system, its field, denominator system, its field,
 #               the denominator's in-flight level: None = the walnode row's own, 1 = one at a time)
@@ -100,12 +101,18 @@ def median_rows(rounds: list[dict], key: str) -> list[dict]:
         if not measured:
             out.append({**rows[0], "rounds": len(rows)})
             continue
-        middle = dict(measured[(len(measured) - 1) // 2])
+        middle = dict(median_item(measured, _rate))
         middle["rate_min"] = _rate(measured[0])
         middle["rate_max"] = _rate(measured[-1])
         middle["rounds"] = len(measured)
         out.append(middle)
     return out
+
+
+def median_item(items: list[dict], key: Callable[[dict], float]) -> dict:
+    """The item with the median `key` (the lower of the two middle ones)."""
+    ranked = sorted(items, key=key)
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def _rate(row: dict) -> float:

@@ -21,7 +21,8 @@ from tests.nodeproc import Node, wait_until
 from tests.test_compactor import fold, pipeline, take_snapshot, values
 from tests.test_rot import HEADER_SIZE, RECORD, fill, kv, seg
 from tests.test_rot import start as start_rot
-from wal import DataDir, Log
+from wal import DataDir, Log, snapshot, statestore
+from wal.statestore import Changes, Mark, StateStore
 
 NO_AUTO = ("--no-auto-compact",)
 
@@ -279,3 +280,105 @@ def test_rot_in_the_store_never_changes_a_kv_get_answer(node_factory, data_dir, 
     node.init()
     assert node.call_ok({"type": "kv_get", "key": "key7"})["value"] == "value-000457"
     assert "fails its CRC" in node.stderr_text()
+
+
+# -- the state in memory beside the table (StateStore.mirror) ------------------
+
+
+def table(store: StateStore) -> dict[str, str]:
+    """The kv table as sqlite has it, read on a connection of its own."""
+    conn = sqlite3.connect(store.path)
+    try:
+        return dict(conn.execute("SELECT key, value FROM kv"))
+    finally:
+        conn.close()
+
+
+def whole(store: StateStore) -> dict[str, str]:
+    return {k: v for chunk in store.chunks() for k, v in dict(chunk).items()}
+
+
+def kv_reads(store: StateStore) -> list[str]:
+    """The statements that read the kv table from now on (sqlite's trace)."""
+    seen: list[str] = []
+
+    def trace(sql: str) -> None:
+        if "SELECT key, value" in sql:
+            seen.append(sql)
+
+    store.conn.set_trace_callback(trace)
+    return seen
+
+
+def commit(store: StateStore, values: dict[str, str | None], offset: int) -> None:
+    store.commit(Changes(values, set(), False, [], Mark(offset, 1)))
+
+
+def test_a_whole_read_after_the_first_comes_from_memory_and_equals_the_table(tmp_path):
+    """The snapshot's read (chunks) builds the mirror once; every commit after
+    it (sets, overwrites, deletes, a key deleted that was never set) keeps it
+    equal to the table, and the next whole reads run no SELECT on kv. On the
+    code before the mirror every whole read read the table back."""
+    store = StateStore.open(os.fspath(tmp_path / "state"))
+    commit(store, {f"k{i}": f"a{i}" for i in range(300)}, 300)
+    reads = kv_reads(store)
+    assert whole(store) == table(store)
+    assert len(reads) == 1  # the first whole read is the table's
+    changes: dict[str, str | None] = {f"k{i}": f"b{i}" for i in range(0, 300, 3)}
+    changes |= {f"k{i}": None for i in range(1, 300, 3)} | {"new": "n", "never": None}
+    commit(store, changes, 400)
+    commit(store, {"k1": "back", "new": None}, 410)
+    reads.clear()
+    assert whole(store) == table(store) == store.mirror
+    assert store.mirror["k1"] == "back" and "k4" not in store.mirror and "new" not in store.mirror
+    assert reads == []
+    store.replace([("only", "one")], [], [], Mark(500, 1))  # a snapshot loaded: read again
+    assert whole(store) == {"only": "one"} == table(store)
+    assert len(reads) == 1
+    store.close()
+
+
+@pytest.mark.parametrize("bound", ["MIRROR_MAX_KEYS", "MIRROR_MAX_CHARS"])
+def test_the_mirror_is_dropped_once_the_state_outgrows_it(tmp_path, monkeypatch, bound):
+    """Over MIRROR_MAX_KEYS keys or MIRROR_MAX_CHARS characters the state is
+    read from the table again, not held: built under the bound, dropped by
+    the commit that passes it, not built by a read over it."""
+    monkeypatch.setattr(statestore, bound, 40 if bound == "MIRROR_MAX_KEYS" else 40 * 8)
+    store = StateStore.open(os.fspath(tmp_path / "state"))
+    commit(store, {f"k{i:02d}": "v" * 5 for i in range(30)}, 30)  # 30 keys, 240 characters
+    assert whole(store) == table(store) and store.mirror is not None
+    commit(store, {f"k{i:02d}": "v" * 5 for i in range(30, 45)}, 45)  # 45 keys, 360
+    assert store.mirror is None
+    reads = kv_reads(store)
+    assert whole(store) == table(store) and store.mirror is None
+    assert len(reads) == 1
+    commit(store, {f"k{i:02d}": None for i in range(20)}, 65)  # under the bound again
+    assert whole(store) == table(store) and store.mirror is not None
+    store.close()
+
+
+def test_every_snapshot_holds_the_state_after_sets_deletes_and_a_compactor_kill(
+    node_factory, data_dir
+):
+    """Snapshots through a real node, each after overwrites and deletes, one
+    after a kill -9 of the compactor (its successor reads the table again):
+    each snapshot file holds exactly the state the appends fold to."""
+    node = node_factory("--data-dir", data_dir, *NO_AUTO)
+    node.init()
+    payloads: list[str] = []
+    for rnd in range(5):
+        batch = [f"set k{i}=r{rnd}-{i}" for i in range(rnd, 400, rnd + 1)]
+        batch += [f"del k{i}" for i in range(rnd * 7, 400, 11)] + ["del never-set"]
+        pipeline(node, batch)
+        payloads += batch
+        if rnd == 2:
+            kill_compactor(node)
+        snap = take_snapshot(node)
+        assert snap["snapshot_offset"] == len(payloads)
+        path = os.path.join(data_dir, "snapshots", f"{len(payloads):020d}.snap")
+        with open(path, "rb") as f:
+            offset, state, _, _ = snapshot.decode_all(f.read())
+        assert (offset, state) == (len(payloads), fold(payloads)), rnd
+        assert values(node, ["k1", "k7", "k12"]) == {
+            k: fold(payloads).get(k) for k in ["k1", "k7", "k12"]
+        }

@@ -34,7 +34,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -94,14 +94,15 @@ def encode(
     return encode_packed(offset, msgpack.packb(state, use_bin_type=True), damage, epoch)
 
 
-def pack_state(chunks: Iterable[Sequence[tuple[str, str]]]) -> bytes:
-    """The msgpack map of a state given as chunks of distinct (key, value)
-    pairs (a store read a chunk at a time), as msgpack.packb of the whole
-    dict would pack it up to the order of its items: one header for the
-    count, then each chunk's items packed in C (its dict's header cut off)."""
+def pack_state(chunks: Iterable[Sequence[tuple[str, str]] | Mapping[str, str]]) -> bytes:
+    """The msgpack map of a state given as chunks of distinct keys, each
+    (key, value) pairs or a dict (a store read a chunk at a time, or held
+    in memory), as msgpack.packb of the whole dict would pack it up to the
+    order of its items: one header for the count, then each chunk's items
+    packed in C (its dict's header cut off)."""
     parts, count = [b""], 0
     for chunk in chunks:
-        packed = msgpack.packb(dict(chunk), use_bin_type=True)
+        packed = msgpack.packb(chunk if type(chunk) is dict else dict(chunk), use_bin_type=True)
         parts.append(packed[_map_header_size(len(chunk)) :])
         count += len(chunk)
     packer = msgpack.Packer(use_bin_type=True)

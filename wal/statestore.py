@@ -264,7 +264,7 @@ class StateStore:
                 yield chunk
         except sqlite3.Error as err:
             raise _damaged(err, self.path) from None
-        self.mirror, self._mirror_chars = kept, chars
+        self.mirror, self._mirror_chars = kept, (chars if kept is not None else 0)
 
     def _fold_into_mirror(self, values: dict[str, str | None]) -> None:
         """What a commit wrote, into the mirror (dropped once the state outgrows it)."""

@@ -73,7 +73,11 @@ def test_follower_compactor_restarted_serves_stale_kv_get(cluster):
     leader, link = cluster.wait_serving(30)
     assert link.request(m.OP_APPEND, b"set k=v1")[0] == m.OK
     follower = next(r for r in cluster.replicas if r.replica_id != leader.replica_id)
-    before = group_pids(follower)
+    # the leader serving says nothing of the follower's compactor, which may not have started yet
+    before = wait_for(
+        lambda: (p := group_pids(follower)).keys() >= {"replica", "compactor"} and p, 15
+    )
+    assert before, "the follower's compactor did not start"
     comp = Link(cluster.ctx, f"tcp://127.0.0.1:{follower.port + 1}")
     assert comp.request(m.OP_KV_GET, ["k", 0])[0] == Code.TEMPORARILY_UNAVAILABLE
     comp.close()
@@ -85,10 +89,11 @@ def test_follower_compactor_restarted_serves_stale_kv_get(cluster):
         15,
     )
     assert after, "the supervisor did not restart the follower's compactor"
-    time.sleep(1.5)  # its recovery barrier and start
+    comp = Link(cluster.ctx, f"tcp://127.0.0.1:{follower.port + 1}")
+    # it answers once it has recovered (a fixed sleep here lost the race to a slow start)
+    assert comp.request(m.OP_KV_GET, ["k", 0], timeout=15)[0] != -1, "no answer after restart"
     os.kill(after["replica"], signal.SIGSTOP)  # the follower's log side hears nothing more
     assert link.request(m.OP_APPEND, b"set k=v2")[0] == m.OK
-    comp = Link(cluster.ctx, f"tcp://127.0.0.1:{follower.port + 1}")
     code, fields = comp.request(m.OP_KV_GET, ["k", 0])
     comp.close()
     os.kill(after["replica"], signal.SIGCONT)

@@ -18,6 +18,7 @@ startup.record_stop_signals()
 import argparse
 import re
 import sys
+from typing import TYPE_CHECKING
 
 if __package__:  # installed, as walnode_entry.node (pyproject.toml says why)
     from walnode_entry import supervisor
@@ -34,8 +35,10 @@ from actors.config import (
     SupervisorConfig,
     WriterConfig,
 )
-from actors.leader import LeaderSource
 from actors.runtime import setup_logging
+
+if TYPE_CHECKING:  # actors.leader imports etcd's client, urllib: only a following front's
+    from actors.leader import LeaderSource
 
 log = setup_logging("supervisor")  # this process is the supervisor
 
@@ -136,6 +139,8 @@ def check_follow(
     keys or --insecure (the leader's endpoint comes from etcd); None for any other front."""
     if args.cluster is None or roles != {"front"}:
         return None
+    from actors.leader import LeaderSource  # here, not at the top: TYPE_CHECKING says why
+
     if args.connect:
         p.error("--cluster replaces --connect: the front connects to the leader etcd names")
     if args.coordinator is None or not args.coordinator.startswith(("http://", "https://")):

@@ -24,7 +24,7 @@ ONLY_WHERE_USED = (
 
 
 @pytest.mark.parametrize(
-    "module", ["actors.front", "actors.writer", "actors.compactor", "supervisor"]
+    "module", ["actors.front", "actors.writer", "actors.compactor", "supervisor", "node"]
 )
 def test_a_role_imports_no_module_only_some_deployments_need(module):
     code = (

@@ -183,9 +183,15 @@ def test_quorum_commit_failover_and_rejoin(cluster):
     stopped_at = time.monotonic()
     third.proc.send_signal(signal.SIGTERM)
     assert third.proc.wait(15) == 0
+    # asked of etcd, not timed (a bound of 1.2 s failed on a loaded host): a leader that
+    # resigned revoked its lease before it exited; one that did not holds the key until the
+    # lease runs out, 1.3-2 s after its last keep-alive
+    held = cluster.leader()
+    assert held is None or held.replica_id != third.replica_id, (
+        f"{third.replica_id} exited still holding the leader key: it did not resign"
+    )
     _, link = cluster.wait_serving(TTL + 3, not_id=third.replica_id)
-    handover = time.monotonic() - stopped_at
-    assert handover < 1.2, f"a stopped leader's key passed on after {handover:.2f} s"
+    print(f"handover {time.monotonic() - stopped_at:.2f} s")
     link.close()
     cluster.stop_all()  # dump reads the directories at rest
     logs = [committed_payloads(cluster, r) for r in cluster.replicas]

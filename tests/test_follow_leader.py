@@ -97,7 +97,7 @@ def test_front_follows_the_leader_key(node_factory, log_side_factory, etcd_serve
         # handover goes through "no leader": the front may have read either view
         text = replies[0]["text"]
         assert "replica rb" in text or "etcd names no leader now" in text, replies[0]
-        assert moved < 1.5, moved
+        assert moved < 2.5, moved  # under the 3 s of a heartbeat loss; the text says why
         # new appends go to b: its log starts at 0
         after = append(node, "b-0")
         assert after["type"] == "wal_append_ok" and after["offset"] == 0, after

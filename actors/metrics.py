@@ -131,8 +131,8 @@ class WriterMetrics:
             ["kind"],
             buckets=DURATION_BUCKETS,
         )
-        # The hook for replication (no cluster exists yet): a leader would call
-        # replica_lag for each follower; until then the family has no samples.
+        # The hook for a cluster's leader to report each replica's lag (it is in
+        # status and wal_info already); nothing calls it, so the family has no samples.
         self.lag = pc.Gauge(
             "walnode_replica_lag_entries",
             "Entries durable here and not yet acknowledged by the replica",
@@ -168,7 +168,7 @@ class WriterMetrics:
         self.compaction.labels(kind="retention" if whole_segments else "compact").observe(seconds)
 
     def replica_lag(self, replica: str, entries: int) -> None:
-        """Nothing calls this yet: it is where replication reports each follower."""
+        """Nothing calls this yet: it is where a leader would report each follower."""
         self.lag.labels(replica=replica).set(entries)
 
 
